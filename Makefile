@@ -1,0 +1,36 @@
+# keyflow — one command surface. `make run` and `make test` do all their own set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint format services clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install keyflow with its dev tools
+
+run: $(STAMP) ## the main job on embedded defaults: no servers, no AWS account
+	$(BIN)/keyflow demo
+
+test: $(STAMP) ## the test suite (needs PostgreSQL and MariaDB on 127.0.0.1; `make services` starts them)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## ruff (check + format) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+services: ## start the local services the tests use, when they are down
+	bash .ci/services.sh
+
+clean:
+	rm -rf $(VENV) .keyflow .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""keyflow configuration: pydantic models of the YAML rules and profiles, and their loader."""

@@ -1,0 +1,42 @@
+"""Every error keyflow raises, grouped by what the caller should do about it.
+
+- :class:`RetryableError`: the same call may succeed later (throttling, connection reset). Tasks retry these.
+- :class:`KeyFailedError`: this key's data or load is wrong; the key fails, other keys go on, nothing is retried.
+- :class:`ConfigError`: a YAML file or profile is wrong; fix it and run again. Messages name the file and field.
+"""
+
+from __future__ import annotations
+
+
+class KeyflowError(Exception):
+    """Base class of keyflow's own errors."""
+
+
+class RetryableError(KeyflowError):
+    """A transient failure (throttling, connection reset, timeout): retrying may succeed."""
+
+
+class KeyFailedError(KeyflowError):
+    """One key cannot be loaded as it stands (bad data, a failed load); its previous rows stay in place."""
+
+
+class ReconciliationError(KeyFailedError):
+    """Rows extracted, staged and loaded for a key do not agree."""
+
+    def __init__(self, key: str, extracted: int, staged: int, loaded: int) -> None:
+        self.key = key
+        self.extracted = extracted
+        self.staged = staged
+        self.loaded = loaded
+        super().__init__(
+            f"key {key!r}: reconciliation failed: extracted={extracted} staged={staged} loaded={loaded}; "
+            "the load was rolled back and the key's previous rows are intact"
+        )
+
+
+class ConfigError(KeyflowError):
+    """One or more problems in configuration; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))

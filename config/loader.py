@@ -1,0 +1,176 @@
+"""Load and validate keyflow YAML. Every problem is one line naming the file and the field path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from config.errors import ConfigError
+from config.models import DatasetConfig, Profile
+
+M = TypeVar("M", bound=BaseModel)
+ENV_PREFIX = "KEYFLOW_"
+MAX_YAML_BYTES = 1_000_000
+
+
+def config_dir() -> Path:
+    """The folder holding ``datasets/`` and ``profiles/``: ``$KEYFLOW_CONFIG_DIR`` or the packaged one."""
+    env = os.environ.get(ENV_PREFIX + "CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent
+
+
+def display_path(path: Path) -> str:
+    """A path as a user would type it: relative to the working directory when below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and aliases (no anchor bombs, no silent overwrites)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(None, None, "aliases (*name) are not allowed in keyflow YAML", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.MarkedYAMLError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _StrictLoader.construct_mapping,
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse one YAML file strictly; raise :class:`ConfigError` naming the file and line."""
+    shown = display_path(path)
+    if not path.is_file():
+        raise ConfigError(f"{shown}: no such file")
+    raw = path.read_bytes()
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{shown}: file is {len(raw)} bytes; keyflow YAML is at most {MAX_YAML_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise ConfigError(f"{shown}: {where}{what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{shown}: {exc}") from None
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and ("[" in part or "-" in part and part.startswith("function")):
+            continue  # pydantic's internal validator names, not the user's path
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def format_errors(shown: str, exc: ValidationError, env_fields: Mapping[str, str] | None = None) -> list[str]:
+    """One ``file: path: message`` line per pydantic error."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = _loc(tuple(err["loc"]))
+        msg = err["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            msg = msg.removeprefix(prefix)
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        origin = ""
+        if env_fields and err["loc"] and str(err["loc"][0]) in env_fields:
+            origin = f" (from ${env_fields[str(err['loc'][0])]})"
+        lines.append(f"{shown}: {loc}: {msg}{origin}")
+    return lines
+
+
+def _validate(model: type[M], data: Any, shown: str, env_fields: Mapping[str, str] | None = None) -> M:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{shown}: (top level): expected a mapping, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(shown, exc, env_fields)) from None
+
+
+def _resolve(kind: str, name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        return p
+    return config_dir() / kind / f"{name_or_path}.yaml"
+
+
+def load_dataset(name_or_path: str | Path) -> DatasetConfig:
+    """Load ``config/datasets/<name>.yaml`` (or a path) into a :class:`DatasetConfig`."""
+    path = _resolve("datasets", name_or_path)
+    dataset = _validate(DatasetConfig, read_yaml(path), display_path(path))
+    dataset._file = display_path(path)
+    return dataset
+
+
+def profile_env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Profile fields set by ``KEYFLOW_<FIELD>`` environment variables, read now (not at import)."""
+    env = os.environ if environ is None else environ
+    out = {}
+    for name, field in Profile.model_fields.items():
+        var = ENV_PREFIX + name.upper()
+        if var in env and field.annotation in (str, int, bool, str | None, int | None):
+            out[name] = var
+    return out
+
+
+def load_profile(name_or_path: str | Path, environ: Mapping[str, str] | None = None) -> Profile:
+    """Load ``config/profiles/<name>.yaml`` and apply ``KEYFLOW_<FIELD>`` environment overrides."""
+    env = os.environ if environ is None else environ
+    path = _resolve("profiles", name_or_path)
+    data = read_yaml(path)
+    overrides = profile_env_overrides(env)
+    if isinstance(data, dict):
+        data = dict(data)
+        for name, var in overrides.items():
+            value: Any = env[var]
+            data[name] = None if value == "" and name != "source_url" else value
+    return _validate(Profile, data, display_path(path), overrides)
+
+
+def validate_tree(root: Path | None = None) -> tuple[int, list[str]]:
+    """Validate every dataset and profile below ``root``; return (files checked, problem lines)."""
+    base = root or config_dir()
+    problems: list[str] = []
+    checked = 0
+    for kind, loader in (("datasets", load_dataset), ("profiles", load_profile)):
+        for path in sorted((base / kind).glob("*.y*ml")):
+            checked += 1
+            try:
+                if kind == "profiles":
+                    load_profile(path, environ={})
+                else:
+                    loader(path)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    return checked, problems

@@ -1,0 +1,382 @@
+"""Pydantic models of keyflow's YAML: datasets (source, rules, target) and profiles (where things run)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+
+from config.types import parse_type
+
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def _ident(value: str) -> str:
+    if not isinstance(value, str) or not IDENT_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a safe identifier (ASCII letters, digits and _, not starting with a digit, "
+            "at most 63 characters)"
+        )
+    return value
+
+
+def _type_name(value: str) -> str:
+    return str(parse_type(value))
+
+
+Ident = Annotated[str, AfterValidator(_ident)]
+TypeName = Annotated[str, AfterValidator(_type_name)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- rules
+
+
+class Expr(_Model):
+    """A derived-column expression: exactly one operator. A bare string is a column, a bare number a literal."""
+
+    col: Ident | None = Field(None, description="value of a column")
+    lit: str | int | float | bool | None = Field(None, description="a constant")
+    concat: list[Expr] | None = Field(None, description="text concatenation; nulls count as empty")
+    add: list[Expr] | None = Field(None, min_length=2, description="sum of the operands")
+    sub: list[Expr] | None = Field(None, min_length=2, max_length=2, description="a - b")
+    mul: list[Expr] | None = Field(None, min_length=2, description="product of the operands")
+    div: list[Expr] | None = Field(None, min_length=2, max_length=2, description="a / b (null when b is 0)")
+    coalesce: list[Expr] | None = Field(None, min_length=1, description="first non-null operand")
+    year: Expr | None = Field(None, description="year of a date or timestamp")
+    month: Expr | None = Field(None, description="month (1-12) of a date or timestamp")
+    day: Expr | None = Field(None, description="day of month of a date or timestamp")
+    hour: Expr | None = Field(None, description="hour of a timestamp")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"col": data}
+        if isinstance(data, bool | int | float):
+            return {"lit": data}
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Expr:
+        if len(self.model_fields_set) != 1:
+            raise ValueError("an expression takes exactly one operator of: " + ", ".join(type(self).model_fields))
+        return self
+
+    @property
+    def op(self) -> str:
+        return next(iter(self.model_fields_set))
+
+
+FILTER_OPS = {
+    "==": "eq",
+    "!=": "ne",
+    "<": "lt",
+    "<=": "le",
+    ">": "gt",
+    ">=": "ge",
+    "eq": "eq",
+    "ne": "ne",
+    "lt": "lt",
+    "le": "le",
+    "gt": "gt",
+    "ge": "ge",
+    "in": "in",
+    "not_in": "not_in",
+    "is_null": "is_null",
+    "not_null": "not_null",
+}
+
+
+class Condition(_Model):
+    """One filter comparison: ``column op value``. Rows where it is false or null are dropped."""
+
+    column: Ident
+    op: str = Field(description="one of " + ", ".join(FILTER_OPS))
+    value: str | int | float | bool | None = None
+    values: list[str | int | float | bool] | None = Field(None, max_length=10_000)
+
+    @field_validator("op")
+    @classmethod
+    def _known_op(cls, v: str) -> str:
+        if v not in FILTER_OPS:
+            raise ValueError(f"unknown operator {v!r} (known: {', '.join(FILTER_OPS)})")
+        return FILTER_OPS[v]
+
+    @model_validator(mode="after")
+    def _operands(self) -> Condition:
+        if self.op in ("in", "not_in"):
+            if self.values is None:
+                raise ValueError(f"operator {self.op!r} needs 'values' (a list)")
+        elif self.op in ("is_null", "not_null"):
+            if self.value is not None or self.values is not None:
+                raise ValueError(f"operator {self.op!r} takes no value")
+        elif self.value is None:
+            raise ValueError(f"operator {self.op!r} needs a 'value'")
+        return self
+
+
+class Derive(_Model):
+    """A new (or replaced) column computed from an expression."""
+
+    column: Ident
+    expr: Expr
+    type: TypeName | None = Field(None, description="cast the result to this type")
+
+
+class Dedupe(_Model):
+    """Keep one row per distinct combination of ``on`` (the first seen), across the key's batches."""
+
+    on: list[Ident] = Field(min_length=1)
+    keep: Literal["first"] = "first"
+
+
+class Privacy(_Model):
+    """Per-column privacy: drop it, mask all but the last characters, or a salted SHA-256 hash."""
+
+    column: Ident
+    action: Literal["drop", "mask", "hash"]
+    keep_last: int = Field(4, ge=0, le=64, description="mask: characters left visible at the end")
+    mask_char: str = Field("*", min_length=1, max_length=1)
+    salt_secret: Ident | None = Field(None, description="hash: name of the profile secret used as salt")
+
+    @model_validator(mode="after")
+    def _salt(self) -> Privacy:
+        if self.action == "hash" and not self.salt_secret:
+            raise ValueError("action 'hash' needs 'salt_secret' (the name of a secret in the profile)")
+        return self
+
+
+RULE_NAMES = (
+    "select",
+    "drop",
+    "rename",
+    "cast",
+    "trim",
+    "lower",
+    "upper",
+    "fill",
+    "filter",
+    "derive",
+    "dedupe",
+    "privacy",
+)
+
+
+class Rule(_Model):
+    """One transformation step; exactly one of its fields is set. Rules apply in order."""
+
+    select: list[Ident] | None = Field(None, min_length=1, description="keep only these columns, in this order")
+    drop: list[Ident] | None = Field(None, min_length=1, description="remove these columns")
+    rename: dict[Ident, Ident] | None = Field(None, description="old name: new name")
+    cast: dict[Ident, TypeName] | None = Field(None, description="column: type")
+    trim: list[Ident] | None = Field(None, description="strip surrounding whitespace")
+    lower: list[Ident] | None = None
+    upper: list[Ident] | None = None
+    fill: dict[Ident, str | int | float | bool] | None = Field(None, description="column: value used for nulls")
+    filter: list[Condition] | None = Field(None, description="keep rows where every condition holds")
+    derive: Derive | None = None
+    dedupe: Dedupe | None = None
+    privacy: Privacy | None = None
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _one_condition(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_key(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if len(data) != 1:
+                raise ValueError(
+                    f"a rule is a mapping with exactly one of: {', '.join(RULE_NAMES)}; got {sorted(data)}"
+                )
+            name = next(iter(data))
+            if name not in RULE_NAMES:
+                raise ValueError(f"unknown rule {name!r} (known: {', '.join(RULE_NAMES)})")
+        return data
+
+    @property
+    def name(self) -> str:
+        return next(iter(self.model_fields_set))
+
+
+# ---------------------------------------------------------------- dataset
+
+
+class SourceConfig(_Model):
+    """Where a key's rows come from: a table filtered on the key column, or a query with bound parameters."""
+
+    table: Ident | None = Field(None, description="source table; rows are selected WHERE key_column = :key")
+    db_schema: Ident | None = Field(None, alias="schema", description="schema (PostgreSQL) or database (MySQL)")
+    key_column: Ident = Field(description="column holding the key (campaign code)")
+    columns: list[Ident] | None = Field(None, description="columns to read; all when omitted")
+    date_column: Ident | None = Field(
+        None, description="optional: also keep only rows whose date is within the key's start and end dates"
+    )
+    query: str | None = Field(
+        None,
+        max_length=100_000,
+        description="SQL with bound parameters :key, :start_date, :end_date, :run_date and :<param>",
+    )
+    batch_rows: int = Field(20_000, ge=100, le=1_000_000, description="rows per streamed batch")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SourceConfig:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' or 'query'")
+        if self.query is not None and ":key" not in self.query:
+            raise ValueError("'query' must filter on the bound parameter :key")
+        return self
+
+
+class TargetColumn(_Model):
+    """One column of the target table."""
+
+    name: Ident
+    type: TypeName
+    nullable: bool = True
+
+
+class TargetConfig(_Model):
+    """The warehouse table: created when missing; one key's slice is replaced per load."""
+
+    db_schema: Ident = Field("public", alias="schema")
+    table: Ident
+    key_column: Ident | None = Field(None, description="column holding the key; default: source.key_column")
+    columns: list[TargetColumn] | None = Field(
+        None, description="columns and types; derived from the source and rules when omitted"
+    )
+    distkey: Ident | None = Field(None, description="Redshift DISTKEY")
+    sortkey: list[Ident] = Field(default_factory=list, description="Redshift compound SORTKEY")
+    load_mode: Literal["replace_key", "replace_table"] = Field(
+        "replace_key",
+        description="replace_key: replace each active key's rows; replace_table: also remove keys no longer active",
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _unique(self) -> TargetConfig:
+        if self.columns:
+            names = [c.name.lower() for c in self.columns]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"duplicate column names: {', '.join(dup)}")
+            for name in [self.distkey, *self.sortkey]:
+                if name and name.lower() not in names:
+                    raise ValueError(f"distkey/sortkey column {name!r} is not among the target columns")
+        return self
+
+
+class StagingConfig(_Model):
+    """How staged files are written."""
+
+    compression: Literal["zstd", "gzip", "none"] = "zstd"
+    level: int = Field(1, ge=1, le=19, description="compression level (gzip: 1-9)")
+    part_rows: int = Field(250_000, ge=1_000, le=50_000_000, description="rows per staged part file")
+
+
+class DatasetConfig(_Model):
+    """One key-driven ETL: source, rules, staging and target."""
+
+    _file: str = PrivateAttr("dataset")
+
+    name: Ident
+    description: str = ""
+    source: SourceConfig
+    rules: list[Rule] = Field(default_factory=list)
+    staging: StagingConfig = Field(default_factory=StagingConfig)  # type: ignore[arg-type]
+    target: TargetConfig
+
+    @model_validator(mode="after")
+    def _query_needs_columns(self) -> DatasetConfig:
+        if self.source.query is not None and not self.target.columns:
+            raise ValueError("a 'query' source needs target.columns (types cannot be read from the table)")
+        return self
+
+    @property
+    def file(self) -> str:
+        """The YAML file this dataset came from, as errors show it."""
+        return self._file
+
+    @property
+    def target_key_column(self) -> str:
+        return self.target.key_column or self.source.key_column
+
+    def secret_names(self) -> set[str]:
+        return {r.privacy.salt_secret for r in self.rules if r.privacy and r.privacy.salt_secret}
+
+
+# ---------------------------------------------------------------- profile
+
+
+class SecretRef(_Model):
+    """Where a secret comes from. Secret values never live in YAML."""
+
+    env: str | None = Field(None, description="environment variable")
+    prefect_secret: str | None = Field(None, description="name of a Prefect Secret block")
+    aws_secret: str | None = Field(None, description="AWS Secrets Manager secret id")
+    aws_secret_field: str | None = Field(None, description="JSON field inside the AWS secret")
+
+    @model_validator(mode="after")
+    def _one(self) -> SecretRef:
+        given = [n for n in ("env", "prefect_secret", "aws_secret") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError("a secret reference takes exactly one of: env, prefect_secret, aws_secret")
+        return self
+
+
+class Profile(_Model):
+    """Where keyflow runs: source database, warehouse, AWS endpoint, bucket, keys table, parallelism."""
+
+    name: str = "local"
+    source_url: str = Field(description="SQLAlchemy URL of the source database, without password")
+    source_password: SecretRef | None = Field(None, description="defaults to $KEYFLOW_SOURCE_PASSWORD if set")
+    source_max_connections: int = Field(
+        2, ge=0, le=64, description="extractions at once against the source (0 stops extraction)"
+    )
+    warehouse_kind: Literal["postgres", "redshift", "duckdb"] = "duckdb"
+    warehouse_url: str = Field(description="postgresql://… (postgres, redshift) or a DuckDB file path")
+    warehouse_password: SecretRef | None = Field(None, description="defaults to $KEYFLOW_WAREHOUSE_PASSWORD")
+    redshift_iam_role: str | None = Field(None, description="IAM role ARN for Redshift COPY")
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = Field(None, description="AWS endpoint (a moto server); None for real AWS")
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = Field("keyflow", description="key prefix of staged files")
+    kms_key_id: str | None = Field(None, description="SSE-KMS key for staged objects; SSE-S3 when omitted")
+    keys_table: str = Field("keyflow_keys", min_length=3, max_length=255)
+    max_parallel_keys: int = Field(4, ge=1, le=64)
+    keep_staged: bool = Field(False, description="keep staged files after a successful load")
+    secrets: dict[Ident, SecretRef] = Field(default_factory=dict, description="named secrets, e.g. hash salts")
+
+    @field_validator("source_url", "warehouse_url")
+    @classmethod
+    def _no_password(cls, v: str) -> str:
+        if re.match(r"^[a-z0-9+]+://[^/@:]*:[^/@]+@", v):
+            raise ValueError(
+                "a password in a URL would live in YAML; remove it and set source_password / "
+                "warehouse_password (environment variable, Prefect Secret or AWS Secrets Manager)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _redshift(self) -> Profile:
+        if self.warehouse_kind == "redshift" and not self.redshift_iam_role:
+            raise ValueError("warehouse_kind 'redshift' needs redshift_iam_role (COPY runs with an IAM role)")
+        return self

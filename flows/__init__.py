@@ -1,0 +1,1 @@
+"""keyflow flows: thin orchestration (parameters, fan-out, summary). No SDK imports here."""

@@ -1,0 +1,263 @@
+"""The ``keyflow`` command: run the ETL, manage keys, validate YAML, run the embedded demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from config.errors import ConfigError, KeyflowError
+
+app = typer.Typer(
+    help="keyflow: key-driven ETL from RDS to Redshift through S3, as Prefect flows.", no_args_is_help=True
+)
+etl_app = typer.Typer(help="Run the key-driven ETL.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage the keys (campaigns) of a dataset in DynamoDB.", no_args_is_help=True)
+app.add_typer(etl_app, name="etl")
+app.add_typer(keys_app, name="keys")
+out = Console()
+err = Console(stderr=True)
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="profile name or path (config/profiles/)")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name or path (config/datasets/)")]
+
+
+def _quiet_prefect() -> None:
+    """Offline-friendly Prefect defaults, set before Prefect is imported (a user's own settings win)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+
+
+def _fail(exc: KeyflowError) -> None:
+    problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+    for line in problems:
+        err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+def print_summary(rows: list[dict[str, Any]], title: str) -> None:
+    """The per-key summary table."""
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("key", "left"), ("status", "left"), ("rows", "right"), ("bytes staged", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("seconds", justify="right")
+    table.add_column("detail", overflow="fold")
+    for r in rows:
+        ok = r["status"] == "loaded"
+        table.add_row(
+            r["key"],
+            f"[green]{r['status']}[/green]" if ok else f"[red]{r['status']}[/red]",
+            f"{r['rows_loaded']:,}" if ok else f"{r['rows_extracted']:,} extracted",
+            f"{r['bytes_staged']:,}",
+            f"{r['seconds']:.2f}",
+            r["uri"] if ok else r["error"],
+        )
+    out.print(table)
+
+
+def run_etl(dataset: str, run_date: date | None, profile: str) -> int:
+    """Validate config, run the flow, print the summary; return the exit code."""
+    from config.loader import load_dataset, load_profile
+
+    try:
+        load_profile(profile)
+        load_dataset(dataset)
+    except KeyflowError as exc:
+        _fail(exc)
+    _quiet_prefect()
+    from flows.rds_to_redshift import rds_to_redshift
+
+    state = rds_to_redshift(dataset=dataset, run_date=run_date, profile=profile, return_state=True)
+    result: Any = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        message = str(result).strip() or type(result).__name__
+        for line in message.splitlines():
+            err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        return 2 if isinstance(result, ConfigError) else 1
+    rows: list[dict[str, Any]] = result or []
+    if not rows:
+        out.print(f"Nothing to do: no key of {dataset} is active on {run_date or 'today'}.")
+        return 0
+    print_summary(rows, f"{dataset} on {run_date or 'today'} — {state.message}")
+    return 0 if state.is_completed() else 1
+
+
+@etl_app.command("run")
+def etl_run(
+    dataset: DatasetOpt,
+    run_date: Annotated[str | None, typer.Option("--date", help="run date YYYY-MM-DD (default: today, UTC)")] = None,
+    profile: ProfileOpt = "local",
+) -> None:
+    """Load every key of DATASET active on the run date; exit 1 when any key failed."""
+    day = _parse_date(run_date, "--date") if run_date else None
+    raise typer.Exit(run_etl(dataset, day, profile))
+
+
+def _parse_date(text: str, option: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        err.print(f"[red]error:[/red] {option}: {text!r} is not a date (YYYY-MM-DD)")
+        raise typer.Exit(2) from None
+
+
+def _key_store(profile: str) -> Any:
+    from config.loader import load_profile
+    from tasks.resources import key_store_for
+
+    try:
+        return key_store_for(load_profile(profile))
+    except KeyflowError as exc:
+        _fail(exc)
+
+
+@keys_app.command("put")
+def keys_put(
+    dataset: DatasetOpt,
+    key: Annotated[str, typer.Option("--key", "-k", help="the key (campaign code)")],
+    start: Annotated[str, typer.Option("--start", help="first active day, YYYY-MM-DD")],
+    end: Annotated[str, typer.Option("--end", help="last active day, YYYY-MM-DD (inclusive)")],
+    disabled: Annotated[bool, typer.Option("--disabled", help="store it switched off")] = False,
+    params: Annotated[str | None, typer.Option("--params", help="JSON object of extra query parameters")] = None,
+    profile: ProfileOpt = "local",
+) -> None:
+    """Add or replace a key."""
+    from tasks.transforms.keys import CampaignKey
+
+    try:
+        extra = json.loads(params) if params else {}
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] --params: not JSON: {exc}")
+        raise typer.Exit(2) from None
+    if not isinstance(extra, dict):
+        err.print("[red]error:[/red] --params: expected a JSON object")
+        raise typer.Exit(2)
+    store = _key_store(profile)
+    try:
+        store.ensure_table()
+        store.put_key(
+            CampaignKey(dataset, key, _parse_date(start, "--start"), _parse_date(end, "--end"), not disabled, extra)
+        )
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except KeyflowError as exc:
+        _fail(exc)
+    out.print(f"Stored key {key!r} of {dataset} ({start} to {end}{', disabled' if disabled else ''}).")
+
+
+@keys_app.command("list")
+def keys_list(
+    dataset: DatasetOpt,
+    on: Annotated[str | None, typer.Option("--date", help="only keys active on this day")] = None,
+    profile: ProfileOpt = "local",
+) -> None:
+    """List the keys of a dataset (or those active on a day)."""
+    store = _key_store(profile)
+    try:
+        keys = store.active_keys(dataset, _parse_date(on, "--date")) if on else store.list_keys(dataset)
+    except KeyflowError as exc:
+        _fail(exc)
+    table = Table("key", "start", "end", "enabled", "params")
+    for k in keys:
+        table.add_row(k.key, str(k.start_date), str(k.end_date), "yes" if k.enabled else "no", json.dumps(k.params))
+    out.print(table)
+
+
+@keys_app.command("disable")
+def keys_disable(
+    dataset: DatasetOpt, key: Annotated[str, typer.Option("--key", "-k")], profile: ProfileOpt = "local"
+) -> None:
+    """Switch a key off (it stays in the table; `keys enable` switches it back on)."""
+    try:
+        _key_store(profile).set_enabled(dataset, key, False)
+    except KeyflowError as exc:
+        _fail(exc)
+    out.print(f"Disabled key {key!r} of {dataset}.")
+
+
+@keys_app.command("enable")
+def keys_enable(
+    dataset: DatasetOpt, key: Annotated[str, typer.Option("--key", "-k")], profile: ProfileOpt = "local"
+) -> None:
+    """Switch a key back on."""
+    try:
+        _key_store(profile).set_enabled(dataset, key, True)
+    except KeyflowError as exc:
+        _fail(exc)
+    out.print(f"Enabled key {key!r} of {dataset}.")
+
+
+@app.command("validate")
+def validate(
+    config_dir: Annotated[Path | None, typer.Option("--config-dir", help="folder with datasets/ and profiles/")] = None,
+) -> None:
+    """Check every dataset and profile YAML; one line per problem, naming file and field."""
+    from config.loader import validate_tree
+
+    checked, problems = validate_tree(config_dir)
+    for line in problems:
+        err.print(line, highlight=False, soft_wrap=True, markup=False)
+    if problems:
+        err.print(f"{len(problems)} problem(s) in {checked} file(s)")
+        raise typer.Exit(2)
+    out.print(f"{checked} file(s) valid")
+
+
+@app.command("demo")
+def demo(
+    run_date: Annotated[str, typer.Option("--date", help="run date; three campaigns overlap on 2017-03-20")] = (
+        "2017-03-20"
+    ),
+    rows_per_key: Annotated[int, typer.Option("--rows", min=1, max=1_000_000)] = 2000,
+    workdir: Annotated[Path, typer.Option("--dir", help="where the demo's files go")] = Path(".keyflow/demo"),
+) -> None:
+    """Seed an embedded demo (SQLite source, emulated DynamoDB/S3/KMS, DuckDB warehouse) and run the ETL on it."""
+    _quiet_prefect()
+    from tasks.demo import create_kms_key, seed_aws, seed_source
+    from tasks.io.emulator import EmbeddedAWS
+
+    day = _parse_date(run_date, "--date")
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["KEYFLOW_SOURCE_URL"] = f"sqlite:///{(workdir / 'source.db').resolve()}"
+    os.environ["KEYFLOW_WAREHOUSE_URL"] = str((workdir / "warehouse.duckdb").resolve())
+    os.environ["KEYFLOW_WAREHOUSE_KIND"] = "duckdb"
+    os.environ.setdefault("KEYFLOW_EMAIL_SALT", "demo-salt-not-secret")
+    with EmbeddedAWS() as aws:
+        os.environ["KEYFLOW_AWS_ENDPOINT_URL"] = aws.endpoint_url
+        from config.loader import load_profile
+
+        prof = load_profile("local")
+        os.environ["KEYFLOW_KMS_KEY_ID"] = create_kms_key(prof)
+        prof = load_profile("local")
+        n = seed_source(workdir / "source.db", rows_per_key)
+        seed_aws(prof)
+        out.print(
+            f"Demo: {n:,} source rows in {workdir / 'source.db'}, 5 campaigns in DynamoDB table "
+            f"{prof.keys_table!r} at {aws.endpoint_url} (emulated), staging bucket {prof.bucket!r} with SSE-KMS."
+        )
+        code = run_etl("campaign_facts", day, "local")
+    if code == 0:
+        out.print(f"Warehouse: {workdir / 'warehouse.duckdb'} (DuckDB), table analytics.campaign_facts.")
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyflowError as exc:  # a user's mistake: one line each, no traceback
+        _fail(exc)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""keyflow tasks: small Prefect tasks over adapters (``tasks.io``) and pure functions (``tasks.transforms``)."""

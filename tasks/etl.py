@@ -1,0 +1,218 @@
+"""Tasks of the key-driven ETL: prepare the target, list active keys, stage one key, load one key."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+from prefect.tasks import Task
+
+from config.errors import KeyFailedError, RetryableError
+from config.models import DatasetConfig, Profile
+from tasks.io.stager import PartWriter
+from tasks.resources import key_store_for, object_store_for, salts_for, source_for, warehouse_for
+from tasks.transforms.keys import CampaignKey
+from tasks.transforms.plan import arrow_schema, plan_table
+from tasks.transforms.rules import RuleEngine, RuleError, conform
+from tasks.transforms.sql import TableSpec, render_key_query
+from tasks.transforms.staging import StagedKey, key_prefix, redshift_manifest, run_record
+
+_limits_lock = threading.Lock()
+_limits: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+
+
+def _limit(name: str, size: int) -> threading.BoundedSemaphore:
+    """A process-wide semaphore per (name, size): bounds keys at once and extractions per source database."""
+    with _limits_lock:
+        return _limits.setdefault((name, size), threading.BoundedSemaphore(size))
+
+
+def retry_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry only what can succeed on retry (throttling, connection trouble), never bad data or config."""
+    try:
+        state.result()
+    except RetryableError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class KeyResult:
+    """The outcome of one key, as the summary table and the artifact show it."""
+
+    key: str
+    status: str
+    rows_extracted: int = 0
+    rows_staged: int = 0
+    rows_loaded: int = 0
+    bytes_staged: int = 0
+    seconds: float = 0.0
+    uri: str = ""
+    error: str = ""
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@task(name="prepare_target", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
+def prepare_target(dataset: DatasetConfig, profile: Profile) -> TableSpec:
+    """Plan the target table from the source schema and rules; create it when missing."""
+    logger = get_run_logger()
+    spec = plan_table(dataset, source_for(profile).source_schema(dataset.source), dataset.file)
+    warehouse_for(profile).prepare(spec)
+    logger.info(
+        "Target %s.%s ready on %s (%d columns)",
+        spec.schema,
+        spec.table,
+        profile.warehouse_kind,
+        len(spec.columns),
+    )
+    return spec
+
+
+@task(name="list_active_keys", retries=3, retry_delay_seconds=[1, 4, 10], retry_condition_fn=retry_transient)
+def list_active_keys(dataset: str, run_date: date, profile: Profile) -> list[CampaignKey]:
+    """Query the DynamoDB key table for the keys of ``dataset`` active on ``run_date``."""
+    keys = key_store_for(profile).active_keys(dataset, run_date)
+    get_run_logger().info(
+        "%d key(s) of %s active on %s: %s",
+        len(keys),
+        dataset,
+        run_date,
+        ", ".join(k.key for k in keys) or "none",
+    )
+    return keys
+
+
+def stage_rows(
+    key: CampaignKey, dataset: DatasetConfig, profile: Profile, spec: TableSpec, run_id: str, run_date: date
+) -> StagedKey:
+    """Stream one key's rows from the source through the rules into compressed, encrypted S3 parts."""
+    started = time.perf_counter()
+    source = source_for(profile)
+    store = object_store_for(profile)
+    engine = RuleEngine(dataset.rules, salts_for(profile, dataset.secret_names()))
+    schema_in = source.source_schema(dataset.source)
+    target_schema = arrow_schema(spec)
+    sql = render_key_query(dataset.source, source.dialect)
+    params: dict[str, Any] = {**key.params}
+    params.update(key=key.key, start_date=key.start_date, end_date=key.end_date, run_date=run_date)
+    prefix = key_prefix(profile.prefix, dataset.name, run_id, key.key)
+    writer = PartWriter(
+        store,
+        prefix,
+        target_schema,
+        dataset.staging.compression,
+        dataset.staging.level,
+        dataset.staging.part_rows,
+    )
+    extracted = filtered = 0
+    if profile.source_max_connections == 0:
+        raise KeyFailedError(f"key {key.key!r}: extraction is switched off (source_max_connections is 0)")
+    try:
+        with _limit(f"source:{profile.source_url}", profile.source_max_connections):
+            for batch in source.stream(sql, params, schema_in, dataset.source.batch_rows):
+                extracted += batch.num_rows
+                out = conform(engine.apply(batch), target_schema)
+                filtered += batch.num_rows - out.num_rows
+                writer.write(out)
+        parts = writer.close()
+    except RuleError as exc:
+        writer.abort()
+        raise KeyFailedError(f"key {key.key!r}: {dataset.file}: {exc.path}: {exc.message}") from None
+    except BaseException:
+        writer.abort()
+        raise
+    staged = StagedKey(
+        dataset=dataset.name,
+        key=key.key,
+        run_id=run_id,
+        bucket=store.bucket,
+        prefix=prefix,
+        manifest_key=prefix + "manifest.json",
+        compression=dataset.staging.compression,
+        columns=tuple(spec.column_names),
+        rows_extracted=extracted,
+        rows_filtered=filtered,
+        rows_staged=sum(p.rows for p in parts),
+        bytes_staged=sum(p.bytes for p in parts),
+        seconds=0.0,
+        parts=tuple(parts),
+    )
+    store.put_bytes(redshift_manifest(store.bucket, parts), staged.manifest_key, "application/json")
+    store.put_bytes(run_record(staged, run_date), prefix + "_keyflow.json", "application/json")
+    return StagedKey(**{**asdict(staged), "parts": staged.parts, "seconds": time.perf_counter() - started})
+
+
+@task(
+    name="stage_key",
+    task_run_name="stage-{key.key}",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+)
+def stage_key(
+    key: CampaignKey, dataset: DatasetConfig, profile: Profile, spec: TableSpec, run_id: str, run_date: date
+) -> StagedKey:
+    """Extract, transform and stage one key; at most ``max_parallel_keys`` keys at once."""
+    logger = get_run_logger()
+    with _limit(f"keys:{dataset.name}", profile.max_parallel_keys):
+        staged = stage_rows(key, dataset, profile, spec, run_id, run_date)
+    logger.info(
+        "Staged key %r: %d rows extracted, %d filtered by rules, %d staged in %d part(s), %d bytes, %.2fs",
+        key.key,
+        staged.rows_extracted,
+        staged.rows_filtered,
+        staged.rows_staged,
+        len(staged.parts),
+        staged.bytes_staged,
+        staged.seconds,
+    )
+    return staged
+
+
+@task(
+    name="load_key",
+    task_run_name="load-{staged.key}",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+)
+def load_key(staged: StagedKey, dataset: DatasetConfig, profile: Profile, spec: TableSpec) -> KeyResult:
+    """Replace the key's slice in the warehouse in one transaction, reconcile counts, then drop staged files."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    store = object_store_for(profile)
+    loaded = warehouse_for(profile).load_key(spec, staged, store)
+    if not profile.keep_staged:
+        store.delete_prefix(staged.prefix)
+    seconds = staged.seconds + time.perf_counter() - started
+    logger.info("Loaded key %r: %d rows into %s.%s (%.2fs)", staged.key, loaded, spec.schema, spec.table, seconds)
+    return KeyResult(
+        key=staged.key,
+        status="loaded",
+        rows_extracted=staged.rows_extracted,
+        rows_staged=staged.rows_staged,
+        rows_loaded=loaded,
+        bytes_staged=staged.bytes_staged,
+        seconds=round(seconds, 3),
+        uri=f"s3://{staged.bucket}/{staged.prefix}",
+    )
+
+
+@task(name="remove_inactive_keys", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
+def remove_inactive_keys(profile: Profile, spec: TableSpec, keep: list[str]) -> int:
+    """replace_table mode: after every active key loaded, delete the rows of keys no longer active."""
+    removed = warehouse_for(profile).delete_other_keys(spec, keep)
+    get_run_logger().info("Removed %d row(s) of keys no longer active from %s.%s", removed, spec.schema, spec.table)
+    return removed

@@ -1,0 +1,70 @@
+"""boto3 clients from a profile: one cached client per (service, region, endpoint), retries in botocore."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, EndpointConnectionError
+
+from config.errors import KeyFailedError, RetryableError
+
+_lock = threading.Lock()
+_clients: dict[tuple[str, str, str | None], Any] = {}
+
+TRANSIENT_CODES = {
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "Throttling",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "InternalServerError",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "TransactionConflictException",
+}
+
+
+def client(service: str, region: str, endpoint_url: str | None = None) -> Any:
+    """A thread-safe boto3 client (sessions are not thread-safe, so clients are made under a lock)."""
+    cache_key = (service, region, endpoint_url)
+    with _lock:
+        if cache_key not in _clients:
+            kwargs: dict[str, Any] = {}
+            if endpoint_url and not os.environ.get("AWS_ACCESS_KEY_ID"):
+                # An emulated endpoint (moto) accepts any credentials; real AWS uses the standard chain.
+                kwargs.update(aws_access_key_id="keyflow", aws_secret_access_key="keyflow")
+            session = boto3.session.Session()
+            _clients[cache_key] = session.client(
+                service,
+                region_name=region,
+                endpoint_url=endpoint_url,
+                config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, max_pool_connections=32),
+                **kwargs,
+            )
+        return _clients[cache_key]
+
+
+def reset_clients() -> None:
+    """Forget cached clients (after an endpoint changes, e.g. between test sessions)."""
+    with _lock:
+        _clients.clear()
+
+
+def translate(exc: Exception, what: str) -> Exception:
+    """Map a boto error to keyflow's retry-or-fail classes, naming what was being done."""
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        message = exc.response.get("Error", {}).get("Message", "")
+        if code in TRANSIENT_CODES:
+            return RetryableError(f"{what}: {code}: {message}")
+        return KeyFailedError(f"{what}: {code}: {message}")
+    if isinstance(exc, EndpointConnectionError | ConnectionError):
+        return RetryableError(f"{what}: {exc}")
+    if isinstance(exc, BotoCoreError):
+        return KeyFailedError(f"{what}: {exc}")
+    return exc

@@ -1,0 +1,177 @@
+"""DynamoDB key table adapter: partition key ``dataset``, sort key ``key``; Query with pagination, never Scan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from decimal import Decimal
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from config.errors import KeyFailedError
+from tasks.io.aws import client, translate
+from tasks.transforms.keys import CampaignKey, active_keys, validate_key
+
+
+class KeyStore(Protocol):
+    """Where a dataset's keys live."""
+
+    def ensure_table(self) -> None: ...
+    def put_key(self, key: CampaignKey) -> None: ...
+    def list_keys(self, dataset: str) -> list[CampaignKey]: ...
+    def active_keys(self, dataset: str, on: date) -> list[CampaignKey]: ...
+    def set_enabled(self, dataset: str, key: str, enabled: bool) -> None: ...
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+class DynamoKeyStore:
+    """Keys in a DynamoDB table, reached through boto3 (a moto server or real AWS)."""
+
+    def __init__(
+        self,
+        table: str,
+        region: str,
+        endpoint_url: str | None = None,
+        kms_key_id: str | None = None,
+        page_size: int | None = None,
+    ) -> None:
+        self.table = table
+        self.kms_key_id = kms_key_id
+        self.page_size = page_size
+        self._ddb = client("dynamodb", region, endpoint_url)
+
+    def ensure_table(self) -> None:
+        """Create the table (on-demand, SSE with KMS) when it does not exist."""
+        try:
+            self._ddb.describe_table(TableName=self.table)
+            return
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise translate(exc, f"describe table {self.table}") from exc
+        sse: dict[str, Any] = {"Enabled": True, "SSEType": "KMS"}
+        if self.kms_key_id:
+            sse["KMSMasterKeyId"] = self.kms_key_id
+        try:
+            self._ddb.create_table(
+                TableName=self.table,
+                AttributeDefinitions=[
+                    {"AttributeName": "dataset", "AttributeType": "S"},
+                    {"AttributeName": "key", "AttributeType": "S"},
+                ],
+                KeySchema=[
+                    {"AttributeName": "dataset", "KeyType": "HASH"},
+                    {"AttributeName": "key", "KeyType": "RANGE"},
+                ],
+                BillingMode="PAY_PER_REQUEST",
+                SSESpecification=sse,
+            )
+            self._ddb.get_waiter("table_exists").wait(TableName=self.table)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceInUseException":
+                raise translate(exc, f"create table {self.table}") from exc
+
+    def put_key(self, key: CampaignKey) -> None:
+        """Insert or replace one key."""
+        validate_key(key.key)
+        if key.end_date < key.start_date:
+            raise ValueError(f"key {key.key!r}: end_date {key.end_date} is before start_date {key.start_date}")
+        item: dict[str, Any] = {
+            "dataset": {"S": key.dataset},
+            "key": {"S": key.key},
+            "start_date": {"S": key.start_date.isoformat()},
+            "end_date": {"S": key.end_date.isoformat()},
+            "enabled": {"BOOL": key.enabled},
+        }
+        if key.params:
+            item["params"] = {"M": {k: _to_attr(v) for k, v in key.params.items()}}
+        try:
+            self._ddb.put_item(TableName=self.table, Item=item)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"put key {key.key!r}") from exc
+
+    def set_enabled(self, dataset: str, key: str, enabled: bool) -> None:
+        """Enable or disable a key; a missing key is an error, not a silent insert."""
+        try:
+            self._ddb.update_item(
+                TableName=self.table,
+                Key={"dataset": {"S": dataset}, "key": {"S": key}},
+                UpdateExpression="SET enabled = :e",
+                ConditionExpression="attribute_exists(#k)",
+                ExpressionAttributeNames={"#k": "key"},
+                ExpressionAttributeValues={":e": {"BOOL": enabled}},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise KeyFailedError(f"no key {key!r} in dataset {dataset!r}") from None
+            raise translate(exc, f"update key {key!r}") from exc
+
+    def _pages(self, dataset: str) -> Iterator[dict[str, Any]]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "dataset = :d",
+            "ExpressionAttributeValues": {":d": {"S": dataset}},
+            "ConsistentRead": True,
+        }
+        if self.page_size:
+            kwargs["Limit"] = self.page_size
+        while True:
+            try:
+                page = self._ddb.query(**kwargs)
+            except (ClientError, BotoCoreError) as exc:
+                raise translate(exc, f"query keys of {dataset!r} in {self.table}") from exc
+            yield from page.get("Items", [])
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def list_keys(self, dataset: str) -> list[CampaignKey]:
+        """Every key of a dataset, sorted by key."""
+        return sorted((_from_item(i) for i in self._pages(dataset)), key=lambda k: k.key)
+
+    def active_keys(self, dataset: str, on: date) -> list[CampaignKey]:
+        """The keys of ``dataset`` active on ``on``."""
+        return active_keys(self.list_keys(dataset), on)
+
+
+def _to_attr(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, int | float | Decimal):
+        return {"N": str(value)}
+    if value is None:
+        return {"NULL": True}
+    return {"S": str(value)}
+
+
+def _from_attr(attr: dict[str, Any]) -> Any:
+    ((kind, value),) = attr.items()
+    if kind == "N":
+        return _plain(Decimal(value))
+    if kind == "M":
+        return {k: _from_attr(v) for k, v in value.items()}
+    if kind == "L":
+        return [_from_attr(v) for v in value]
+    if kind == "NULL":
+        return None
+    return value
+
+
+def _from_item(item: dict[str, Any]) -> CampaignKey:
+    return CampaignKey(
+        dataset=item["dataset"]["S"],
+        key=item["key"]["S"],
+        start_date=date.fromisoformat(item["start_date"]["S"]),
+        end_date=date.fromisoformat(item["end_date"]["S"]),
+        enabled=bool(item.get("enabled", {"BOOL": True}).get("BOOL", True)),
+        params=_from_attr(item["params"]) if "params" in item else {},
+    )

@@ -1,0 +1,119 @@
+"""S3 adapter: every object written carries server-side encryption (SSE-KMS with a key id, else SSE-S3)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tasks.io.aws import client, translate
+
+_TRANSFER = TransferConfig(multipart_threshold=32 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024)
+
+
+class ObjectStore(Protocol):
+    """Where staged files live."""
+
+    bucket: str
+
+    def put_file(self, path: Path, key: str) -> None: ...
+    def put_bytes(self, data: bytes, key: str, content_type: str = ...) -> None: ...
+    def open(self, key: str) -> IO[bytes]: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def list_keys(self, prefix: str) -> Iterator[str]: ...
+    def delete_prefix(self, prefix: str) -> int: ...
+    def head(self, key: str) -> dict[str, Any]: ...
+
+
+class S3ObjectStore:
+    """A bucket reached through boto3 (a moto server or real S3)."""
+
+    def __init__(
+        self, bucket: str, region: str, endpoint_url: str | None = None, kms_key_id: str | None = None
+    ) -> None:
+        self.bucket = bucket
+        self.region = region
+        self.kms_key_id = kms_key_id
+        self._s3 = client("s3", region, endpoint_url)
+
+    @property
+    def sse_args(self) -> dict[str, str]:
+        if self.kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
+        return {"ServerSideEncryption": "AES256"}
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket with default encryption when missing (demo and tests; production owns its bucket)."""
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError:
+            pass
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if self.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            self._s3.create_bucket(**kwargs)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise translate(exc, f"create bucket {self.bucket}") from exc
+        rule: dict[str, Any] = {"SSEAlgorithm": "aws:kms" if self.kms_key_id else "AES256"}
+        if self.kms_key_id:
+            rule["KMSMasterKeyID"] = self.kms_key_id
+        self._s3.put_bucket_encryption(
+            Bucket=self.bucket,
+            ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": rule}]},
+        )
+
+    def put_file(self, path: Path, key: str) -> None:
+        """Upload a local file (multipart above 32 MiB) with SSE."""
+        try:
+            self._s3.upload_file(str(path), self.bucket, key, ExtraArgs=dict(self.sse_args), Config=_TRANSFER)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"upload s3://{self.bucket}/{key}") from exc
+
+    def put_bytes(self, data: bytes, key: str, content_type: str = "application/octet-stream") -> None:
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **self.sse_args)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"put s3://{self.bucket}/{key}") from exc
+
+    def open(self, key: str) -> IO[bytes]:
+        """A streaming, file-like reader of one object."""
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"read s3://{self.bucket}/{key}") from exc
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open(key) as body:
+            return body.read()
+
+    def head(self, key: str) -> dict[str, Any]:
+        try:
+            return self._s3.head_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"head s3://{self.bucket}/{key}") from exc
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        paginator = self._s3.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"list s3://{self.bucket}/{prefix}") from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many."""
+        keys = list(self.list_keys(prefix))
+        for i in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[i : i + 1000]]
+            try:
+                self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+            except (ClientError, BotoCoreError) as exc:
+                raise translate(exc, f"delete s3://{self.bucket}/{prefix}") from exc
+        return len(keys)

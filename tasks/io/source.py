@@ -1,0 +1,128 @@
+"""Source database adapter (PostgreSQL, MySQL/MariaDB, SQLite) through SQLAlchemy, streaming Arrow batches."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from config.errors import ConfigError, KeyFailedError, RetryableError
+from config.models import SourceConfig
+from config.types import ColumnType
+from tasks.transforms.arrow import rows_to_table
+from tasks.transforms.types import arrow_type
+
+_lock = threading.Lock()
+_engines: dict[str, sa.Engine] = {}
+
+
+class SourceDatabase(Protocol):
+    """A database that can stream one key's rows as Arrow tables."""
+
+    dialect: str
+
+    def source_schema(self, source: SourceConfig) -> pa.Schema | None: ...
+    def stream(
+        self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
+    ) -> Iterator[pa.Table]: ...
+
+
+def engine_for(url: str, password: str | None = None, pool_size: int = 4) -> sa.Engine:
+    """One SQLAlchemy engine per URL, made once per process (engines pool connections and are thread-safe)."""
+    u = sa.make_url(url)
+    if password:
+        u = u.set(password=password)
+    if u.get_backend_name() in ("mysql", "mariadb") and "charset" not in u.query:
+        u = u.update_query_dict({"charset": "utf8mb4"})
+    cache_key = u.render_as_string(hide_password=False)
+    with _lock:
+        if cache_key not in _engines:
+            kwargs: dict[str, Any] = {"pool_pre_ping": True}
+            if u.get_backend_name() != "sqlite":
+                kwargs.update(pool_size=max(pool_size, 1), max_overflow=2)
+            _engines[cache_key] = sa.create_engine(u, **kwargs)
+        return _engines[cache_key]
+
+
+def dialect_of(engine: sa.Engine) -> str:
+    name = engine.dialect.name
+    return {"postgresql": "postgres", "mariadb": "mysql"}.get(name, name)
+
+
+def column_type(t: Any) -> ColumnType:
+    """keyflow type of a reflected SQLAlchemy column type."""
+    name = type(t).__name__.upper()
+    if isinstance(t, sa.Boolean):
+        return ColumnType("boolean")
+    if isinstance(t, sa.SmallInteger) or name in ("TINYINT", "SMALLINT"):
+        return ColumnType("smallint")
+    if isinstance(t, sa.BigInteger):
+        return ColumnType("bigint")
+    if isinstance(t, sa.Integer):
+        return ColumnType("integer")
+    if isinstance(t, sa.Float) or name in ("DOUBLE", "DOUBLE_PRECISION", "REAL"):
+        return ColumnType("real" if name in ("REAL", "FLOAT4") else "double")
+    if isinstance(t, sa.Numeric):
+        if t.precision is None:
+            return ColumnType("text")  # unconstrained NUMERIC: text keeps every digit
+        return ColumnType("decimal", precision=t.precision, scale=t.scale or 0)
+    if isinstance(t, sa.DateTime):
+        return ColumnType("timestamptz" if getattr(t, "timezone", False) else "timestamp")
+    if isinstance(t, sa.Date):
+        return ColumnType("date")
+    return ColumnType("text")
+
+
+def translate_db_error(exc: Exception, what: str) -> Exception:
+    """Connection trouble retries; anything else fails the key with the database's own first line."""
+    first = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.DisconnectionError | sa_exc.TimeoutError):
+        return RetryableError(f"{what}: {first}")
+    return KeyFailedError(f"{what}: {first}")
+
+
+class SqlSource:
+    """A source database reached through SQLAlchemy; rows stream with a server-side cursor."""
+
+    def __init__(self, url: str, password: str | None = None, pool_size: int = 4) -> None:
+        self.engine = engine_for(url, password, pool_size)
+        self.dialect = dialect_of(self.engine)
+
+    def source_schema(self, source: SourceConfig) -> pa.Schema | None:
+        """Arrow schema of the source table (``None`` for a query source: types come from target.columns)."""
+        if source.table is None:
+            return None
+        try:
+            cols = sa.inspect(self.engine).get_columns(source.table, schema=source.db_schema)
+        except sa_exc.NoSuchTableError:
+            where = f"{source.db_schema}.{source.table}" if source.db_schema else source.table
+            raise ConfigError(f"source.table: table {where!r} does not exist in the source database") from None
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_db_error(exc, "read source table columns") from exc
+        by_name = {c["name"]: c for c in cols}
+        wanted = list(source.columns) if source.columns else list(by_name)
+        missing = [c for c in wanted if c not in by_name]
+        if missing:
+            raise ConfigError(f"source.columns: not in table {source.table!r}: {', '.join(missing)}")
+        if source.key_column not in by_name:
+            raise ConfigError(f"source.key_column: {source.key_column!r} is not a column of {source.table!r}")
+        return pa.schema([(n, arrow_type(column_type(by_name[n]["type"]))) for n in wanted])
+
+    def stream(
+        self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
+    ) -> Iterator[pa.Table]:
+        """Yield the query's rows in Arrow tables of at most ``batch_rows`` rows."""
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(
+                    sa.text(sql), dict(params)
+                )
+                names = list(result.keys())
+                for rows in result.partitions(batch_rows):
+                    yield rows_to_table(rows, names, schema)
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_db_error(exc, "extract from source") from exc

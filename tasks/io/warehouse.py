@@ -1,0 +1,299 @@
+"""Warehouse adapters: PostgreSQL (COPY FROM STDIN), Redshift (COPY from a manifest), DuckDB (embedded).
+
+Each key's slice is replaced inside one transaction: delete the key's rows, load the staged files, count, and
+commit only when the count matches what was staged. Readers never see a partial key; a failed key keeps its
+previous rows.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import psycopg2
+import psycopg2.errors
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import sqlalchemy as sa
+import zstandard
+
+from config.errors import ConfigError, KeyFailedError, ReconciliationError, RetryableError
+from tasks.io.objectstore import ObjectStore
+from tasks.transforms.arrow import csv_read_options
+from tasks.transforms.sql import (
+    TableSpec,
+    qualified,
+    quote_ident,
+    render_copy_from_stdin,
+    render_count_key,
+    render_create_schema,
+    render_create_table,
+    render_delete_key,
+    render_delete_other_keys,
+    render_redshift_copy,
+)
+from tasks.transforms.staging import StagedKey, reconcile
+from tasks.transforms.types import arrow_type
+
+
+class Warehouse(Protocol):
+    """Where keys are loaded."""
+
+    dialect: str
+
+    def prepare(self, spec: TableSpec) -> None: ...
+    def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int: ...
+    def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int: ...
+    def count_key(self, spec: TableSpec, key: str) -> int: ...
+
+
+def decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
+    """A streaming reader of a staged object's CSV bytes."""
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def _check_columns(spec: TableSpec, existing: list[str], where: str) -> None:
+    if existing and [c.lower() for c in existing] != [c.lower() for c in spec.column_names]:
+        raise ConfigError(
+            f"target: table {where} exists with columns ({', '.join(existing)}) but the dataset produces "
+            f"({', '.join(spec.column_names)}); migrate the table or change the rules"
+        )
+
+
+class _PsycopgWarehouse:
+    """Shared transaction logic of PostgreSQL and Redshift (both speak the PostgreSQL protocol)."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str, password: str | None = None) -> None:
+        u = sa.make_url(url)
+        self._dsn: dict[str, Any] = {
+            "host": u.host or None,
+            "port": u.port or None,
+            "dbname": u.database,
+            "user": u.username,
+            "password": password or u.password,
+            "connect_timeout": 10,
+            "application_name": "keyflow",
+        }
+        self._dsn = {k: v for k, v in self._dsn.items() if v is not None}
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        try:
+            conn = psycopg2.connect(**self._dsn)
+        except psycopg2.OperationalError as exc:
+            raise RetryableError(f"connect to warehouse: {str(exc).strip().splitlines()[0]}") from None
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def prepare(self, spec: TableSpec) -> None:
+        """Create schema and table when missing; refuse a table whose columns differ."""
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                "ORDER BY ordinal_position",
+                (spec.schema, spec.table),
+            )
+            existing = [r[0] for r in cur.fetchall()]
+            _check_columns(spec, existing, f"{spec.schema}.{spec.table}")
+            if not existing:
+                try:
+                    cur.execute(render_create_schema(spec, self.dialect))
+                    cur.execute(render_create_table(spec, self.dialect))
+                    conn.commit()
+                except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject):
+                    conn.rollback()  # another run created it at the same moment
+
+    def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        raise NotImplementedError
+
+    def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        """Replace one key's rows in a single transaction; return the rows loaded."""
+        with self.connect() as conn:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(render_delete_key(spec, self.dialect), (staged.key,))
+                    copied = self._copy(cur, spec, staged, store)
+                    cur.execute(render_count_key(spec, self.dialect), (staged.key,))
+                    loaded = int(cur.fetchone()[0])
+                reconcile(staged, copied, loaded)
+                conn.commit()
+                return loaded
+            except ReconciliationError:
+                conn.rollback()
+                raise
+            except psycopg2.OperationalError as exc:
+                conn.rollback()
+                raise RetryableError(f"key {staged.key!r}: load: {_first_line(exc)}") from None
+            except psycopg2.Error as exc:
+                conn.rollback()
+                raise KeyFailedError(
+                    f"key {staged.key!r}: load failed, previous rows kept: {_first_line(exc)}"
+                ) from None
+            except BaseException:
+                conn.rollback()
+                raise
+
+    def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(render_delete_other_keys(spec, len(keep), self.dialect), tuple(keep))
+            conn.commit()
+            return int(cur.rowcount)
+
+    def count_key(self, spec: TableSpec, key: str) -> int:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(render_count_key(spec, self.dialect), (key,))
+            return int(cur.fetchone()[0])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class PostgresWarehouse(_PsycopgWarehouse):
+    """PostgreSQL: staged files are streamed from S3, decompressed, into ``COPY … FROM STDIN``."""
+
+    dialect = "postgres"
+
+    def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        sql = render_copy_from_stdin(spec)
+        total = 0
+        for part in staged.parts:
+            with store.open(part.key) as raw:
+                cur.copy_expert(sql, decompressed(raw, staged.compression), size=1 << 20)
+                total += cur.rowcount
+        return total
+
+
+class RedshiftWarehouse(_PsycopgWarehouse):
+    """Redshift: ``COPY … FROM 's3://…/manifest.json' IAM_ROLE … MANIFEST`` inside the key's transaction."""
+
+    dialect = "redshift"
+
+    def __init__(self, url: str, password: str | None, iam_role: str, region: str | None) -> None:
+        super().__init__(url, password)
+        self.iam_role = iam_role
+        self.region = region
+
+    def copy_sql(self, spec: TableSpec, staged: StagedKey) -> str:
+        return render_redshift_copy(spec, staged.manifest_url, self.iam_role, staged.compression, self.region)
+
+    def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        if not staged.parts:
+            return 0
+        cur.execute(self.copy_sql(spec, staged))
+        cur.execute("SELECT pg_last_copy_count()")
+        return int(cur.fetchone()[0])
+
+
+class DuckDBWarehouse:
+    """Embedded warehouse in one DuckDB file (the no-server default)."""
+
+    dialect = "duckdb"
+    _locks: dict[str, threading.Lock] = {}
+
+    def __init__(self, path: str) -> None:
+        self.path = str(Path(path.removeprefix("duckdb:///")))
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = self._locks.setdefault(self.path, threading.Lock())
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        import duckdb  # imported here: only the embedded default needs it
+
+        # One writer per file: DuckDB's optimistic concurrency would abort parallel writers of one table.
+        with self._lock:
+            conn = duckdb.connect(self.path)
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+    def prepare(self, spec: TableSpec) -> None:
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+                "ORDER BY ordinal_position",
+                [spec.schema, spec.table],
+            ).fetchall()
+            _check_columns(spec, [r[0] for r in rows], f"{spec.schema}.{spec.table}")
+            conn.execute(render_create_schema(spec, self.dialect))
+            conn.execute(render_create_table(spec, self.dialect))
+
+    def _batches(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> Iterator[pa.RecordBatch]:
+        schema = pa.schema([(n, arrow_type(t)) for n, t, _ in spec.columns])
+        read, parse, convert = csv_read_options(schema)
+        for part in staged.parts:
+            with store.open(part.key) as raw:
+                reader = pacsv.open_csv(
+                    decompressed(raw, staged.compression),
+                    read_options=read,
+                    parse_options=parse,
+                    convert_options=convert,
+                )
+                yield from reader
+
+    def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        target = qualified(spec.schema, spec.table, self.dialect)
+        cols = ", ".join(quote_ident(c, self.dialect) for c in spec.column_names)
+        key_col = quote_ident(spec.key_column, self.dialect)
+        with self.connect() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                conn.execute(f"DELETE FROM {target} WHERE {key_col} = ?", [staged.key])  # noqa: S608
+                copied = 0
+                for batch in self._batches(spec, staged, store):
+                    conn.register("keyflow_batch", batch)
+                    conn.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM keyflow_batch")  # noqa: S608
+                    conn.unregister("keyflow_batch")
+                    copied += batch.num_rows
+                row = conn.execute(
+                    f"SELECT count(*) FROM {target} WHERE {key_col} = ?",  # noqa: S608 - quoted idents
+                    [staged.key],
+                ).fetchone()
+                loaded = int(row[0]) if row else 0
+                reconcile(staged, copied, loaded)
+                conn.execute("COMMIT")
+                return loaded
+            except ReconciliationError:
+                conn.execute("ROLLBACK")
+                raise
+            except Exception as exc:
+                conn.execute("ROLLBACK")
+                if isinstance(exc, KeyFailedError | RetryableError):
+                    raise
+                raise KeyFailedError(
+                    f"key {staged.key!r}: load failed, previous rows kept: {_first_line(exc)}"
+                ) from None
+
+    def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
+        sql = render_delete_other_keys(spec, len(keep), self.dialect).replace("%s", "?")
+        with self.connect() as conn:
+            row = conn.execute(sql, list(keep)).fetchone()
+            return int(row[0]) if row else 0
+
+    def count_key(self, spec: TableSpec, key: str) -> int:
+        sql = render_count_key(spec, self.dialect).replace("%s", "?")
+        with self.connect() as conn:
+            row = conn.execute(sql, [key]).fetchone()
+            return int(row[0]) if row else 0
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query (for the demo summary and tests)."""
+        with self.connect() as conn:
+            return [tuple(r) for r in conn.execute(sql, list(params)).fetchall()]
+
+
+WarehouseFactory = Callable[[], Warehouse]

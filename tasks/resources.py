@@ -1,0 +1,64 @@
+"""The composition root: build adapters from the active profile. Tasks call these; flows never see SDKs."""
+
+from __future__ import annotations
+
+import os
+
+from config.models import Profile, SecretRef
+from tasks.io.keystore import DynamoKeyStore
+from tasks.io.objectstore import S3ObjectStore
+from tasks.io.secrets import resolve_secret
+from tasks.io.source import SqlSource
+from tasks.io.warehouse import DuckDBWarehouse, PostgresWarehouse, RedshiftWarehouse, Warehouse
+
+
+def _password(profile: Profile, ref: SecretRef | None, env_default: str, what: str) -> str | None:
+    if ref is not None:
+        return resolve_secret(ref, what, profile.aws_region, profile.aws_endpoint_url).get_secret_value()
+    return os.environ.get(env_default) or None
+
+
+def source_for(profile: Profile) -> SqlSource:
+    """The source database of a profile."""
+    password = _password(profile, profile.source_password, "KEYFLOW_SOURCE_PASSWORD", "source_password")
+    return SqlSource(profile.source_url, password, pool_size=max(profile.source_max_connections, 1))
+
+
+def warehouse_for(profile: Profile) -> Warehouse:
+    """The warehouse of a profile."""
+    if profile.warehouse_kind == "duckdb":
+        return DuckDBWarehouse(profile.warehouse_url)
+    password = _password(profile, profile.warehouse_password, "KEYFLOW_WAREHOUSE_PASSWORD", "warehouse_password")
+    if profile.warehouse_kind == "redshift":
+        assert profile.redshift_iam_role is not None
+        return RedshiftWarehouse(profile.warehouse_url, password, profile.redshift_iam_role, profile.aws_region)
+    return PostgresWarehouse(profile.warehouse_url, password)
+
+
+def object_store_for(profile: Profile) -> S3ObjectStore:
+    """The staging bucket of a profile."""
+    return S3ObjectStore(profile.bucket, profile.aws_region, profile.aws_endpoint_url, profile.kms_key_id)
+
+
+def key_store_for(profile: Profile, page_size: int | None = None) -> DynamoKeyStore:
+    """The DynamoDB key table of a profile."""
+    return DynamoKeyStore(
+        profile.keys_table, profile.aws_region, profile.aws_endpoint_url, profile.kms_key_id, page_size
+    )
+
+
+def salts_for(profile: Profile, names: set[str]) -> dict[str, bytes]:
+    """Resolve the named secrets a dataset's rules need (hash salts), as bytes."""
+    out = {}
+    for name in sorted(names):
+        ref = profile.secrets.get(name)
+        if ref is None:
+            from config.errors import ConfigError
+
+            raise ConfigError(f"profile {profile.name}: secrets.{name}: not defined (a rule's salt_secret names it)")
+        out[name] = (
+            resolve_secret(ref, f"profile {profile.name}: secrets.{name}", profile.aws_region, profile.aws_endpoint_url)
+            .get_secret_value()
+            .encode()
+        )
+    return out

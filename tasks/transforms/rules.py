@@ -1,0 +1,235 @@
+"""Apply a dataset's declarative rules to Arrow batches, vectorised with ``pyarrow.compute``.
+
+The same :class:`RuleEngine` run on an empty table of the source schema gives the output schema, so a rule that
+names a missing column is found before any row moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from config.models import Condition, Derive, Expr, Privacy, Rule
+from tasks.transforms.types import arrow_type
+
+
+class RuleError(ValueError):
+    """A rule cannot apply; ``path`` is where it stands in the YAML, e.g. ``rules[2].cast.amount``."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}")
+
+
+def _col(table: pa.Table, name: str, path: str) -> pa.ChunkedArray:
+    if name not in table.column_names:
+        raise RuleError(path, f"column {name!r} not found (have: {', '.join(table.column_names)})")
+    return table.column(name)
+
+
+def _set(table: pa.Table, name: str, values: Any) -> pa.Table:
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)
+
+
+def _cast(values: Any, to: pa.DataType, path: str) -> Any:
+    try:
+        return pc.cast(values, to, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise RuleError(path, f"cannot cast to {to}: {exc}") from None
+
+
+def _require_string(table: pa.Table, name: str, path: str) -> pa.ChunkedArray:
+    col = _col(table, name, path)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise RuleError(path, f"column {name!r} is {col.type}, not text")
+    return col
+
+
+class RuleEngine:
+    """Applies rules in order to successive batches of one key (dedupe remembers rows across batches)."""
+
+    def __init__(self, rules: Sequence[Rule], salts: Mapping[str, bytes] | None = None) -> None:
+        self.rules = list(rules)
+        self.salts = dict(salts or {})
+        self._seen: dict[int, set[tuple[Any, ...]]] = {}
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        """The schema the rules produce from ``schema`` (raises :class:`RuleError` naming the rule)."""
+        probe = RuleEngine(self.rules, {name: b"" for name in self._salt_names()})
+        return probe.apply(schema.empty_table()).schema
+
+    def _salt_names(self) -> set[str]:
+        return {r.privacy.salt_secret for r in self.rules if r.privacy and r.privacy.salt_secret}
+
+    def apply(self, table: pa.Table | pa.RecordBatch) -> pa.Table:
+        """Apply every rule to one batch."""
+        t = pa.Table.from_batches([table]) if isinstance(table, pa.RecordBatch) else table
+        for i, rule in enumerate(self.rules):
+            t = self._apply_one(i, rule, t)
+        return t
+
+    def _apply_one(self, i: int, rule: Rule, t: pa.Table) -> pa.Table:
+        name = rule.name
+        path = f"rules[{i}].{name}"
+        if rule.select is not None:
+            for c in rule.select:
+                _col(t, c, path)
+            return t.select(rule.select)
+        if rule.drop is not None:
+            for c in rule.drop:
+                _col(t, c, path)
+            return t.drop_columns(rule.drop)
+        if rule.rename is not None:
+            for old in rule.rename:
+                _col(t, old, f"{path}.{old}")
+            names = [rule.rename.get(c, c) for c in t.column_names]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise RuleError(path, f"renaming would give two columns named {', '.join(dup)}")
+            return t.rename_columns(names)
+        if rule.cast is not None:
+            for c, ty in rule.cast.items():
+                t = _set(t, c, _cast(_col(t, c, f"{path}.{c}"), arrow_type(ty), f"{path}.{c}"))
+            return t
+        if rule.trim is not None or rule.lower is not None or rule.upper is not None:
+            fn = {"trim": pc.utf8_trim_whitespace, "lower": pc.utf8_lower, "upper": pc.utf8_upper}[name]
+            for c in getattr(rule, name):
+                t = _set(t, c, fn(_require_string(t, c, f"{path}.{c}")))
+            return t
+        if rule.fill is not None:
+            for c, v in rule.fill.items():
+                col = _col(t, c, f"{path}.{c}")
+                t = _set(t, c, pc.fill_null(col, _cast(pa.scalar(v), col.type, f"{path}.{c}")))
+            return t
+        if rule.filter is not None:
+            mask = None
+            for j, cond in enumerate(rule.filter):
+                m = self._condition(t, cond, f"{path}[{j}]")
+                mask = m if mask is None else pc.and_kleene(mask, m)
+            return t.filter(mask, null_selection_behavior="drop") if mask is not None else t
+        if rule.derive is not None:
+            return self._derive(t, rule.derive, path)
+        if rule.dedupe is not None:
+            return self._dedupe(i, t, rule.dedupe.on, path)
+        if rule.privacy is not None:
+            return self._privacy(t, rule.privacy, path)
+        raise RuleError(path, "empty rule")  # pragma: no cover - the model forbids it
+
+    # -- filter
+    def _condition(self, t: pa.Table, cond: Condition, path: str) -> Any:
+        col = _col(t, cond.column, f"{path}.column")
+        if cond.op == "is_null":
+            return pc.is_null(col)
+        if cond.op == "not_null":
+            return pc.is_valid(col)
+        if cond.op in ("in", "not_in"):
+            values = _cast(pa.array(cond.values), col.type, f"{path}.values")
+            hit = pc.is_in(col, value_set=values)
+            return pc.and_kleene(pc.invert(hit), pc.is_valid(col)) if cond.op == "not_in" else hit
+        value = _cast(pa.scalar(cond.value), col.type, f"{path}.value")
+        fn = {
+            "eq": pc.equal,
+            "ne": pc.not_equal,
+            "lt": pc.less,
+            "le": pc.less_equal,
+            "gt": pc.greater,
+            "ge": pc.greater_equal,
+        }[cond.op]
+        return fn(col, value)
+
+    # -- derive
+    def _derive(self, t: pa.Table, d: Derive, path: str) -> pa.Table:
+        out = self._eval(t, d.expr, f"{path}.expr")
+        if isinstance(out, pa.Scalar):
+            out = pa.repeat(out, t.num_rows)
+        if d.type:
+            out = _cast(out, arrow_type(d.type), f"{path}.type")
+        return _set(t, d.column, out)
+
+    def _eval(self, t: pa.Table, e: Expr, path: str) -> Any:
+        op = e.op
+        here = f"{path}.{op}"
+        try:
+            if op == "col":
+                assert e.col is not None
+                return _col(t, e.col, here)
+            if op == "lit":
+                return pa.scalar(e.lit)
+            if op in ("year", "month", "day", "hour"):
+                arg = self._eval(t, getattr(e, op), here)
+                return getattr(pc, op)(arg)
+            args = [self._eval(t, a, f"{here}[{k}]") for k, a in enumerate(getattr(e, op))]
+            if op == "concat":
+                texts = [pc.fill_null(_cast(a, pa.string(), here), "") for a in args]
+                return pc.binary_join_element_wise(*texts, "")
+            if op == "coalesce":
+                return pc.coalesce(*args)
+            if op == "div":
+                a, b = args
+                if pa.types.is_integer(a.type) and pa.types.is_integer(b.type):
+                    a, b = pc.cast(a, pa.float64()), pc.cast(b, pa.float64())
+                zero = pc.equal(b, _cast(pa.scalar(0), b.type, here))
+                return pc.if_else(zero, pa.scalar(None, pc.divide(a, b).type), pc.divide(a, b))
+            fn = {"add": pc.add_checked, "sub": pc.subtract_checked, "mul": pc.multiply_checked}[op]
+            acc = args[0]
+            for a in args[1:]:
+                acc = fn(acc, a)
+            return acc
+        except RuleError:
+            raise
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise RuleError(here, str(exc).splitlines()[0]) from None
+
+    # -- dedupe
+    def _dedupe(self, i: int, t: pa.Table, on: Sequence[str], path: str) -> pa.Table:
+        cols = [_col(t, c, f"{path}.on").to_pylist() for c in on]
+        seen = self._seen.setdefault(i, set())
+        keep = []
+        for row, k in enumerate(zip(*cols, strict=True)):
+            if k not in seen:
+                seen.add(k)
+                keep.append(row)
+        return t.take(pa.array(keep, pa.int64())) if len(keep) != t.num_rows else t
+
+    # -- privacy
+    def _privacy(self, t: pa.Table, p: Privacy, path: str) -> pa.Table:
+        col = _col(t, p.column, f"{path}.column")
+        if p.action == "drop":
+            return t.drop_columns([p.column])
+        text = _cast(col, pa.string(), path)
+        if p.action == "mask":
+            length = pc.utf8_length(text)
+            hidden = pc.max_element_wise(pc.subtract(length, p.keep_last), 0)
+            stars = pc.binary_repeat(p.mask_char, hidden)
+            tail = (
+                pc.utf8_slice_codeunits(text, start=-p.keep_last)
+                if p.keep_last
+                else pc.utf8_slice_codeunits(text, start=0, stop=0)
+            )
+            return _set(t, p.column, pc.binary_join_element_wise(stars, tail, ""))
+        assert p.salt_secret is not None
+        if p.salt_secret not in self.salts:
+            raise RuleError(f"{path}.salt_secret", f"secret {p.salt_secret!r} is not defined in the profile")
+        salt = self.salts[p.salt_secret]
+        hashed = [
+            None if v is None else hmac.new(salt, v.encode("utf-8"), hashlib.sha256).hexdigest()
+            for v in text.to_pylist()
+        ]
+        return _set(t, p.column, pa.array(hashed, pa.string()))
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Reorder and cast a rules-output batch to the target schema (raises ``RuleError`` on a bad value)."""
+    cols = []
+    for field in schema:
+        col = _col(table, field.name, "target.columns")
+        cols.append(col if col.type == field.type else _cast(col, field.type, f"target.columns.{field.name}"))
+    return pa.Table.from_arrays(cols, schema=schema)
