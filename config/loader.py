@@ -102,6 +102,8 @@ def format_errors(shown: str, exc: ValidationError, env_fields: Mapping[str, str
             msg = msg.removeprefix(prefix)
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
         origin = ""
         if env_fields and err["loc"] and str(err["loc"][0]) in env_fields:
             origin = f" (from ${env_fields[str(err['loc'][0])]})"
@@ -133,13 +135,17 @@ def load_dataset(name_or_path: str | Path) -> DatasetConfig:
     return dataset
 
 
+# Structured fields: secrets are named in YAML, their values come from where the reference points.
+_NOT_FROM_ENV = {"secrets", "source_password", "warehouse_password"}
+
+
 def profile_env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Profile fields set by ``KEYFLOW_<FIELD>`` environment variables, read now (not at import)."""
     env = os.environ if environ is None else environ
     out = {}
-    for name, field in Profile.model_fields.items():
+    for name in Profile.model_fields:
         var = ENV_PREFIX + name.upper()
-        if var in env and field.annotation in (str, int, bool, str | None, int | None):
+        if var in env and name not in _NOT_FROM_ENV:
             out[name] = var
     return out
 

@@ -67,6 +67,10 @@ class Expr(_Model):
             return {"col": data}
         if isinstance(data, bool | int | float):
             return {"lit": data}
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                raise ValueError(f"unknown operator {unknown[0]!r} (known: {', '.join(cls.model_fields)})")
         return data
 
     @model_validator(mode="after")

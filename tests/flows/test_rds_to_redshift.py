@@ -1,0 +1,309 @@
+"""The main job end to end on real services: PostgreSQL or MariaDB → S3 (moto server) → PostgreSQL warehouse."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from flows.rds_to_redshift import rds_to_redshift
+from tests.conftest import MYSQL_URL, write_yaml
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+D1 = dt.date(2017, 3, 20)  # K1, K2 and EVIL active
+D2 = dt.date(2017, 3, 28)  # K1 and K2 active
+EVIL = "x'); drop table t; --"
+KEYS = [
+    ("K1", "2017-03-01", "2017-03-31", True),
+    ("K2", "2017-03-15", "2017-04-15", True),
+    (EVIL, "2017-03-10", "2017-03-25", True),
+    ("OLD", "2016-01-01", "2016-12-31", True),
+    ("OFF", "2017-03-01", "2017-03-31", False),
+]
+AWKWARD = [
+    None,
+    "",
+    "a,b",
+    'say "hi"',
+    "tab\there",
+    "line\nbreak",
+    "cr\r\nlf",
+    "back\\slash",
+    "ünïcødé ✓ 日本 🎉",
+    EVIL,
+    "\\N",
+    "NULL",
+    " padded ",
+]
+COLUMNS = "id, campaign_key, event_date, label, amount, ratio, flag, created_at, phone"
+
+
+def source_rows(key_names: list[str], per_key: int = 40) -> list[tuple[Any, ...]]:
+    rows = []
+    n = 0
+    for key in key_names:
+        for i in range(per_key):
+            n += 1
+            rows.append(
+                (
+                    n,
+                    key,
+                    dt.date(2017, 3, 1) + dt.timedelta(days=i % 28),
+                    AWKWARD[i % len(AWKWARD)],
+                    [
+                        Decimal("1234567890123456789012345678.1234567890"),
+                        Decimal("-0.0000000001"),
+                        None,
+                        Decimal("42"),
+                    ][i % 4],
+                    [0.1, 1e300, -2.5e-300, None, 3.0][i % 5],
+                    [True, False, None][i % 3],
+                    dt.datetime(2017, 3, 1, 12, 30, 45, 123456) + dt.timedelta(hours=i),
+                    None if i % 7 == 0 else f"+3361234{n:04d}",
+                )
+            )
+    return rows
+
+
+def masked(phone: str | None) -> str | None:
+    return None if phone is None else "*" * max(len(phone) - 2, 0) + phone[-2:]
+
+
+def expected(rows: list[tuple[Any, ...]], keys: set[str]) -> list[tuple[Any, ...]]:
+    return [(*r[:8], masked(r[8])) for r in rows if r[1] in keys]
+
+
+def create_pg_source(pg: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+    with pg.cursor() as cur:
+        cur.execute(
+            f"""CREATE TABLE {table} (id bigint primary key, campaign_key text not null, event_date date,
+                label text, amount numeric(38,10), ratio double precision, flag boolean,
+                created_at timestamp(6), phone text)"""
+        )
+        cur.executemany(f"INSERT INTO {table} VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", rows)
+
+
+def write_dataset(tmp_path: Path, names: dict[str, str], **target: Any) -> Path:
+    return write_yaml(
+        tmp_path / "datasets" / "facts.yaml",
+        {
+            "name": "facts",
+            "source": {"table": names["src_table"], "key_column": "campaign_key", "batch_rows": 100},
+            "rules": [
+                {"rename": {"label": "title"}},
+                {"privacy": {"column": "phone", "action": "mask", "keep_last": 2}},
+            ],
+            "staging": {"compression": "zstd", "part_rows": 1000},
+            "target": {"schema": names["wh_schema"], "table": "facts", "distkey": "campaign_key", **target},
+        },
+    )
+
+
+def put_keys(profile_path: Path, dataset: str = "facts") -> None:
+    from config.loader import load_profile
+    from tasks.resources import key_store_for
+    from tasks.transforms.keys import CampaignKey
+
+    store = key_store_for(load_profile(profile_path, environ={}))
+    for key, start, end, enabled in KEYS:
+        store.put_key(CampaignKey(dataset, key, dt.date.fromisoformat(start), dt.date.fromisoformat(end), enabled))
+
+
+def warehouse(pg: Any, names: dict[str, str]) -> list[tuple[Any, ...]]:
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT {COLUMNS.replace('label', 'title')} FROM {names['wh_schema']}.facts ORDER BY id")
+        return [tuple(r) for r in cur.fetchall()]
+
+
+def run(dataset: Path, profile: Path, day: dt.date) -> tuple[Any, list[dict[str, Any]]]:
+    state = rds_to_redshift(dataset=str(dataset), run_date=day, profile=str(profile), return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+@pytest.fixture()
+def pg_setup(pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any) -> Any:
+    rows = source_rows([k[0] for k in KEYS])
+    create_pg_source(pg, names["src_table"], rows)
+    profile = make_profile()
+    put_keys(profile)
+    yield rows, write_dataset(tmp_path, names), profile
+    with pg.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
+        cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+def test_loads_exactly_the_active_keys_value_for_value(pg: Any, pg_setup: Any, names: dict[str, str]) -> None:
+    rows, dataset, profile = pg_setup
+    state, results = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    assert sorted(r["key"] for r in results) == sorted(["K1", "K2", EVIL])
+    for r in results:
+        assert r["status"] == "loaded"
+        assert r["rows_extracted"] == r["rows_staged"] == r["rows_loaded"] == 40
+    assert warehouse(pg, names) == expected(rows, {"K1", "K2", EVIL})
+
+    # A later date with two active keys loads two; the third key's rows from D1 stay (replace_key mode).
+    state, results = run(dataset, profile, D2)
+    assert state.is_completed() and sorted(r["key"] for r in results) == ["K1", "K2"]
+    assert warehouse(pg, names) == expected(rows, {"K1", "K2", EVIL})
+
+    # Nothing is left in the staging prefix after a successful load.
+    from config.loader import load_profile
+    from tasks.resources import object_store_for
+
+    assert list(object_store_for(load_profile(profile, environ={})).list_keys("staging/")) == []
+    # The SQL-looking key was data: the source table is still there.
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {names['src_table']}")
+        assert cur.fetchone()[0] == len(rows)
+
+
+def test_replace_table_removes_keys_no_longer_active(
+    pg: Any, pg_setup: Any, names: dict[str, str], tmp_path: Path
+) -> None:
+    rows, _, profile = pg_setup
+    dataset = write_dataset(tmp_path, names, load_mode="replace_table")
+    assert run(dataset, profile, D1)[0].is_completed()
+    assert run(dataset, profile, D2)[0].is_completed()
+    assert warehouse(pg, names) == expected(rows, {"K1", "K2"})
+
+
+def test_no_active_key_is_success_with_nothing_to_do(pg_setup: Any) -> None:
+    _, dataset, profile = pg_setup
+    state, results = run(dataset, profile, dt.date(2030, 1, 1))
+    assert state.is_completed() and state.message == "nothing to do" and results == []
+
+
+def test_failed_key_keeps_previous_rows_and_rerun_converges(pg: Any, pg_setup: Any, names: dict[str, str]) -> None:
+    rows, dataset, profile = pg_setup
+    assert run(dataset, profile, D1)[0].is_completed()
+    before = warehouse(pg, names)
+    src, wh = names["src_table"], names["wh_schema"]
+    with pg.cursor() as cur:
+        cur.execute(f"UPDATE {src} SET label = 'v2' WHERE campaign_key IN ('K1', 'K2')")
+        # A real fault in the warehouse: K2's 30th row violates a constraint halfway through its COPY.
+        cur.execute(
+            f"UPDATE {src} SET label = 'poison' WHERE id = (SELECT min(id) + 29 FROM {src} WHERE campaign_key = 'K2')"
+        )
+        cur.execute(f"ALTER TABLE {wh}.facts ADD CONSTRAINT no_poison CHECK (title IS DISTINCT FROM 'poison')")
+    state, results = run(dataset, profile, D1)
+    assert state.is_failed()
+    assert state.message == "1 of 3 key(s) failed: K2"
+    by_key = {r["key"]: r for r in results}
+    assert by_key["K1"]["status"] == "loaded" and by_key[EVIL]["status"] == "loaded"
+    assert by_key["K2"]["status"] == "failed"
+    assert by_key["K2"]["error"].startswith("key 'K2': load failed, previous rows kept: new row for relation")
+    after = warehouse(pg, names)
+    assert [r for r in after if r[1] == "K2"] == [r for r in before if r[1] == "K2"]  # untouched
+    assert {r[3] for r in after if r[1] == "K1"} == {"v2"}  # the other keys did load
+
+    with pg.cursor() as cur:
+        cur.execute(f"ALTER TABLE {wh}.facts DROP CONSTRAINT no_poison")
+        cur.execute(f"SELECT {COLUMNS} FROM {src} ORDER BY id")
+        now = [tuple(r) for r in cur.fetchall()]
+    assert run(dataset, profile, D1)[0].is_completed()
+    assert warehouse(pg, names) == expected(now, {"K1", "K2", EVIL})
+
+
+def test_reconciliation_mismatch_fails_the_key_with_the_numbers(pg: Any, pg_setup: Any, names: dict[str, str]) -> None:
+    rows, dataset, profile = pg_setup
+    assert run(dataset, profile, D1)[0].is_completed()
+    before = warehouse(pg, names)
+    wh = names["wh_schema"]
+    with pg.cursor() as cur:
+        # A trigger that silently swallows every 4th K1 row: COPY succeeds, the counts do not agree.
+        cur.execute(
+            f"""CREATE FUNCTION {wh}.swallow() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN IF NEW.campaign_key = 'K1' AND NEW.id % 4 = 0 THEN RETURN NULL; END IF; RETURN NEW; END $$"""
+        )
+        cur.execute(f"CREATE TRIGGER swallow BEFORE INSERT ON {wh}.facts FOR EACH ROW EXECUTE FUNCTION {wh}.swallow()")
+    state, results = run(dataset, profile, D1)
+    assert state.is_failed()
+    k1 = next(r for r in results if r["key"] == "K1")
+    assert k1["error"] == (
+        "key 'K1': reconciliation failed: extracted=40 staged=40 loaded=30; "
+        "the load was rolled back and the key's previous rows are intact"
+    )
+    assert warehouse(pg, names) == before
+
+
+def test_staged_files_are_encrypted_and_secrets_never_logged(
+    pg: Any,
+    pg_setup: Any,
+    names: dict[str, str],
+    tmp_path: Path,
+    make_profile: Any,
+    kms_key_id: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from config.loader import load_profile
+    from tasks.resources import object_store_for
+
+    _, dataset, _ = pg_setup
+    profile = make_profile(keep_staged=True)
+    ds = json.loads(json.dumps(__import__("yaml").safe_load(dataset.read_text())))
+    ds["rules"].append({"privacy": {"column": "title", "action": "hash", "salt_secret": "email_salt"}})
+    write_yaml(dataset, ds)
+    caplog.set_level(logging.DEBUG)
+    state, _ = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+
+    store = object_store_for(load_profile(profile, environ={}))
+    keys = list(store.list_keys("staging/facts/"))
+    parts = [k for k in keys if ".csv.zst" in k]
+    assert len(parts) == 3 and sum(k.endswith("manifest.json") for k in keys) == 3
+    for k in keys:
+        head = store.head(k)
+        assert head["ServerSideEncryption"] == "aws:kms"
+        assert kms_key_id in head["SSEKMSKeyId"]
+    manifest = json.loads(store.get_bytes(next(k for k in keys if k.endswith("manifest.json"))))
+    assert manifest["entries"][0]["mandatory"] is True and manifest["entries"][0]["url"].startswith("s3://")
+
+    secret = "s3nt1nel-salt-never-logged"
+    staged_text = b"".join(
+        zstandard.ZstdDecompressor().stream_reader(io.BytesIO(store.get_bytes(k))).read() for k in parts
+    )
+    assert secret.encode() not in staged_text
+    out, errs = capfd.readouterr()
+    assert secret not in caplog.text and secret not in out and secret not in errs
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT title FROM {names['wh_schema']}.facts WHERE title IS NOT NULL LIMIT 1")
+        assert len(cur.fetchone()[0]) == 64  # HMAC-SHA256 hex: the text itself never reached the warehouse
+
+
+def test_mariadb_source_value_for_value(
+    mysql: Any, pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    rows = source_rows([k[0] for k in KEYS], per_key=25)
+    table = names["src_table"]
+    with mysql.cursor() as cur:
+        cur.execute(
+            f"""CREATE TABLE {table} (id BIGINT PRIMARY KEY, campaign_key VARCHAR(64) NOT NULL, event_date DATE,
+                label TEXT, amount DECIMAL(38,10), ratio DOUBLE, flag BOOLEAN, created_at DATETIME(6), phone TEXT)
+                CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"""
+        )
+        cur.executemany(f"INSERT INTO {table} VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", rows)
+    try:
+        profile = make_profile(source_url=MYSQL_URL)
+        put_keys(profile)
+        dataset = write_dataset(tmp_path, names)
+        state, results = run(dataset, profile, D1)
+        assert state.is_completed(), state.message
+        assert sorted(r["rows_loaded"] for r in results) == [25, 25, 25]
+        # MySQL BOOLEAN is TINYINT(1): it arrives as a small integer.
+        want = [(*r[:6], None if r[6] is None else int(r[6]), *r[7:]) for r in expected(rows, {"K1", "K2", EVIL})]
+        assert warehouse(pg, names) == want
+    finally:
+        with mysql.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        with pg.cursor() as cur:
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
