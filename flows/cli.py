@@ -58,7 +58,11 @@ def print_summary(rows: list[dict[str, Any]], title: str) -> None:
             f"{r['rows_loaded']:,}" if ok else f"{r['rows_extracted']:,} extracted",
             f"{r['bytes_staged']:,}",
             f"{r['seconds']:.2f}",
-            r["uri"] if ok else r["error"],
+            (
+                f"extracted {r['rows_extracted']:,}, filtered {r['rows_filtered']:,}, loaded {r['rows_loaded']:,}"
+                if ok
+                else r["error"]
+            ),
         )
     out.print(table)
 

@@ -51,6 +51,7 @@ class KeyResult:
     key: str
     status: str
     rows_extracted: int = 0
+    rows_filtered: int = 0
     rows_staged: int = 0
     rows_loaded: int = 0
     bytes_staged: int = 0
@@ -202,6 +203,7 @@ def load_key(staged: StagedKey, dataset: DatasetConfig, profile: Profile, spec: 
         key=staged.key,
         status="loaded",
         rows_extracted=staged.rows_extracted,
+        rows_filtered=staged.rows_filtered,
         rows_staged=staged.rows_staged,
         rows_loaded=loaded,
         bytes_staged=staged.bytes_staged,

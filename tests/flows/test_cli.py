@@ -1,0 +1,128 @@
+"""The keyflow command as a user runs it: keys management, etl run exit codes, and the embedded demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tests.flows.test_rds_to_redshift import D1, EVIL, create_pg_source, source_rows, write_dataset
+
+runner = CliRunner()
+
+
+def test_keys_put_list_disable(make_profile: Any) -> None:
+    profile = str(make_profile())
+    ok = runner.invoke(
+        app,
+        [
+            "keys",
+            "put",
+            "-d",
+            "facts",
+            "-k",
+            "MCS2017",
+            "--start",
+            "2017-03-01",
+            "--end",
+            "2017-03-31",
+            "--params",
+            '{"region": "eu"}',
+            "-p",
+            profile,
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "Stored key 'MCS2017' of facts (2017-03-01 to 2017-03-31)." in ok.output
+    listed = runner.invoke(app, ["keys", "list", "-d", "facts", "--date", "2017-03-10", "-p", profile])
+    assert listed.exit_code == 0 and "MCS2017" in listed.output and '{"region": "eu"}' in listed.output
+    assert runner.invoke(app, ["keys", "disable", "-d", "facts", "-k", "MCS2017", "-p", profile]).exit_code == 0
+    listed = runner.invoke(app, ["keys", "list", "-d", "facts", "--date", "2017-03-10", "-p", profile])
+    assert "MCS2017" not in listed.output
+    missing = runner.invoke(app, ["keys", "disable", "-d", "facts", "-k", "NOPE", "-p", profile])
+    assert missing.exit_code == 1 and "error: no key 'NOPE' in dataset 'facts'" in missing.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--start", "2017-13-01", "--end", "2017-03-31"], "error: --start: '2017-13-01' is not a date (YYYY-MM-DD)"),
+        (["--start", "2017-03-02", "--end", "2017-03-01"], "error: key 'K': end_date 2017-03-01 is before start_date"),
+        (
+            ["--start", "2017-03-01", "--end", "2017-03-02", "--params", "[1]"],
+            "error: --params: expected a JSON object",
+        ),
+    ],
+)
+def test_keys_put_refuses_bad_input(make_profile: Any, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["keys", "put", "-d", "facts", "-k", "K", *args, "-p", str(make_profile())])
+    assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_etl_run_exit_code_and_summary(pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any) -> None:
+    create_pg_source(pg, names["src_table"], source_rows(["K1", EVIL], per_key=10))
+    profile = str(make_profile())
+    dataset = str(write_dataset(tmp_path, names))
+    for key in ("K1", EVIL):
+        runner.invoke(
+            app,
+            ["keys", "put", "-d", "facts", "-k", key, "--start", "2017-03-01", "--end", "2017-03-31", "-p", profile],
+        )
+    try:
+        ok = runner.invoke(app, ["etl", "run", "-d", dataset, "--date", D1.isoformat(), "-p", profile])
+        assert ok.exit_code == 0, ok.output
+        assert "2 key(s) loaded" in ok.output and "K1" in ok.output
+        with pg.cursor() as cur:  # break the warehouse for one key: the run must say so in its exit code
+            cur.execute(
+                f"ALTER TABLE {names['wh_schema']}.facts ADD CONSTRAINT k1 CHECK (campaign_key <> 'K1') NOT VALID"
+            )
+        bad = runner.invoke(app, ["etl", "run", "-d", dataset, "--date", D1.isoformat(), "-p", profile])
+        assert bad.exit_code == 1
+        assert "1 of 2 key(s) failed: K1" in bad.output
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+def test_etl_run_with_bad_config_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsource: {table: t, key_column: k}\ntarget: {table: t, load_mode: merge}\n")
+    result = runner.invoke(app, ["etl", "run", "-d", str(bad), "--date", "2017-03-20"])
+    assert result.exit_code == 2
+    assert "target.load_mode: Input should be 'replace_key' or 'replace_table'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_demo_runs_with_no_servers_and_prints_a_clean_summary(tmp_path: Path) -> None:
+    """`make run`: the embedded default end to end in a fresh process; no traceback, no ERROR line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYFLOW_", "PREFECT_"))}
+    env["COLUMNS"] = "200"
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "demo", "--dir", str(tmp_path / "demo"), "--rows", "500"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    for key in ("MCS2017", "SPRING17", "VIP17"):
+        assert key in proc.stdout
+    assert "3 key(s) loaded" in proc.stdout
+    assert "WINTER16" not in proc.stdout and "PAUSED17" not in proc.stdout
+    assert "Traceback" not in output and "| ERROR" not in output and "Error flushing" not in output
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "demo" / "warehouse.duckdb"), read_only=True) as db:
+        counts = dict(db.execute("SELECT campaign_key, count(*) FROM analytics.campaign_facts GROUP BY 1").fetchall())
+    assert set(counts) == {"MCS2017", "SPRING17", "VIP17"} and all(400 < n <= 500 for n in counts.values())

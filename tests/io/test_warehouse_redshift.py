@@ -1,0 +1,98 @@
+"""Redshift cannot run here: its load is checked as the statements it sends, in order, in one transaction."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from config.errors import ReconciliationError
+from config.types import parse_type
+from tasks.io.warehouse import RedshiftWarehouse
+from tasks.transforms.sql import TableSpec
+from tasks.transforms.staging import StagedKey, StagedPart
+
+SPEC = TableSpec("analytics", "facts", "campaign_key", (("campaign_key", parse_type("text"), False),))
+
+
+class RecordingConnection:
+    """Stands in for a Redshift connection: records statements, answers counts."""
+
+    def __init__(self, copied: int, counted: int) -> None:
+        self.statements: list[tuple[str, Any]] = []
+        self.answers = {"pg_last_copy_count": copied, "count(*)": counted}
+        self.committed = self.rolled_back = False
+
+    def cursor(self) -> RecordingConnection:
+        return self
+
+    def __enter__(self) -> RecordingConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self.statements.append((sql, params))
+
+    def fetchone(self) -> tuple[int]:
+        last = self.statements[-1][0]
+        return (next(v for k, v in self.answers.items() if k in last),)
+
+    def commit(self) -> None:
+        self.committed = True
+
+    def rollback(self) -> None:
+        self.rolled_back = True
+
+
+def staged(rows: int) -> StagedKey:
+    return StagedKey(
+        dataset="facts",
+        key="MCS2017",
+        run_id="r1",
+        bucket="b",
+        prefix="p/",
+        manifest_key="p/manifest.json",
+        compression="zstd",
+        columns=("campaign_key",),
+        rows_extracted=rows,
+        rows_filtered=0,
+        rows_staged=rows,
+        bytes_staged=10,
+        seconds=0.1,
+        parts=(StagedPart("p/part-00000.csv.zst", rows, 10),),
+    )
+
+
+def warehouse(conn: RecordingConnection) -> RedshiftWarehouse:
+    wh = RedshiftWarehouse("postgresql://loader@cluster:5439/dw", "pw", "arn:aws:iam::1:role/copy", "eu-west-1")
+
+    @contextmanager
+    def connect() -> Any:
+        yield conn
+
+    wh.connect = connect  # type: ignore[method-assign]
+    return wh
+
+
+def test_delete_copy_count_commit_in_one_transaction() -> None:
+    conn = RecordingConnection(copied=5, counted=5)
+    assert warehouse(conn).load_key(SPEC, staged(5), store=None) == 5  # type: ignore[arg-type]
+    sql = [s for s, _ in conn.statements]
+    assert sql[0] == 'DELETE FROM "analytics"."facts" WHERE "campaign_key" = %s' and conn.statements[0][1] == (
+        "MCS2017",
+    )
+    assert sql[1].startswith('COPY "analytics"."facts" ("campaign_key")\nFROM \'s3://b/p/manifest.json\'\n')
+    assert "IAM_ROLE 'arn:aws:iam::1:role/copy'" in sql[1] and "MANIFEST" in sql[1] and "REGION 'eu-west-1'" in sql[1]
+    assert sql[2] == "SELECT pg_last_copy_count()"
+    assert sql[3].startswith("SELECT count(*)")
+    assert conn.committed and not conn.rolled_back
+
+
+def test_count_mismatch_rolls_back() -> None:
+    conn = RecordingConnection(copied=5, counted=4)
+    with pytest.raises(ReconciliationError, match="extracted=5 staged=5 loaded=4"):
+        warehouse(conn).load_key(SPEC, staged(5), store=None)  # type: ignore[arg-type]
+    assert conn.rolled_back and not conn.committed

@@ -1,0 +1,57 @@
+"""The one-way import rule, held by reading the source: flows → tasks → tasks/io + tasks/transforms → config."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SDKS = {"boto3", "botocore", "sqlalchemy", "psycopg2", "pymysql", "duckdb", "moto", "pika", "zstandard"}
+
+
+def imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module.split(".")[0])
+            found.add(node.module)
+    return found
+
+
+def files(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", files("flows"), ids=lambda p: p.name)
+def test_flows_import_no_sdk(path: Path) -> None:
+    assert not imports(path) & SDKS
+
+
+@pytest.mark.parametrize("path", files("tasks/transforms"), ids=lambda p: p.name)
+def test_transforms_are_pure(path: Path) -> None:
+    found = imports(path)
+    assert not found & (SDKS | {"prefect", "os", "requests", "socket"})
+    assert not {m for m in found if m.startswith("tasks.io") or m.startswith("flows")}
+
+
+@pytest.mark.parametrize("path", files("config"), ids=lambda p: p.name)
+def test_config_imports_nothing_above_it(path: Path) -> None:
+    found = imports(path)
+    assert not found & (SDKS | {"prefect", "tasks", "flows"})
+
+
+@pytest.mark.parametrize("path", files("tasks/io"), ids=lambda p: p.name)
+def test_adapters_do_not_import_prefect_or_flows(path: Path) -> None:
+    found = imports(path)
+    assert "flows" not in found
+    assert "prefect" not in found or path.name == "secrets.py"  # a Prefect Secret block is an adapter's source
+
+
+@pytest.mark.parametrize("path", [p for p in files("tasks") if "io" not in p.parts], ids=lambda p: p.name)
+def test_only_adapters_import_sdks(path: Path) -> None:
+    assert not imports(path) & SDKS
