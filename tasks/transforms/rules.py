@@ -228,8 +228,13 @@ class RuleEngine:
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Reorder and cast a rules-output batch to the target schema (raises ``RuleError`` on a bad value)."""
+    if table.schema.equals(schema, check_metadata=False):
+        return table
+    index = {name: i for i, name in enumerate(table.column_names)}
     cols = []
     for field in schema:
-        col = _col(table, field.name, "target.columns")
+        if field.name not in index:
+            raise RuleError("target.columns", f"column {field.name!r} not found (have: {', '.join(index)})")
+        col = table.column(index[field.name])
         cols.append(col if col.type == field.type else _cast(col, field.type, f"target.columns.{field.name}"))
     return pa.Table.from_arrays(cols, schema=schema)
