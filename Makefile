@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format services clean
+.PHONY: install run test lint format services clean bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: $(STAMP) ## ruff (check + format) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+bench: $(STAMP) ## ETL benchmark: the raw COPY limit, keyflow and the usual pandas script (see BENCHMARKS.md)
+	$(BIN)/python bench/etl_bench.py $(BENCH_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

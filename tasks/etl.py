@@ -19,7 +19,7 @@ from tasks.io.stager import PartWriter
 from tasks.resources import key_store_for, object_store_for, salts_for, source_for, warehouse_for
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.plan import arrow_schema, plan_table
-from tasks.transforms.rules import RuleEngine, RuleError, conform
+from tasks.transforms.rules import RuleEngine, RuleError, as_text, conform, passthrough_columns
 from tasks.transforms.sql import TableSpec, render_key_query
 from tasks.transforms.staging import StagedKey, key_prefix, redshift_manifest, run_record
 
@@ -56,6 +56,8 @@ class KeyResult:
     rows_loaded: int = 0
     bytes_staged: int = 0
     seconds: float = 0.0
+    stage_seconds: float = 0.0
+    load_seconds: float = 0.0
     uri: str = ""
     error: str = ""
 
@@ -103,6 +105,10 @@ def stage_rows(
     engine = RuleEngine(dataset.rules, salts_for(profile, dataset.secret_names()))
     schema_in = source.source_schema(dataset.source)
     target_schema = arrow_schema(spec)
+    if schema_in is not None and source.text_native:
+        # Columns no rule touches travel as the database's own text: exact, and no parse/format round trip.
+        keep = passthrough_columns(dataset.rules, schema_in, target_schema)
+        schema_in, target_schema = as_text(schema_in, keep), as_text(target_schema, keep)
     sql = render_key_query(dataset.source, source.dialect)
     params: dict[str, Any] = {**key.params}
     params.update(key=key.key, start_date=key.start_date, end_date=key.end_date, run_date=run_date)
@@ -208,6 +214,8 @@ def load_key(staged: StagedKey, dataset: DatasetConfig, profile: Profile, spec: 
         rows_loaded=loaded,
         bytes_staged=staged.bytes_staged,
         seconds=round(seconds, 3),
+        stage_seconds=round(staged.seconds, 3),
+        load_seconds=round(time.perf_counter() - started, 3),
         uri=f"s3://{staged.bucket}/{staged.prefix}",
     )
 

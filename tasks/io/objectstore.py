@@ -11,7 +11,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.io.aws import client, translate
 
-_TRANSFER = TransferConfig(multipart_threshold=32 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024)
+_TRANSFER = TransferConfig(
+    multipart_threshold=512 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024, use_threads=False
+)
 
 
 class ObjectStore(Protocol):

@@ -18,6 +18,7 @@ from config.types import ColumnType
 from tasks.transforms.arrow import csv_read_options, rows_to_table
 from tasks.transforms.types import arrow_type
 
+MAX_BATCH_CELLS = 500_000
 _lock = threading.Lock()
 _engines: dict[str, sa.Engine] = {}
 
@@ -26,6 +27,7 @@ class SourceDatabase(Protocol):
     """A database that can stream one key's rows as Arrow tables."""
 
     dialect: str
+    text_native: bool
 
     def source_schema(self, source: SourceConfig) -> pa.Schema | None: ...
     def stream(
@@ -93,6 +95,8 @@ class SqlSource:
     def __init__(self, url: str, password: str | None = None, pool_size: int = 4) -> None:
         self.engine = engine_for(url, password, pool_size)
         self.dialect = dialect_of(self.engine)
+        # PostgreSQL streams CSV text (COPY), so a column can be asked for as text and passed on untouched.
+        self.text_native = self.dialect == "postgres"
 
     def source_schema(self, source: SourceConfig) -> pa.Schema | None:
         """Arrow schema of the source table (``None`` for a query source: types come from target.columns)."""
@@ -123,8 +127,13 @@ class SqlSource:
         CSV reader in C++, no Python object per value. Others stream through a server-side cursor.
         """
         if self.dialect == "postgres" and schema is not None:
-            yield from self._stream_copy(sql, params, schema)
+            for table in self._stream_copy(sql, params, schema):
+                for offset in range(0, table.num_rows, batch_rows):
+                    yield table.slice(offset, batch_rows)  # zero-copy: at most batch_rows rows per batch
             return
+        if schema is not None:
+            # Rows arrive as Python objects here: bound a batch by cells, so a 600-column table stays small.
+            batch_rows = max(100, min(batch_rows, MAX_BATCH_CELLS // max(len(schema), 1)))
         try:
             with self.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(
@@ -139,7 +148,10 @@ class SqlSource:
     def _stream_copy(self, sql: str, params: Mapping[str, Any], schema: pa.Schema) -> Iterator[pa.Table]:
         """PostgreSQL: ``COPY (query) TO STDOUT`` through a pipe into Arrow's streaming CSV reader."""
         compiled = str(sa.text(sql).compile(dialect=self.engine.dialect))
-        raw = self.engine.raw_connection()
+        try:
+            raw = self.engine.raw_connection()
+        except Exception as exc:
+            raise self._translate(exc) from exc
         failure: list[BaseException] = []
         read_fd, write_fd = os.pipe()
 

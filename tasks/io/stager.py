@@ -45,25 +45,33 @@ class PartWriter:
         self.parts: list[StagedPart] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="keyflow-stage-")
         self._file: IO[bytes] | None = None
-        self._stream: IO[bytes] | None = None
+        self._stream: Any = None
+        self._path = Path(self._tmp.name)
         self._writer: Any = None
         self._rows = 0
 
     def _open(self) -> None:
         path = Path(self._tmp.name) / f"part-{len(self.parts):05d}"
-        self._file = path.open("wb")
-        self._stream = _compressor(self._file, self.compression, self.level)
+        self._path = path
+        if self.compression == "zstd" and self.level == 1:
+            # Arrow's own zstd stream (level 1) keeps CSV writing and compression in C++, no Python call per chunk.
+            self._file = None
+            self._stream = pa.CompressedOutputStream(str(path), "zstd")
+        else:
+            self._file = path.open("wb")
+            self._stream = _compressor(self._file, self.compression, self.level)
         self._writer = pacsv.CSVWriter(self._stream, self.schema, write_options=csv_write_options())
         self._rows = 0
 
     def _close_part(self) -> None:
-        if self._writer is None or self._file is None or self._stream is None:
+        if self._writer is None or self._stream is None:
             return
         self._writer.close()
         if self._stream is not self._file:
             self._stream.close()
-        self._file.close()
-        path = Path(self._file.name)
+        if self._file is not None:
+            self._file.close()
+        path = self._path
         key = part_name(self.prefix, len(self.parts), self.compression)
         self.store.put_file(path, key)
         self.parts.append(StagedPart(key=key, rows=self._rows, bytes=path.stat().st_size))

@@ -29,10 +29,10 @@ def rows_to_table(rows: Sequence[Sequence[Any]], names: Sequence[str], schema: p
 
 def csv_write_options() -> pacsv.WriteOptions:
     """Staged CSV: header line, strings always quoted, NULL as an empty unquoted field."""
-    return pacsv.WriteOptions(include_header=True, quoting_style="needed")
+    return pacsv.WriteOptions(include_header=True, quoting_style="needed", batch_size=256)
 
 
-def csv_read_options(schema: pa.Schema, block_size: int = 4 << 20) -> tuple[Any, Any, Any]:
+def csv_read_options(schema: pa.Schema, block_size: int = 1 << 20) -> tuple[Any, Any, Any]:
     """Read options that give back exactly what :func:`csv_write_options` wrote (NULL vs empty string too)."""
     read = pacsv.ReadOptions(block_size=block_size, use_threads=False)
     parse = pacsv.ParseOptions(newlines_in_values=True)

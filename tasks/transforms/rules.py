@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,14 +29,16 @@ class RuleError(ValueError):
 
 
 def _col(table: pa.Table, name: str, path: str) -> pa.ChunkedArray:
-    if name not in table.column_names:
+    i = table.schema.get_field_index(name)  # C++ lookup: wide tables (600 columns) stay cheap per batch
+    if i < 0:
         raise RuleError(path, f"column {name!r} not found (have: {', '.join(table.column_names)})")
-    return table.column(name)
+    return table.column(i)
 
 
 def _set(table: pa.Table, name: str, values: Any) -> pa.Table:
-    if name in table.column_names:
-        return table.set_column(table.column_names.index(name), name, values)
+    i = table.schema.get_field_index(name)
+    if i >= 0:
+        return table.set_column(i, name, values)
     return table.append_column(name, values)
 
 
@@ -64,7 +67,7 @@ class RuleEngine:
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         """The schema the rules produce from ``schema`` (raises :class:`RuleError` naming the rule)."""
         probe = RuleEngine(self.rules, {name: b"" for name in self._salt_names()})
-        return probe.apply(schema.empty_table()).schema
+        return probe.apply(pa.Table.from_batches([], schema)).schema  # (empty_table() would import pandas)
 
     def _salt_names(self) -> set[str]:
         return {r.privacy.salt_secret for r in self.rules if r.privacy and r.privacy.salt_secret}
@@ -91,7 +94,7 @@ class RuleEngine:
             for old in rule.rename:
                 _col(t, old, f"{path}.{old}")
             names = [rule.rename.get(c, c) for c in t.column_names]
-            dup = sorted({n for n in names if names.count(n) > 1})
+            dup = sorted(n for n, count in Counter(names).items() if count > 1)
             if dup:
                 raise RuleError(path, f"renaming would give two columns named {', '.join(dup)}")
             return t.rename_columns(names)
@@ -114,7 +117,9 @@ class RuleEngine:
             for j, cond in enumerate(rule.filter):
                 m = self._condition(t, cond, f"{path}[{j}]")
                 mask = m if mask is None else pc.and_kleene(mask, m)
-            return t.filter(mask, null_selection_behavior="drop") if mask is not None else t
+            if mask is None or (mask.null_count == 0 and pc.all(mask).as_py() is not False):
+                return t  # every row passes: no copy of the whole batch
+            return t.filter(mask, null_selection_behavior="drop")
         if rule.derive is not None:
             return self._derive(t, rule.derive, path)
         if rule.dedupe is not None:
@@ -238,3 +243,49 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         col = table.column(index[field.name])
         cols.append(col if col.type == field.type else _cast(col, field.type, f"target.columns.{field.name}"))
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _expr_columns(e: Expr) -> set[str]:
+    op = e.op
+    if op == "col":
+        return {e.col} if e.col else set()
+    if op == "lit":
+        return set()
+    arg = getattr(e, op)
+    args = arg if isinstance(arg, list) else [arg]
+    return set().union(*(_expr_columns(a) for a in args))
+
+
+def referenced_columns(rules: Sequence[Rule]) -> set[str]:
+    """Every column whose values a rule reads or writes (``select`` and ``drop`` only move columns)."""
+    names: set[str] = set()
+    for r in rules:
+        if r.rename:
+            names |= set(r.rename) | set(r.rename.values())
+        for mapping in (r.cast, r.fill):
+            names |= set(mapping or {})
+        for listed in (r.trim, r.lower, r.upper):
+            names |= set(listed or [])
+        names |= {c.column for c in r.filter or []}
+        if r.derive:
+            names |= {r.derive.column} | _expr_columns(r.derive.expr)
+        if r.dedupe:
+            names |= set(r.dedupe.on)
+        if r.privacy:
+            names.add(r.privacy.column)
+    return names
+
+
+def passthrough_columns(rules: Sequence[Rule], source: pa.Schema, target: pa.Schema) -> set[str]:
+    """Columns no rule touches and whose type the target keeps: they can travel as the source's own text."""
+    touched = referenced_columns(rules)
+    return {
+        f.name
+        for f in source
+        if f.name not in touched and f.name in target.names and target.field(f.name).type == f.type
+    }
+
+
+def as_text(schema: pa.Schema, names: set[str]) -> pa.Schema:
+    """``schema`` with the named columns as text."""
+    return pa.schema([f.with_type(pa.string()) if f.name in names else f for f in schema])

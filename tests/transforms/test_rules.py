@@ -172,3 +172,20 @@ def test_text_rules_are_idempotent(values: list[str | None]) -> None:
     engine = RuleEngine(rules({"trim": ["s"]}, {"lower": ["s"]}, {"fill": {"s": ""}}))
     once = engine.apply(t)
     assert engine.apply(once).equals(once)
+
+
+def test_passthrough_is_only_what_no_rule_touches() -> None:
+    from tasks.transforms.rules import as_text, passthrough_columns, referenced_columns
+
+    spec = rules(
+        {"rename": {"name": "who"}},
+        {"derive": {"column": "ctr", "expr": {"div": ["clicks", {"coalesce": ["imps", 1]}]}}},
+        {"filter": {"column": "id", "op": ">", "value": 0}},
+        {"drop": ["phone"]},
+    )
+    assert referenced_columns(spec) == {"name", "who", "ctr", "clicks", "imps", "id"}
+    source = table().schema
+    target = pa.schema([("id", pa.int64()), ("who", pa.string()), ("day", pa.date32()), ("clicks", pa.int64())])
+    # day is untouched and keeps its type; clicks is read by a rule; phone is not in the target.
+    assert passthrough_columns(spec, source, target) == {"day"}
+    assert as_text(target, {"day"}).field("day").type == pa.string()
