@@ -136,7 +136,7 @@ def load_dataset(name_or_path: str | Path) -> DatasetConfig:
 
 
 # Structured fields: secrets are named in YAML, their values come from where the reference points.
-_NOT_FROM_ENV = {"secrets", "source_password", "warehouse_password"}
+_NOT_FROM_ENV = {"secrets", "source_password", "warehouse_password", "encryption_keys"}
 
 
 def profile_env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -148,18 +148,21 @@ class Dedupe(_Model):
 
 
 class Privacy(_Model):
-    """Per-column privacy: drop it, mask all but the last characters, or a salted SHA-256 hash."""
+    """Per-column privacy: drop it, mask it, a keyed SHA-256 hash, or encrypt it for a private-key holder."""
 
     column: Ident
-    action: Literal["drop", "mask", "hash"]
+    action: Literal["drop", "mask", "hash", "encrypt"]
     keep_last: int = Field(4, ge=0, le=64, description="mask: characters left visible at the end")
     mask_char: str = Field("*", min_length=1, max_length=1)
     salt_secret: Ident | None = Field(None, description="hash: name of the profile secret used as salt")
+    key: Ident | None = Field(None, description="encrypt: name of an entry in the profile's encryption_keys")
 
     @model_validator(mode="after")
-    def _salt(self) -> Privacy:
+    def _needs(self) -> Privacy:
         if self.action == "hash" and not self.salt_secret:
             raise ValueError("action 'hash' needs 'salt_secret' (the name of a secret in the profile)")
+        if self.action == "encrypt" and not self.key:
+            raise ValueError("action 'encrypt' needs 'key' (the name of an entry in the profile's encryption_keys)")
         return self
 
 
@@ -326,6 +329,9 @@ class DatasetConfig(_Model):
     def secret_names(self) -> set[str]:
         return {r.privacy.salt_secret for r in self.rules if r.privacy and r.privacy.salt_secret}
 
+    def encryption_key_names(self) -> set[str]:
+        return {r.privacy.key for r in self.rules if r.privacy and r.privacy.action == "encrypt" and r.privacy.key}
+
 
 # ---------------------------------------------------------------- profile
 
@@ -343,6 +349,21 @@ class SecretRef(_Model):
         given = [n for n in ("env", "prefect_secret", "aws_secret") if getattr(self, n)]
         if len(given) != 1:
             raise ValueError("a secret reference takes exactly one of: env, prefect_secret, aws_secret")
+        return self
+
+
+class EncryptionKey(_Model):
+    """Where field-level encryption gets its public key: an RSA public key (PEM) or a KMS key."""
+
+    public_key_file: str | None = Field(None, description="PEM file; relative paths are tried from the config dir")
+    public_key_pem: str | None = Field(None, max_length=20_000, description="the PEM text itself (it is public)")
+    kms_key_id: str | None = Field(None, description="KMS key for envelope encryption (GenerateDataKey)")
+
+    @model_validator(mode="after")
+    def _one(self) -> EncryptionKey:
+        given = [n for n in ("public_key_file", "public_key_pem", "kms_key_id") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError("an encryption key takes exactly one of: public_key_file, public_key_pem, kms_key_id")
         return self
 
 
@@ -368,6 +389,9 @@ class Profile(_Model):
     max_parallel_keys: int = Field(4, ge=1, le=64)
     keep_staged: bool = Field(False, description="keep staged files after a successful load")
     secrets: dict[Ident, SecretRef] = Field(default_factory=dict, description="named secrets, e.g. hash salts")
+    encryption_keys: dict[Ident, EncryptionKey] = Field(
+        default_factory=dict, description="public keys for the privacy rule's 'encrypt' action"
+    )
 
     @field_validator("source_url", "warehouse_url")
     @classmethod

@@ -259,6 +259,111 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command("keygen")
+def keygen(
+    prefix: Annotated[Path, typer.Option("--out", help="file prefix: writes PREFIX.pem (private) and PREFIX.pub.pem")],
+    bits: Annotated[int, typer.Option("--bits", min=2048, max=8192)] = 3072,
+) -> None:
+    """Make an RSA key pair for field-level encryption; give the .pub.pem to the pipeline, keep the .pem apart."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tasks.transforms.crypto import fingerprint
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    private = prefix.with_name(prefix.name + ".pem")
+    public = prefix.with_name(prefix.name + ".pub.pem")
+    if private.exists() or public.exists():
+        err.print(f"[red]error:[/red] {private} or {public} exists; keyflow never overwrites a key")
+        raise typer.Exit(2)
+    private.parent.mkdir(parents=True, exist_ok=True)
+    private.touch(mode=0o600)
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    out.print(
+        f"Wrote {public} (for the profile's encryption_keys) and {private} (keep it away from the pipeline); "
+        f"key id {fingerprint(key.public_key())}.",
+        highlight=False,
+    )
+
+
+@app.command("decrypt")
+def decrypt(
+    source: Annotated[Path, typer.Argument(help="CSV with a header row (e.g. exported from the warehouse)")],
+    columns: Annotated[list[str], typer.Option("--column", "-c", help="column to decrypt (repeatable)")],
+    private_keys: Annotated[
+        list[Path] | None, typer.Option("--private-key", "-k", help="RSA private key PEM (repeatable: rotation)")
+    ] = None,
+    kms: Annotated[bool, typer.Option("--kms", help="unwrap data keys with KMS Decrypt (profile's endpoint)")] = False,
+    profile: ProfileOpt = "local",
+) -> None:
+    """Decrypt the named columns of a CSV to standard output (only a private-key or KMS holder can)."""
+    import csv
+
+    from tasks.transforms.crypto import DecryptError, decrypt_value, load_private_key, rsa_unwrapper
+
+    if kms:
+        from config.loader import load_profile
+        from tasks.io.kms import kms_unwrapper
+
+        prof = load_profile(profile)
+        unwrap = kms_unwrapper(prof.aws_region, prof.aws_endpoint_url)
+    else:
+        if not private_keys:
+            err.print("[red]error:[/red] give --private-key (one per key id) or --kms")
+            raise typer.Exit(2)
+        try:
+            unwrap = rsa_unwrapper([load_private_key(p.read_bytes()) for p in private_keys])
+        except (OSError, ValueError) as exc:
+            err.print(f"[red]error:[/red] --private-key: {exc}")
+            raise typer.Exit(2) from None
+    with source.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            err.print(f"[red]error:[/red] {source}: no column {', '.join(missing)}")
+            raise typer.Exit(2)
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(reader.fieldnames or []))
+        writer.writeheader()
+        cache: dict[bytes, bytes] = {}
+        for n, row in enumerate(reader, start=1):
+            try:
+                for c in columns:
+                    row[c] = decrypt_value(row[c] or None, c, unwrap, cache) or ""
+            except DecryptError as exc:
+                err.print(f"[red]error:[/red] {source}: row {n}, column {c!r}: {exc}", highlight=False)
+                raise typer.Exit(1) from None
+            writer.writerow(row)
+
+
+@app.command("audit")
+def audit_cmd(
+    profile: ProfileOpt = "local",
+    max_age_hours: Annotated[float, typer.Option("--max-age-hours", min=0)] = 24.0,
+) -> None:
+    """Check encryption at rest (bucket default, key table, every staged object) and leftover staged files."""
+    from datetime import timedelta
+
+    from config.loader import load_profile
+    from tasks.audit import audit
+
+    try:
+        findings = audit(load_profile(profile), timedelta(hours=max_age_hours))
+    except KeyflowError as exc:
+        _fail(exc)
+    for f in findings:  # one greppable line per finding
+        mark = "[green]ok  [/green]" if f.ok else "[red]FAIL[/red]"
+        out.print(f"{mark} {f.check}: {f.target}: {f.detail}", highlight=False, soft_wrap=True)
+    bad = [f for f in findings if not f.ok]
+    if bad:
+        err.print(f"{len(bad)} problem(s) found")
+        raise typer.Exit(1)
+
+
 def _bound_malloc_arenas() -> None:
     """glibc gives each thread its own malloc arena; with parallel keys that inflates RSS for nothing."""
     if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:

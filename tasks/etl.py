@@ -16,7 +16,14 @@ from prefect.tasks import Task
 from config.errors import KeyFailedError, RetryableError
 from config.models import DatasetConfig, Profile
 from tasks.io.stager import PartWriter
-from tasks.resources import key_store_for, object_store_for, salts_for, source_for, warehouse_for
+from tasks.resources import (
+    data_keys_for,
+    key_store_for,
+    object_store_for,
+    salts_for,
+    source_for,
+    warehouse_for,
+)
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.plan import arrow_schema, plan_table
 from tasks.transforms.rules import RuleEngine, RuleError, as_text, conform, passthrough_columns
@@ -102,7 +109,11 @@ def stage_rows(
     started = time.perf_counter()
     source = source_for(profile)
     store = object_store_for(profile)
-    engine = RuleEngine(dataset.rules, salts_for(profile, dataset.secret_names()))
+    engine = RuleEngine(
+        dataset.rules,
+        salts_for(profile, dataset.secret_names()),
+        data_keys_for(profile, dataset.encryption_key_names()),
+    )
     schema_in = source.source_schema(dataset.source)
     target_schema = arrow_schema(spec)
     if schema_in is not None and source.text_native:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+from config.errors import ConfigError
+from config.loader import config_dir
 from config.models import Profile, SecretRef
 from tasks.io.keystore import DynamoKeyStore
+from tasks.io.kms import kms_data_keys
 from tasks.io.objectstore import S3ObjectStore
 from tasks.io.secrets import resolve_secret
 from tasks.io.source import SqlSource
 from tasks.io.warehouse import DuckDBWarehouse, PostgresWarehouse, RedshiftWarehouse, Warehouse
+from tasks.transforms.crypto import DataKeySource, load_public_key, rsa_data_keys
 
 
 def _password(profile: Profile, ref: SecretRef | None, env_default: str, what: str) -> str | None:
@@ -53,12 +58,38 @@ def salts_for(profile: Profile, names: set[str]) -> dict[str, bytes]:
     for name in sorted(names):
         ref = profile.secrets.get(name)
         if ref is None:
-            from config.errors import ConfigError
-
             raise ConfigError(f"profile {profile.name}: secrets.{name}: not defined (a rule's salt_secret names it)")
         out[name] = (
             resolve_secret(ref, f"profile {profile.name}: secrets.{name}", profile.aws_region, profile.aws_endpoint_url)
             .get_secret_value()
             .encode()
         )
+    return out
+
+
+def data_keys_for(profile: Profile, names: set[str]) -> dict[str, DataKeySource]:
+    """Data-key sources for the encryption keys a dataset's rules name (public keys only: never a private key)."""
+    out: dict[str, DataKeySource] = {}
+    for name in sorted(names):
+        entry = profile.encryption_keys.get(name)
+        where = f"profile {profile.name}: encryption_keys.{name}"
+        if entry is None:
+            raise ConfigError(f"{where}: not defined (a rule's 'encrypt' action names it)")
+        if entry.kms_key_id:
+            out[name] = kms_data_keys(entry.kms_key_id, profile.aws_region, profile.aws_endpoint_url)
+            continue
+        if entry.public_key_pem:
+            pem = entry.public_key_pem.encode()
+        else:
+            assert entry.public_key_file is not None
+            path = Path(entry.public_key_file)
+            if not path.is_file() and not path.is_absolute():
+                path = config_dir() / path
+            if not path.is_file():
+                raise ConfigError(f"{where}: public_key_file: no such file {entry.public_key_file!r}")
+            pem = path.read_bytes()
+        try:
+            out[name] = rsa_data_keys(load_public_key(pem))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     return out

@@ -80,6 +80,14 @@ class DynamoKeyStore:
             if exc.response["Error"]["Code"] != "ResourceInUseException":
                 raise translate(exc, f"create table {self.table}") from exc
 
+    def sse_status(self) -> str | None:
+        """The table's server-side encryption status (``ENABLED``…), or None when not encrypted with KMS."""
+        try:
+            desc = self._ddb.describe_table(TableName=self.table)["Table"]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"describe table {self.table}") from exc
+        return desc.get("SSEDescription", {}).get("Status")
+
     def put_key(self, key: CampaignKey) -> None:
         """Insert or replace one key."""
         validate_key(key.key)

@@ -26,6 +26,8 @@ class ObjectStore(Protocol):
     def open(self, key: str) -> IO[bytes]: ...
     def get_bytes(self, key: str) -> bytes: ...
     def list_keys(self, prefix: str) -> Iterator[str]: ...
+    def default_encryption(self) -> dict[str, Any] | None: ...
+    def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]: ...
     def delete_prefix(self, prefix: str) -> int: ...
     def head(self, key: str) -> dict[str, Any]: ...
 
@@ -106,6 +108,26 @@ class S3ObjectStore:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     yield obj["Key"]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"list s3://{self.bucket}/{prefix}") from exc
+
+    def default_encryption(self) -> dict[str, Any] | None:
+        """The bucket's default encryption rule, or None when it has none."""
+        try:
+            out = self._s3.get_bucket_encryption(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ServerSideEncryptionConfigurationNotFoundError":
+                return None
+            raise translate(exc, f"get encryption of bucket {self.bucket}") from exc
+        rules = out.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
+        return rules[0].get("ApplyServerSideEncryptionByDefault") if rules else None
+
+    def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Objects under ``prefix`` with their key, size and last-modified time."""
+        paginator = self._s3.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from page.get("Contents", [])
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, f"list s3://{self.bucket}/{prefix}") from exc
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from config.models import Condition, Derive, Expr, Privacy, Rule
+from tasks.transforms.crypto import DataKey, DataKeySource, encrypt_values
 from tasks.transforms.types import arrow_type
 
 
@@ -59,14 +60,25 @@ def _require_string(table: pa.Table, name: str, path: str) -> pa.ChunkedArray:
 class RuleEngine:
     """Applies rules in order to successive batches of one key (dedupe remembers rows across batches)."""
 
-    def __init__(self, rules: Sequence[Rule], salts: Mapping[str, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        salts: Mapping[str, bytes] | None = None,
+        data_keys: Mapping[str, DataKeySource] | None = None,
+    ) -> None:
         self.rules = list(rules)
         self.salts = dict(salts or {})
+        self.data_keys = dict(data_keys or {})
         self._seen: dict[int, set[tuple[Any, ...]]] = {}
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         """The schema the rules produce from ``schema`` (raises :class:`RuleError` naming the rule)."""
-        probe = RuleEngine(self.rules, {name: b"" for name in self._salt_names()})
+        names = {r.privacy.key for r in self.rules if r.privacy and r.privacy.key}
+        probe = RuleEngine(
+            self.rules,
+            {name: b"" for name in self._salt_names()},
+            {name: (lambda: DataKey("probe", bytes(32), b"")) for name in names},
+        )
         return probe.apply(pa.Table.from_batches([], schema)).schema  # (empty_table() would import pandas)
 
     def _salt_names(self) -> set[str]:
@@ -220,6 +232,12 @@ class RuleEngine:
                 else pc.utf8_slice_codeunits(text, start=0, stop=0)
             )
             return _set(t, p.column, pc.binary_join_element_wise(stars, tail, ""))
+        if p.action == "encrypt":
+            assert p.key is not None
+            if p.key not in self.data_keys:
+                raise RuleError(f"{path}.key", f"encryption key {p.key!r} is not defined in the profile")
+            data_key = self.data_keys[p.key]()  # a fresh data key per batch
+            return _set(t, p.column, pa.array(encrypt_values(text.to_pylist(), p.column, data_key), pa.string()))
         assert p.salt_secret is not None
         if p.salt_secret not in self.salts:
             raise RuleError(f"{path}.salt_secret", f"secret {p.salt_secret!r} is not defined in the profile")

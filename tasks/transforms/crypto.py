@@ -1,0 +1,151 @@
+"""Field-level encryption: hybrid RSA-OAEP + AES-256-GCM, or a KMS data key. Pure (keys are passed in).
+
+Each batch gets a fresh AES-256 data key; the data key is wrapped with the public key (RSA-OAEP, SHA-256) or by
+KMS. Every value is self-contained text, so a warehouse cell can be decrypted on its own:
+
+    kf1:<key id>:<wrapped data key, base64url>:<nonce + ciphertext + tag, base64url>
+
+The key id is the public key's fingerprint (or ``kms`` + the KMS key), so rows written under an old key stay
+readable after rotation. The column name is bound as associated data: a value moved to another column fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+PREFIX = "kf1"
+_OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+class DecryptError(ValueError):
+    """A value cannot be decrypted (no key for its key id, wrong key, tampered, or not keyflow ciphertext)."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def fingerprint(public_key: rsa.RSAPublicKey) -> str:
+    """Key id of a public key: the first 16 hex digits of the SHA-256 of its DER encoding."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
+    key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, rsa.RSAPublicKey) or key.key_size < 2048:
+        raise ValueError("the public key must be an RSA key of at least 2048 bits (PEM)")
+    return key
+
+
+def load_private_key(pem: bytes, password: bytes | None = None) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem, password=password)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("the private key must be an RSA key (PEM)")
+    return key
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """One batch's AES key: the plaintext (never stored) and its wrapped form (stored with every value)."""
+
+    key_id: str
+    plaintext: bytes
+    wrapped: bytes
+
+
+DataKeySource = Callable[[], DataKey]
+
+
+def rsa_data_keys(public_key: rsa.RSAPublicKey) -> DataKeySource:
+    """A source of fresh data keys wrapped with ``public_key`` (the pipeline never holds a private key)."""
+    kid = fingerprint(public_key)
+
+    def new() -> DataKey:
+        dk = AESGCM.generate_key(bit_length=256)
+        return DataKey(kid, dk, public_key.encrypt(dk, _OAEP))
+
+    return new
+
+
+def encrypt_values(values: Iterable[str | None], column: str, data_key: DataKey) -> list[str | None]:
+    """Encrypt text values with one data key; nulls stay null."""
+    aead = AESGCM(data_key.plaintext)
+    head = f"{PREFIX}:{data_key.key_id}:{_b64(data_key.wrapped)}:"
+    aad = column.encode()
+    out: list[str | None] = []
+    for v in values:
+        if v is None:
+            out.append(None)
+            continue
+        nonce = secrets.token_bytes(12)
+        out.append(head + _b64(nonce + aead.encrypt(nonce, v.encode("utf-8"), aad)))
+    return out
+
+
+Unwrap = Callable[[str, bytes], bytes]  # (key id, wrapped data key) -> data key
+
+
+def rsa_unwrapper(private_keys: Iterable[rsa.RSAPrivateKey]) -> Unwrap:
+    """Unwrap data keys with whichever private key matches the value's key id (several for rotation)."""
+    by_id = {fingerprint(k.public_key()): k for k in private_keys}
+
+    def unwrap(key_id: str, wrapped: bytes) -> bytes:
+        key = by_id.get(key_id)
+        if key is None:
+            raise DecryptError(f"no private key for key id {key_id} (have: {', '.join(sorted(by_id)) or 'none'})")
+        try:
+            return key.decrypt(wrapped, _OAEP)
+        except ValueError:
+            raise DecryptError(f"key id {key_id}: the data key does not unwrap with this private key") from None
+
+    return unwrap
+
+
+def decrypt_value(text: str | None, column: str, unwrap: Unwrap, cache: dict[bytes, bytes] | None = None) -> str | None:
+    """Decrypt one value written by :func:`encrypt_values` (``cache`` saves unwrapping a batch key twice)."""
+    if text is None:
+        return None
+    parts = text.split(":")
+    if len(parts) < 4 or parts[0] != PREFIX:
+        raise DecryptError("not keyflow ciphertext (expected kf1:<key id>:<key>:<data>)")
+    key_id, wrapped_b64, payload_b64 = ":".join(parts[1:-2]), parts[-2], parts[-1]
+    try:
+        wrapped, payload = _unb64(wrapped_b64), _unb64(payload_b64)
+    except ValueError:
+        raise DecryptError("not keyflow ciphertext (bad base64)") from None
+    memo = cache if cache is not None else {}
+    if wrapped not in memo:
+        memo[wrapped] = unwrap(key_id, wrapped)
+    try:
+        return AESGCM(memo[wrapped]).decrypt(payload[:12], payload[12:], column.encode()).decode("utf-8")
+    except InvalidTag:
+        raise DecryptError(f"column {column!r}: value was tampered with or belongs to another column") from None
+
+
+def decrypt_columns(
+    rows: Iterable[Mapping[str, str | None]], columns: Iterable[str], unwrap: Unwrap
+) -> list[dict[str, str | None]]:
+    """Decrypt the named columns of each row (other columns pass through)."""
+    cols = list(columns)
+    cache: dict[bytes, bytes] = {}
+    out = []
+    for row in rows:
+        new = dict(row)
+        for c in cols:
+            new[c] = decrypt_value(row.get(c), c, unwrap, cache)
+        out.append(new)
+    return out
