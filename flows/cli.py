@@ -299,12 +299,20 @@ def decrypt(
         list[Path] | None, typer.Option("--private-key", "-k", help="RSA private key PEM (repeatable: rotation)")
     ] = None,
     kms: Annotated[bool, typer.Option("--kms", help="unwrap data keys with KMS Decrypt (profile's endpoint)")] = False,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="keep values starting with = + - @ as they are (no spreadsheet guard)")
+    ] = False,
     profile: ProfileOpt = "local",
 ) -> None:
-    """Decrypt the named columns of a CSV to standard output (only a private-key or KMS holder can)."""
+    """Decrypt the named columns of a CSV to standard output (only a private-key or KMS holder can).
+
+    The output is meant for people: a decrypted value that a spreadsheet would run as a formula (it starts with
+    =, +, -, @, tab or carriage return) is prefixed with a single quote unless --raw is given.
+    """
     import csv
 
     from tasks.transforms.crypto import DecryptError, decrypt_value, load_private_key, rsa_unwrapper
+    from tasks.transforms.exports import spreadsheet_safe
 
     if kms:
         from config.loader import load_profile
@@ -333,7 +341,8 @@ def decrypt(
         for n, row in enumerate(reader, start=1):
             try:
                 for c in columns:
-                    row[c] = decrypt_value(row[c] or None, c, unwrap, cache) or ""
+                    plain = decrypt_value(row[c] or None, c, unwrap, cache) or ""
+                    row[c] = plain if raw else spreadsheet_safe(plain)
             except DecryptError as exc:
                 err.print(f"[red]error:[/red] {source}: row {n}, column {c!r}: {exc}", highlight=False)
                 raise typer.Exit(1) from None

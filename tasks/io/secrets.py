@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
 from config.errors import ConfigError
@@ -32,7 +33,10 @@ def resolve_secret(ref: SecretRef, what: str, region: str, endpoint_url: str | N
     sm = client("secretsmanager", region, endpoint_url)
     try:
         raw = sm.get_secret_value(SecretId=ref.aws_secret)["SecretString"]
-    except Exception as exc:
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise ConfigError(f"{what}: AWS secret {ref.aws_secret!r}: {code}") from None
+    except BotoCoreError as exc:
         raise ConfigError(f"{what}: AWS secret {ref.aws_secret!r}: {type(exc).__name__}") from None
     if ref.aws_secret_field:
         try:

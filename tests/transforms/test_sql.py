@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config.models import SourceConfig
 from config.types import parse_type
@@ -104,3 +106,24 @@ def test_delete_binds_the_key() -> None:
 def test_key_becomes_one_safe_path_segment(key: str, segment: str) -> None:
     assert key_segment(key) == segment
     assert key_prefix("staging/", "facts", "run-1", key) == f"staging/facts/run-1/{segment}/"
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.text(max_size=80))
+def test_any_identifier_is_refused_or_quoted_plainly(name: str) -> None:
+    """Whatever text a YAML file holds, it either fails or comes back as a plain quoted ASCII identifier."""
+    try:
+        quoted = quote_ident(name, "postgres")
+    except ValueError:
+        return
+    assert quoted == f'"{name}"' and name.isascii() and name.replace("_", "a").isalnum() and len(name) <= 63
+
+
+@pytest.mark.parametrize(
+    ("value", "safe"),
+    [("=HYPERLINK(1)", "'=HYPERLINK(1)"), ("+33612", "'+33612"), ("-1", "'-1"), ("@SUM", "'@SUM"), ("ok", "ok")],
+)
+def test_spreadsheet_exports_neutralise_formulas(value: str, safe: str) -> None:
+    from tasks.transforms.exports import spreadsheet_safe
+
+    assert spreadsheet_safe(value) == safe
