@@ -181,16 +181,20 @@ def keys_list(
     out.print(table)
 
 
+def _set_enabled(dataset: str, key: str, profile: str, enabled: bool) -> None:
+    try:
+        _key_store(profile).set_enabled(dataset, key, enabled)
+    except KeyflowError as exc:
+        _fail(exc)
+    out.print(f"{'Enabled' if enabled else 'Disabled'} key {key!r} of {dataset}.")
+
+
 @keys_app.command("disable")
 def keys_disable(
     dataset: DatasetOpt, key: Annotated[str, typer.Option("--key", "-k")], profile: ProfileOpt = "local"
 ) -> None:
     """Switch a key off (it stays in the table; `keys enable` switches it back on)."""
-    try:
-        _key_store(profile).set_enabled(dataset, key, False)
-    except KeyflowError as exc:
-        _fail(exc)
-    out.print(f"Disabled key {key!r} of {dataset}.")
+    _set_enabled(dataset, key, profile, False)
 
 
 @keys_app.command("enable")
@@ -198,11 +202,7 @@ def keys_enable(
     dataset: DatasetOpt, key: Annotated[str, typer.Option("--key", "-k")], profile: ProfileOpt = "local"
 ) -> None:
     """Switch a key back on."""
-    try:
-        _key_store(profile).set_enabled(dataset, key, True)
-    except KeyflowError as exc:
-        _fail(exc)
-    out.print(f"Enabled key {key!r} of {dataset}.")
+    _set_enabled(dataset, key, profile, True)
 
 
 @app.command("validate")

@@ -170,14 +170,16 @@ def stage_rows(
     return StagedKey(**{**asdict(staged), "parts": staged.parts, "seconds": time.perf_counter() - started})
 
 
-@task(
-    name="stage_key",
-    task_run_name="stage-{key.key}",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
-)
+# Per-key I/O tasks: two retries with jittered backoff, for transient errors only.
+_KEY_TASK: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [2, 10],
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_transient,
+}
+
+
+@task(name="stage_key", task_run_name="stage-{key.key}", **_KEY_TASK)
 def stage_key(
     key: CampaignKey, dataset: DatasetConfig, profile: Profile, spec: TableSpec, run_id: str, run_date: date
 ) -> StagedKey:
@@ -198,14 +200,7 @@ def stage_key(
     return staged
 
 
-@task(
-    name="load_key",
-    task_run_name="load-{staged.key}",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
-)
+@task(name="load_key", task_run_name="load-{staged.key}", **_KEY_TASK)
 def load_key(staged: StagedKey, dataset: DatasetConfig, profile: Profile, spec: TableSpec) -> KeyResult:
     """Replace the key's slice in the warehouse in one transaction, reconcile counts, then drop staged files."""
     logger = get_run_logger()
