@@ -40,3 +40,7 @@ class ConfigError(KeyflowError):
     def __init__(self, problems: list[str] | str) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class PausedError(KeyflowError):
+    """The flow family is paused (kill switch): the key was not started."""

@@ -376,6 +376,11 @@ class Profile(_Model):
     source_max_connections: int = Field(
         2, ge=0, le=64, description="extractions at once against the source (0 stops extraction)"
     )
+    source_concurrency_limit: str | None = Field(
+        None,
+        max_length=100,
+        description="Prefect global concurrency limit held by every extraction from this source, across runs",
+    )
     warehouse_kind: Literal["postgres", "redshift", "duckdb"] = "duckdb"
     warehouse_url: str = Field(description="postgresql://… (postgres, redshift) or a DuckDB file path")
     warehouse_password: SecretRef | None = Field(None, description="defaults to $KEYFLOW_WAREHOUSE_PASSWORD")

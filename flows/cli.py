@@ -88,6 +88,11 @@ def run_etl(dataset: str, run_date: date | None, profile: str, as_json: bool = F
             err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
         return 2 if isinstance(result, ConfigError) else 1
     rows: list[dict[str, Any]] = result or []
+    if state.is_cancelled():
+        err.print(f"[yellow]{state.message}[/yellow] (`keyflow resume etl` switches the etl flows back on)")
+        if rows:
+            print_summary(rows, f"{dataset} on {run_date or 'today'} — {state.message}")
+        return 3
     if as_json:
         sys.stdout.write(json.dumps(rows, default=str) + "\n")
         return 0 if state.is_completed() else 1
@@ -203,6 +208,37 @@ def keys_enable(
 ) -> None:
     """Switch a key back on."""
     _set_enabled(dataset, key, profile, True)
+
+
+FamilyArg = Annotated[str, typer.Argument(help="flow family: etl")]
+
+
+def _family(family: str) -> str:
+    from tasks.control import FAMILIES
+
+    if family not in FAMILIES:
+        err.print(f"[red]error:[/red] unknown flow family {family!r} (known: {', '.join(FAMILIES)})")
+        raise typer.Exit(2)
+    _quiet_prefect()
+    return family
+
+
+@app.command("pause")
+def pause_cmd(family: FamilyArg) -> None:
+    """Kill switch: runs of the family start no new key from now on; keys already loading finish atomically."""
+    from tasks.control import pause
+
+    pause(_family(family))
+    out.print(f"Paused the {family} flows (global concurrency limit keyflow-{family}-switch = 0).")
+
+
+@app.command("resume")
+def resume_cmd(family: FamilyArg) -> None:
+    """Switch a paused flow family back on."""
+    from tasks.control import resume
+
+    was = resume(_family(family))
+    out.print(f"Resumed the {family} flows." if was else f"The {family} flows were not paused.")
 
 
 @app.command("validate")

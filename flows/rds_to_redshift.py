@@ -9,10 +9,12 @@ from typing import Any
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from config.errors import PausedError
 from config.loader import load_dataset, load_profile
+from tasks.control import is_paused
 from tasks.etl import KeyResult, list_active_keys, load_key, prepare_target, remove_inactive_keys, stage_key
 
 
@@ -24,7 +26,8 @@ def _run_id(run_date: date) -> str:
 def _failure(key: str, state: State[Any]) -> KeyResult:
     exc = state.result(raise_on_failure=False)
     message = str(exc) if isinstance(exc, BaseException) else (state.message or state.name or "failed")
-    return KeyResult(key=key, status="failed", error=message.splitlines()[0] if message else "failed")
+    status = "paused" if isinstance(exc, PausedError) else "failed"
+    return KeyResult(key=key, status=status, error=message.splitlines()[0] if message else status)
 
 
 def _artifact_key(dataset: str) -> str:
@@ -48,6 +51,9 @@ def rds_to_redshift(
     prof = load_profile(profile)
     ds = load_dataset(dataset)
     day = run_date or datetime.now(UTC).date()
+    if is_paused("etl"):
+        logger.warning("The etl flows are paused: nothing started (`keyflow resume etl` switches them back on)")
+        return Cancelled(message="paused: the etl flows are switched off", data=[])
     run_id = _run_id(day)
     logger.info("Run %s: dataset %s, run date %s, profile %s", run_id, ds.name, day, prof.name)
 
@@ -76,22 +82,26 @@ def rds_to_redshift(
                 KeyResult(**{**failed.as_row(), "rows_extracted": s.rows_extracted, "rows_staged": s.rows_staged})
             )
 
-    failed_keys = [r.key for r in results if r.status != "loaded"]
-    if ds.target.load_mode == "replace_table" and not failed_keys:
+    failed_keys = [r.key for r in results if r.status == "failed"]
+    paused_keys = [r.key for r in results if r.status == "paused"]
+    if ds.target.load_mode == "replace_table" and not failed_keys and not paused_keys:
         remove_inactive_keys(prof, spec, [k.key for k in keys])
 
     create_table_artifact(
         key=_artifact_key(ds.name),
         table=[r.as_row() for r in results],
-        description=f"{ds.name} on {day}: {len(results) - len(failed_keys)} of {len(results)} key(s) loaded "
+        description=f"{ds.name} on {day}: {len(results) - len(failed_keys) - len(paused_keys)} of {len(results)} "
+        "key(s) loaded "
         f"(run {run_id})",
     )
     rows = [r.as_row() for r in results]
     if failed_keys:
         for r in results:
-            if r.status != "loaded":
+            if r.status == "failed":
                 logger.error("Key %r failed: %s", r.key, r.error)
         return Failed(
             message=f"{len(failed_keys)} of {len(results)} key(s) failed: {', '.join(failed_keys)}", data=rows
         )
+    if paused_keys:
+        return Cancelled(message=f"paused: {len(paused_keys)} of {len(results)} key(s) not started", data=rows)
     return Completed(message=f"{len(results)} key(s) loaded", data=rows)

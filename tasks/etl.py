@@ -13,8 +13,9 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import Task
 
-from config.errors import KeyFailedError, RetryableError
+from config.errors import KeyFailedError, PausedError, RetryableError
 from config.models import DatasetConfig, Profile
+from tasks.control import ensure_limit, is_paused, source_slot
 from tasks.io.stager import PartWriter
 from tasks.resources import (
     data_keys_for,
@@ -76,6 +77,8 @@ class KeyResult:
 def prepare_target(dataset: DatasetConfig, profile: Profile) -> TableSpec:
     """Plan the target table from the source schema and rules; create it when missing."""
     logger = get_run_logger()
+    if profile.source_concurrency_limit:
+        ensure_limit(profile.source_concurrency_limit, profile.source_max_connections)
     spec = plan_table(dataset, source_for(profile).source_schema(dataset.source), dataset.file)
     warehouse_for(profile).prepare(spec)
     logger.info(
@@ -136,7 +139,10 @@ def stage_rows(
     if profile.source_max_connections == 0:
         raise KeyFailedError(f"key {key.key!r}: extraction is switched off (source_max_connections is 0)")
     try:
-        with _limit(f"source:{profile.source_url}", profile.source_max_connections):
+        with (
+            _limit(f"source:{profile.source_url}", profile.source_max_connections),
+            source_slot(profile.source_concurrency_limit),
+        ):
             for batch in source.stream(sql, params, schema_in, dataset.source.batch_rows):
                 extracted += batch.num_rows
                 out = conform(engine.apply(batch), target_schema)
@@ -186,6 +192,8 @@ def stage_key(
     """Extract, transform and stage one key; at most ``max_parallel_keys`` keys at once."""
     logger = get_run_logger()
     with _limit(f"keys:{dataset.name}", profile.max_parallel_keys):
+        if is_paused("etl"):  # checked once the key has a slot: a paused family starts no new key
+            raise PausedError(f"key {key.key!r} not started: the etl flows are paused (`keyflow resume etl`)")
         staged = stage_rows(key, dataset, profile, spec, run_id, run_date)
     logger.info(
         "Staged key %r: %d rows extracted, %d filtered by rules, %d staged in %d part(s), %d bytes, %.2fs",

@@ -68,6 +68,15 @@ def _check_columns(spec: TableSpec, existing: list[str], where: str) -> None:
         )
 
 
+# Concurrent "CREATE … IF NOT EXISTS" can still collide in PostgreSQL's catalogs.
+_CREATE_RACES = (
+    psycopg2.errors.UniqueViolation,
+    psycopg2.errors.DuplicateObject,
+    psycopg2.errors.DuplicateSchema,
+    psycopg2.errors.DuplicateTable,
+)
+
+
 class _PsycopgWarehouse:
     """Shared transaction logic of PostgreSQL and Redshift (both speak the PostgreSQL protocol)."""
 
@@ -108,12 +117,12 @@ class _PsycopgWarehouse:
             existing = [r[0] for r in cur.fetchall()]
             _check_columns(spec, existing, f"{spec.schema}.{spec.table}")
             if not existing:
-                try:
-                    cur.execute(render_create_schema(spec, self.dialect))
-                    cur.execute(render_create_table(spec, self.dialect))
-                    conn.commit()
-                except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject):
-                    conn.rollback()  # another run created it at the same moment
+                for ddl in (render_create_schema(spec, self.dialect), render_create_table(spec, self.dialect)):
+                    try:
+                        cur.execute(ddl)
+                        conn.commit()
+                    except _CREATE_RACES:
+                        conn.rollback()  # another run created it at the same moment: theirs is as good
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         raise NotImplementedError
