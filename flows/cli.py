@@ -115,6 +115,47 @@ def etl_run(
     raise typer.Exit(run_etl(dataset, day, profile, as_json))
 
 
+@etl_app.command("backfill")
+def etl_backfill(
+    dataset: DatasetOpt,
+    start: Annotated[str, typer.Option("--from", help="first run date, YYYY-MM-DD")],
+    end: Annotated[str, typer.Option("--to", help="last run date, YYYY-MM-DD (inclusive)")],
+    profile: ProfileOpt = "local",
+    force: Annotated[bool, typer.Option("--force", help="reload dates already loaded and reconciled")] = False,
+    parallel: Annotated[int, typer.Option("--parallel", min=1, max=8, help="dates at once")] = 1,
+) -> None:
+    """Run past dates with the keys active on each; resumable: loaded dates are skipped unless --force."""
+    from rich.progress import Progress
+
+    first, last = _parse_date(start, "--from"), _parse_date(end, "--to")
+    if last < first:
+        err.print(f"[red]error:[/red] --to {last} is before --from {first}")
+        raise typer.Exit(2)
+    from config.loader import load_dataset, load_profile
+
+    try:
+        load_profile(profile)
+        load_dataset(dataset)
+    except KeyflowError as exc:
+        _fail(exc)
+    _quiet_prefect()
+    from flows.backfill import backfill
+
+    with Progress(console=err, transient=True) as progress:
+        bar = progress.add_task(f"backfill {dataset}", total=(last - first).days + 1)
+        results = backfill(dataset, first, last, profile, force, parallel, on_done=lambda _: progress.advance(bar))
+    table = Table(title=f"backfill {dataset} {first} → {last}", title_justify="left")
+    for col in ("date", "status", "keys", "detail"):
+        table.add_column(col)
+    for r in results:
+        color = {"loaded": "green", "skipped": "cyan", "nothing": "cyan", "paused": "yellow"}.get(r.status, "red")
+        table.add_row(str(r.run_date), f"[{color}]{r.status}[/{color}]", str(r.keys), r.message)
+    out.print(table)
+    counts = {s: sum(r.status == s for r in results) for s in ("loaded", "skipped", "nothing", "failed", "paused")}
+    out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    raise typer.Exit(1 if counts["failed"] else 3 if counts["paused"] else 0)
+
+
 def _parse_date(text: str, option: str) -> date:
     try:
         return date.fromisoformat(text)

@@ -159,6 +159,7 @@ def stage_rows(
         dataset=dataset.name,
         key=key.key,
         run_id=run_id,
+        run_date=run_date.isoformat(),
         bucket=store.bucket,
         prefix=prefix,
         manifest_key=prefix + "manifest.json",
@@ -240,3 +241,10 @@ def remove_inactive_keys(profile: Profile, spec: TableSpec, keep: list[str]) -> 
     removed = warehouse_for(profile).delete_other_keys(spec, keep)
     get_run_logger().info("Removed %d row(s) of keys no longer active from %s.%s", removed, spec.schema, spec.table)
     return removed
+
+
+def pending_keys(dataset: DatasetConfig, profile: Profile, run_date: date) -> tuple[list[str], list[str]]:
+    """(keys active on ``run_date``, those of them without a committed, reconciled load for that date)."""
+    active = [k.key for k in key_store_for(profile).active_keys(dataset.name, run_date)]
+    done = warehouse_for(profile).loaded_keys(dataset.target.db_schema, dataset.name, run_date.isoformat())
+    return active, [k for k in active if k not in done]

@@ -11,6 +11,7 @@ import gzip
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -30,10 +31,14 @@ from tasks.transforms.sql import (
     quote_ident,
     render_copy_from_stdin,
     render_count_key,
+    render_create_ledger,
     render_create_schema,
     render_create_table,
     render_delete_key,
     render_delete_other_keys,
+    render_ledger_delete,
+    render_ledger_insert,
+    render_ledger_keys,
     render_redshift_copy,
 )
 from tasks.transforms.staging import StagedKey, reconcile
@@ -49,6 +54,7 @@ class Warehouse(Protocol):
     def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int: ...
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int: ...
     def count_key(self, spec: TableSpec, key: str) -> int: ...
+    def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]: ...
 
 
 def decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
@@ -116,13 +122,16 @@ class _PsycopgWarehouse:
             )
             existing = [r[0] for r in cur.fetchall()]
             _check_columns(spec, existing, f"{spec.schema}.{spec.table}")
+            ddls = [render_create_schema(spec, self.dialect)]
             if not existing:
-                for ddl in (render_create_schema(spec, self.dialect), render_create_table(spec, self.dialect)):
-                    try:
-                        cur.execute(ddl)
-                        conn.commit()
-                    except _CREATE_RACES:
-                        conn.rollback()  # another run created it at the same moment: theirs is as good
+                ddls.append(render_create_table(spec, self.dialect))
+            ddls.append(render_create_ledger(spec.schema, self.dialect))
+            for ddl in ddls:
+                try:
+                    cur.execute(ddl)
+                    conn.commit()
+                except _CREATE_RACES:
+                    conn.rollback()  # another run created it at the same moment: theirs is as good
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         raise NotImplementedError
@@ -137,6 +146,8 @@ class _PsycopgWarehouse:
                     cur.execute(render_count_key(spec, self.dialect), (staged.key,))
                     loaded = int(cur.fetchone()[0])
                 reconcile(staged, copied, loaded)
+                with conn.cursor() as cur:
+                    _record_load(cur, spec, staged, loaded, self.dialect, "%s")
                 conn.commit()
                 return loaded
             except ReconciliationError:
@@ -164,6 +175,25 @@ class _PsycopgWarehouse:
         with self.connect() as conn, conn.cursor() as cur:
             cur.execute(render_count_key(spec, self.dialect), (key,))
             return int(cur.fetchone()[0])
+
+    def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]:
+        """Keys whose load for ``run_date`` committed and reconciled (from the ledger)."""
+        with self.connect() as conn, conn.cursor() as cur:
+            try:
+                cur.execute(render_ledger_keys(schema, self.dialect), (dataset, run_date))
+            except psycopg2.errors.UndefinedTable:
+                return set()
+            return {r[0] for r in cur.fetchall()}
+
+
+def _record_load(cur: Any, spec: TableSpec, staged: StagedKey, loaded: int, dialect: str, mark: str) -> None:
+    """Write the ledger row inside the key's transaction: it exists exactly when the key's rows do."""
+    args = (staged.dataset, staged.key, staged.run_date)
+    cur.execute(render_ledger_delete(spec.schema, dialect).replace("%s", mark), args)
+    cur.execute(
+        render_ledger_insert(spec.schema, dialect).replace("%s", mark),
+        (*args, staged.run_id, loaded, datetime.now(UTC)),
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -240,6 +270,7 @@ class DuckDBWarehouse:
             _check_columns(spec, [r[0] for r in rows], f"{spec.schema}.{spec.table}")
             conn.execute(render_create_schema(spec, self.dialect))
             conn.execute(render_create_table(spec, self.dialect))
+            conn.execute(render_create_ledger(spec.schema, self.dialect))
 
     def _batches(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> Iterator[pa.RecordBatch]:
         schema = pa.schema([(n, arrow_type(t)) for n, t, _ in spec.columns])
@@ -274,6 +305,7 @@ class DuckDBWarehouse:
                 ).fetchone()
                 loaded = int(row[0]) if row else 0
                 reconcile(staged, copied, loaded)
+                _record_load(conn, spec, staged, loaded, self.dialect, "?")
                 conn.execute("COMMIT")
                 return loaded
             except ReconciliationError:
@@ -298,6 +330,16 @@ class DuckDBWarehouse:
         with self.connect() as conn:
             row = conn.execute(sql, [key]).fetchone()
             return int(row[0]) if row else 0
+
+    def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]:
+        import duckdb
+
+        sql = render_ledger_keys(schema, self.dialect).replace("%s", "?")
+        with self.connect() as conn:
+            try:
+                return {r[0] for r in conn.execute(sql, [dataset, run_date]).fetchall()}
+            except duckdb.CatalogException:
+                return set()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query (for the demo summary and tests)."""

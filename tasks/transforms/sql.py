@@ -134,3 +134,36 @@ def render_redshift_copy(
     if region:
         parts.append(f"REGION {_sql_literal(region)}")
     return "\n".join(parts)
+
+
+LEDGER_TABLE = "keyflow_loads"
+
+
+def render_create_ledger(schema: str, dialect: Dialect) -> str:
+    """The load ledger: one row per (dataset, key, run date) committed with the key's rows."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {qualified(schema, LEDGER_TABLE, dialect)} (\n"
+        "  dataset VARCHAR(63) NOT NULL,\n  key VARCHAR(256) NOT NULL,\n  run_date DATE NOT NULL,\n"
+        "  run_id VARCHAR(64) NOT NULL,\n  rows_loaded BIGINT NOT NULL,\n  loaded_at TIMESTAMPTZ NOT NULL\n)"
+    )
+
+
+def render_ledger_delete(schema: str, dialect: Dialect) -> str:
+    return (
+        f"DELETE FROM {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
+        "WHERE dataset = %s AND key = %s AND run_date = %s"
+    )
+
+
+def render_ledger_insert(schema: str, dialect: Dialect) -> str:
+    return (
+        f"INSERT INTO {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
+        "(dataset, key, run_date, run_id, rows_loaded, loaded_at) VALUES (%s, %s, %s, %s, %s, %s)"
+    )
+
+
+def render_ledger_keys(schema: str, dialect: Dialect) -> str:
+    return (
+        f"SELECT key FROM {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
+        "WHERE dataset = %s AND run_date = %s"
+    )

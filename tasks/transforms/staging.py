@@ -44,6 +44,7 @@ class StagedKey:
     dataset: str
     key: str
     run_id: str
+    run_date: str
     bucket: str
     prefix: str
     manifest_key: str

@@ -52,6 +52,7 @@ def staged(rows: int) -> StagedKey:
         dataset="facts",
         key="MCS2017",
         run_id="r1",
+        run_date="2017-03-20",
         bucket="b",
         prefix="p/",
         manifest_key="p/manifest.json",
@@ -88,6 +89,8 @@ def test_delete_copy_count_commit_in_one_transaction() -> None:
     assert "IAM_ROLE 'arn:aws:iam::1:role/copy'" in sql[1] and "MANIFEST" in sql[1] and "REGION 'eu-west-1'" in sql[1]
     assert sql[2] == "SELECT pg_last_copy_count()"
     assert sql[3].startswith("SELECT count(*)")
+    assert sql[4].startswith('DELETE FROM "analytics"."keyflow_loads"') and sql[5].startswith("INSERT INTO")
+    assert conn.statements[5][1][:5] == ("facts", "MCS2017", "2017-03-20", "r1", 5)  # ledger row, same transaction
     assert conn.committed and not conn.rolled_back
 
 
