@@ -251,6 +251,21 @@ def keys_enable(
     _set_enabled(dataset, key, profile, True)
 
 
+@app.command("serve")
+def serve_cmd(
+    file: Annotated[Path, typer.Option("--file", help="deployments file")] = Path("deployments/prefect.yaml"),
+    names: Annotated[list[str] | None, typer.Option("--name", help="serve only this deployment (repeatable)")] = None,
+) -> None:
+    """Serve every deployment's schedule from this one process (Prefect `serve`), for teams without work pools."""
+    _quiet_prefect()
+    from flows.serve import serve_all
+
+    try:
+        serve_all(file, names)
+    except KeyflowError as exc:
+        _fail(exc)
+
+
 FamilyArg = Annotated[str, typer.Argument(help="flow family: etl")]
 
 

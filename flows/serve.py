@@ -1,0 +1,76 @@
+"""`keyflow serve`: every deployment of ``deployments/prefect.yaml`` served from one long-running process."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from prefect import Flow, serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+
+from config.errors import ConfigError
+from config.loader import display_path, read_yaml
+
+
+def load_flow(entrypoint: str) -> Flow[..., Any]:
+    """``flows/rds_to_redshift.py:rds_to_redshift`` → the flow object."""
+    path, _, name = entrypoint.partition(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    flow = getattr(module, name, None)
+    if not isinstance(flow, Flow):
+        raise ConfigError(f"entrypoint {entrypoint!r} is not a flow")
+    return flow
+
+
+def deployment_specs(path: Path) -> list[dict[str, Any]]:
+    """The deployments declared in a prefect.yaml, checked: entrypoints import, parameters fit the flow."""
+    shown = display_path(path)
+    data = read_yaml(path)
+    specs = data.get("deployments") if isinstance(data, dict) else None
+    if not isinstance(specs, list) or not specs:
+        raise ConfigError(f"{shown}: deployments: expected a non-empty list")
+    for i, spec in enumerate(specs):
+        flow = load_flow(spec["entrypoint"])
+        try:
+            flow.validate_parameters(spec.get("parameters") or {})
+        except Exception as exc:
+            raise ConfigError(f"{shown}: deployments[{i}].parameters: {exc}") from None
+    return specs
+
+
+def _schedules(spec: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for s in spec.get("schedules") or []:
+        if "cron" in s:
+            out.append(CronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC")))
+        elif "interval" in s:
+            out.append(IntervalSchedule(interval=s["interval"]))
+    return out
+
+
+def serve_all(path: Path, names: list[str] | None = None) -> None:
+    """Serve the deployments (all, or those named) with their schedules until interrupted."""
+    deployments: list[Any] = []
+    for spec in deployment_specs(path):
+        if names and spec["name"] not in names:
+            continue
+        limit = spec.get("concurrency_limit")
+        deployments.append(
+            load_flow(spec["entrypoint"]).to_deployment(
+                name=spec["name"],
+                schedules=_schedules(spec),
+                parameters=spec.get("parameters") or {},
+                tags=spec.get("tags") or [],
+                description=spec.get("description"),
+                concurrency_limit=ConcurrencyLimitConfig(
+                    limit=limit["limit"], collision_strategy=ConcurrencyLimitStrategy(limit["collision_strategy"])
+                )
+                if isinstance(limit, dict)
+                else limit,
+            )
+        )
+    if not deployments:
+        raise ConfigError(f"{display_path(path)}: no deployment named {', '.join(names or [])}")
+    serve(*deployments)

@@ -1,0 +1,73 @@
+"""deployments/prefect.yaml: every entrypoint imports, parameters fit, schedules are the documented ones; `serve` works."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from config.errors import ConfigError
+from flows.serve import deployment_specs, load_flow
+from tests.conftest import write_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+FILE = ROOT / "deployments" / "prefect.yaml"
+
+
+def test_every_deployment_imports_and_its_parameters_fit_the_flow() -> None:
+    specs = deployment_specs(FILE)
+    etl = next(s for s in specs if s["entrypoint"] == "flows/rds_to_redshift.py:rds_to_redshift")
+    assert etl["schedules"] == [{"cron": "0 3,14 * * *", "timezone": "UTC"}]
+    assert etl["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    assert load_flow(etl["entrypoint"]).name == "rds-to-redshift"
+
+
+def test_a_parameter_the_flow_does_not_take_is_refused(tmp_path: Path) -> None:
+    bad = write_yaml(
+        tmp_path / "prefect.yaml",
+        {
+            "deployments": [
+                {
+                    "name": "x",
+                    "entrypoint": "flows/rds_to_redshift.py:rds_to_redshift",
+                    "parameters": {"datset": "typo"},
+                }
+            ]
+        },
+    )
+    with pytest.raises(ConfigError, match=r"deployments\[0\]\.parameters: "):
+        deployment_specs(bad)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_serve_registers_the_scheduled_deployment() -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--file", str(FILE)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 90
+        found = None
+        while time.time() < deadline and found is None and proc.poll() is None:
+            with get_client(sync_client=True) as client:
+                found = next((d for d in client.read_deployments() if d.name == "rds-to-redshift-campaign-facts"), None)
+            time.sleep(1)
+        assert found is not None, proc.stdout.read() if proc.poll() is not None and proc.stdout else "not served"
+        assert [s.schedule.cron for s in found.schedules] == ["0 3,14 * * *"]  # type: ignore[union-attr]
+        assert found.parameters == {"dataset": "campaign_facts", "profile": "aws"}
+    finally:
+        proc.terminate()
+        proc.wait(30)
