@@ -1,4 +1,4 @@
-"""deployments/prefect.yaml: every entrypoint imports, parameters fit, schedules are the documented ones; `serve` works."""
+"""deployments/prefect.yaml: entrypoints import, parameters fit, schedules are as documented; `serve` works."""
 
 from __future__ import annotations
 
