@@ -392,6 +392,11 @@ class Profile(_Model):
     kms_key_id: str | None = Field(None, description="SSE-KMS key for staged objects; SSE-S3 when omitted")
     keys_table: str = Field("keyflow_keys", min_length=3, max_length=255)
     max_parallel_keys: int = Field(4, ge=1, le=64)
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="threads: keys in threads of the flow's process; dask: keys on a Dask cluster"
+    )
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (tcp://…)")
+    dask_workers: int = Field(2, ge=1, le=256, description="worker processes of a local Dask cluster")
     keep_staged: bool = Field(False, description="keep staged files after a successful load")
     secrets: dict[Ident, SecretRef] = Field(default_factory=dict, description="named secrets, e.g. hash salts")
     encryption_keys: dict[Ident, EncryptionKey] = Field(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from config.loader import load_dataset, load_profile
-from flows.rds_to_redshift import rds_to_redshift
+from flows.rds_to_redshift import for_profile
 from tasks.etl import pending_keys
 
 
@@ -42,6 +42,7 @@ def backfill(
     The ledger row of a key is committed with its rows, so an interrupted backfill resumes where it stopped.
     """
     ds, prof = load_dataset(dataset), load_profile(profile)
+    flow = for_profile(profile)
 
     def one(day: date) -> DateResult:
         active, pending = pending_keys(ds, prof, day)
@@ -50,7 +51,7 @@ def backfill(
         elif not pending and not force:
             result = DateResult(day, "skipped", len(active), "already loaded and reconciled")
         else:
-            state = rds_to_redshift(dataset=dataset, run_date=day, profile=profile, return_state=True)
+            state = flow(dataset=dataset, run_date=day, profile=profile, return_state=True)
             status = "loaded" if state.is_completed() else "paused" if state.is_cancelled() else "failed"
             result = DateResult(day, status, len(active), state.message or "")
         if on_done:

@@ -78,9 +78,9 @@ def run_etl(dataset: str, run_date: date | None, profile: str, as_json: bool = F
     except KeyflowError as exc:
         _fail(exc)
     _quiet_prefect()
-    from flows.rds_to_redshift import rds_to_redshift
+    from flows.rds_to_redshift import for_profile
 
-    state = rds_to_redshift(dataset=dataset, run_date=run_date, profile=profile, return_state=True)
+    state = for_profile(profile)(dataset=dataset, run_date=run_date, profile=profile, return_state=True)
     result: Any = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         message = str(result).strip() or type(result).__name__

@@ -105,3 +105,19 @@ def rds_to_redshift(
     if paused_keys:
         return Cancelled(message=f"paused: {len(paused_keys)} of {len(results)} key(s) not started", data=rows)
     return Completed(message=f"{len(results)} key(s) loaded", data=rows)
+
+
+def for_profile(profile: str) -> Any:
+    """The flow with the task runner the profile asks for (threads, or a Dask cluster for scale-out)."""
+    prof = load_profile(profile)
+    if prof.task_runner != "dask":
+        return rds_to_redshift
+    from prefect_dask import DaskTaskRunner  # only profiles that scale out need Dask
+
+    if prof.dask_address:
+        runner = DaskTaskRunner(address=prof.dask_address)
+    else:
+        runner = DaskTaskRunner(
+            cluster_kwargs={"n_workers": prof.dask_workers, "threads_per_worker": 1, "processes": True}
+        )
+    return rds_to_redshift.with_options(task_runner=runner)  # type: ignore[arg-type]

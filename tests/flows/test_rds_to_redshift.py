@@ -307,3 +307,19 @@ def test_mariadb_source_value_for_value(
             cur.execute(f"DROP TABLE IF EXISTS {table}")
         with pg.cursor() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+def test_dask_cluster_gives_the_same_warehouse(
+    pg: Any, pg_setup: Any, names: dict[str, str], make_profile: Any
+) -> None:
+    """Scale-out: the profile picks a local Dask cluster of 2 worker processes; the result is the same."""
+    from flows.rds_to_redshift import for_profile
+
+    rows, dataset, _ = pg_setup
+    profile = make_profile(task_runner="dask", dask_workers=2)
+    put_keys(profile)
+    flow = for_profile(str(profile))
+    assert type(flow.task_runner).__name__ == "DaskTaskRunner"
+    state = flow(dataset=str(dataset), run_date=D1, profile=str(profile), return_state=True)
+    assert state.is_completed(), state.message
+    assert warehouse(pg, names) == expected(rows, {"K1", "K2", EVIL})
