@@ -8,6 +8,7 @@ from datetime import date
 from urllib.parse import quote
 
 from config.errors import ReconciliationError
+from tasks.transforms.paths import join_under
 
 EXTENSIONS = {"zstd": ".csv.zst", "gzip": ".csv.gz", "none": ".csv"}
 
@@ -20,8 +21,7 @@ def key_segment(key: str) -> str:
 
 def key_prefix(prefix: str, dataset: str, run_id: str, key: str) -> str:
     """``<prefix>/<dataset>/<run_id>/<key>/`` — run-scoped, so concurrent or retried runs never collide."""
-    parts = [p.strip("/") for p in (prefix, dataset, run_id) if p and p.strip("/")]
-    return "/".join([*parts, key_segment(key)]) + "/"
+    return join_under(prefix, f"{dataset}/{run_id}/{key_segment(key)}") + "/"
 
 
 def part_name(key_prefix_: str, n: int, compression: str) -> str:

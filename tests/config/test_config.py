@@ -212,3 +212,17 @@ def test_validate_command_prints_one_line_per_problem(tmp_path: Path, monkeypatc
     assert lines[1] == "datasets/a.yaml: rules[1].drop: List should have at least 1 item after validation, not 0"
     assert lines[2] == "2 problem(s) in 2 file(s)"
     assert "Traceback" not in result.output
+
+
+def test_oversize_yaml_is_refused_before_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (problem,) = dataset_error(tmp_path, monkeypatch, "name: x\n# " + "x" * 1_000_001 + "\n")
+    assert problem == f"{F}: file is 1000012 bytes; keyflow YAML is at most 1000000"
+
+
+def test_undecodable_yaml_names_the_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "facts.yaml").write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ConfigError) as err:
+        load_dataset(tmp_path / "datasets" / "facts.yaml")
+    assert err.value.problems == [f"{F}: not UTF-8 text (invalid continuation byte at byte 9)"]

@@ -59,6 +59,8 @@ def test_bad_keys_are_refused(store: DynamoKeyStore) -> None:
         store.put_key(CampaignKey("facts", "K", date(2020, 2, 1), date(2020, 1, 1)))
     with pytest.raises(ValueError, match="control characters"):
         store.put_key(CampaignKey("facts", "K\n1", date(2020, 1, 1), date(2020, 1, 2)))
+    with pytest.raises(ValueError, match="a key is 1 to 256 characters"):
+        store.put_key(CampaignKey("facts", "K" * 257, date(2020, 1, 1), date(2020, 1, 2)))
 
 
 @settings(max_examples=200, deadline=None)
