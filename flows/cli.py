@@ -68,8 +68,8 @@ def print_summary(rows: list[dict[str, Any]], title: str) -> None:
     out.print(table)
 
 
-def run_etl(dataset: str, run_date: date | None, profile: str, as_json: bool = False) -> int:
-    """Validate config, run the flow, print the summary; return the exit code."""
+def _check_config(dataset: str, profile: str) -> None:
+    """Load the profile and dataset before Prefect starts: a user's mistake is one line each, no traceback."""
     from config.loader import load_dataset, load_profile
 
     try:
@@ -78,6 +78,11 @@ def run_etl(dataset: str, run_date: date | None, profile: str, as_json: bool = F
     except KeyflowError as exc:
         _fail(exc)
     _quiet_prefect()
+
+
+def run_etl(dataset: str, run_date: date | None, profile: str, as_json: bool = False) -> int:
+    """Validate config, run the flow, print the summary; return the exit code."""
+    _check_config(dataset, profile)
     from flows.rds_to_redshift import for_profile
 
     state = for_profile(profile)(dataset=dataset, run_date=run_date, profile=profile, return_state=True)
@@ -131,14 +136,7 @@ def etl_backfill(
     if last < first:
         err.print(f"[red]error:[/red] --to {last} is before --from {first}")
         raise typer.Exit(2)
-    from config.loader import load_dataset, load_profile
-
-    try:
-        load_profile(profile)
-        load_dataset(dataset)
-    except KeyflowError as exc:
-        _fail(exc)
-    _quiet_prefect()
+    _check_config(dataset, profile)
     from flows.backfill import backfill
 
     with Progress(console=err, transient=True) as progress:
