@@ -1,0 +1,211 @@
+"""Trend scoring core: tumbling event-time windows, counts per (gender, segment, article), trending scores. Pure.
+
+Counting is associative: the counts of a set of events equal the merged counts of any split of it, in any order, so
+files and batches can be processed independently and re-running a window gives identical rows.
+
+Score of an article for a (gender, segment), over the windows of the last ``max_age``::
+
+    ctr      = (clicks + alpha) / (impressions + alpha + beta)          # CTR smoothed by a Beta(alpha, beta) prior
+    decay    = 0.5 ** (age / half_life), 0 past max_age                  # age since the article was first seen
+    velocity = (latest window's events + 1) / (mean of the previous baseline windows + 1)
+    score    = ctr * decay * (1 + velocity_weight * tanh(ln velocity))  # in [0, 1 + velocity_weight)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+TS = pa.timestamp("us", tz="UTC")
+EVENT_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("ts", TS),
+        ("article_id", pa.string()),
+        ("user_id", pa.string()),
+        ("action", pa.string()),
+    ]
+)
+USER_SCHEMA = pa.schema([("user_id", pa.string()), ("gender", pa.string()), ("segment_id", pa.string())])
+GROUP = ["window_start", "gender", "segment_id", "article_id"]
+COUNT_SCHEMA = pa.schema(
+    [
+        ("window_start", TS),
+        ("gender", pa.string()),
+        ("segment_id", pa.string()),
+        ("article_id", pa.string()),
+        ("impressions", pa.int64()),
+        ("clicks", pa.int64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Tumbling windows on event time, with allowed lateness."""
+
+    width: timedelta = timedelta(minutes=1)
+    lateness: timedelta = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class WindowCounts:
+    """Counts of one batch of events, plus the events that could not be counted."""
+
+    counts: pa.Table
+    late_events: int
+    invalid_events: int
+
+
+def window_starts(ts: pa.Array | pa.ChunkedArray, width: timedelta) -> pa.Array | pa.ChunkedArray:
+    """The start of each event's tumbling window."""
+    return pc.floor_temporal(ts, multiple=int(width.total_seconds()), unit="second")
+
+
+def count_events(
+    events: pa.Table, users: pa.Table, spec: WindowSpec = WindowSpec(), watermark: datetime | None = None
+) -> WindowCounts:
+    """Count impressions and clicks per window and (gender, segment, article); unknown users keep null
+    gender/segment (left join). Events whose window closed (``window end + lateness <= watermark``) are late."""
+    valid = pc.fill_null(pc.is_in(events["action"], value_set=pa.array(["click", "impression"])), False)
+    valid = pc.and_(valid, pc.is_valid(events["ts"]))
+    invalid = events.num_rows - pc.sum(valid).as_py() if events.num_rows else 0
+    ev = events.filter(valid)
+    starts = window_starts(ev["ts"], spec.width)
+    late = 0
+    if watermark is not None and ev.num_rows:
+        closed_before = pa.scalar(watermark - spec.width - spec.lateness, TS)
+        is_late = pc.less_equal(starts, closed_before)
+        late = pc.sum(is_late).as_py() or 0
+        keep = pc.invert(is_late)
+        ev, starts = ev.filter(keep), pc.filter(starts, keep)
+    t = pa.table(
+        {
+            "window_start": starts,
+            "user_id": ev["user_id"],
+            "article_id": ev["article_id"],
+            "impression": pc.cast(pc.equal(ev["action"], "impression"), pa.int64()),
+            "click": pc.cast(pc.equal(ev["action"], "click"), pa.int64()),
+        }
+    )
+    joined = t.join(users.select(["user_id", "gender", "segment_id"]), keys="user_id", join_type="left outer")
+    grouped = joined.group_by(GROUP, use_threads=False).aggregate([("impression", "sum"), ("click", "sum")])
+    counts = grouped.rename_columns([*GROUP, "impressions", "clicks"]).select(COUNT_SCHEMA.names)
+    return WindowCounts(canonical(counts.cast(COUNT_SCHEMA)), int(late), int(invalid))
+
+
+def merge_counts(tables: Sequence[pa.Table]) -> pa.Table:
+    """Sum counts of the same (window, gender, segment, article) across batches or files."""
+    if not tables:
+        return COUNT_SCHEMA.empty_table()
+    merged = pa.concat_tables([t.select(COUNT_SCHEMA.names).cast(COUNT_SCHEMA) for t in tables])
+    grouped = merged.group_by(GROUP, use_threads=False).aggregate([("impressions", "sum"), ("clicks", "sum")])
+    return canonical(grouped.rename_columns([*GROUP, "impressions", "clicks"]).select(COUNT_SCHEMA.names))
+
+
+def canonical(counts: pa.Table) -> pa.Table:
+    """Rows in one deterministic order (nulls last), so equal counts compare equal."""
+    return counts.sort_by([(c, "ascending", "at_end") for c in GROUP])
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    """Parameters of the trending score (see the module docstring)."""
+
+    alpha: float = 1.0
+    beta: float = 30.0
+    half_life: timedelta = timedelta(minutes=60)
+    max_age: timedelta = timedelta(hours=3)
+    velocity_weight: float = 0.25
+    baseline_windows: int = 10
+
+    def __post_init__(self) -> None:
+        if self.alpha <= 0 or self.beta <= 0:
+            raise ValueError("alpha and beta must be > 0")
+        if self.half_life <= timedelta(0) or self.max_age <= timedelta(0):
+            raise ValueError("half_life and max_age must be positive")
+        if not 0 <= self.velocity_weight <= 10 or self.baseline_windows < 1:
+            raise ValueError("velocity_weight must be in [0, 10] and baseline_windows >= 1")
+
+
+def fit_beta_prior(impressions: Sequence[int], clicks: Sequence[int], floor: float = 0.1) -> tuple[float, float]:
+    """Method-of-moments Beta(alpha, beta) from per-article CTRs (articles with impressions only)."""
+    ctrs = [min(c / i, 1.0) for i, c in zip(impressions, clicks, strict=True) if i > 0]
+    if len(ctrs) < 2:
+        return 1.0, 30.0
+    m = sum(ctrs) / len(ctrs)
+    v = sum((x - m) ** 2 for x in ctrs) / (len(ctrs) - 1)
+    if not 0 < m < 1 or v <= 0 or v >= m * (1 - m):
+        return 1.0, 30.0
+    k = m * (1 - m) / v - 1
+    return max(m * k, floor), max((1 - m) * k, floor)
+
+
+def score_articles(
+    counts: pa.Table,
+    now: datetime,
+    params: ScoreParams = ScoreParams(),
+    first_seen: Mapping[str, datetime] | None = None,
+    spec: WindowSpec = WindowSpec(),
+) -> list[dict[str, Any]]:
+    """One scored row per (gender, segment, article) seen within ``max_age``; older articles are past news.
+
+    ``first_seen`` gives each article's publication (or first-seen) time; without it, the article's earliest window
+    in ``counts`` stands in.
+    """
+    width = int(spec.width.total_seconds())
+    latest_start = datetime.fromtimestamp(((int(now.timestamp()) - width) // width) * width, tz=now.tzinfo)
+    baseline_from = latest_start - spec.width * params.baseline_windows
+    recent = counts.filter(pc.greater_equal(counts["window_start"], pa.scalar(now - params.max_age, TS)))
+    totals: dict[tuple[Any, Any, str], list[int]] = {}  # impressions, clicks, latest window, baseline windows
+    seen: dict[str, datetime] = dict(first_seen or {})
+    for r in recent.to_pylist():
+        article = str(r["article_id"])
+        t = totals.setdefault((r["gender"], r["segment_id"], article), [0, 0, 0, 0])
+        t[0] += r["impressions"]
+        t[1] += r["clicks"]
+        start: datetime = r["window_start"]
+        if start == latest_start:
+            t[2] += r["impressions"] + r["clicks"]
+        elif baseline_from <= start < latest_start:
+            t[3] += r["impressions"] + r["clicks"]
+        if first_seen is None or article not in first_seen:
+            seen[article] = min(seen.get(article, start), start)
+    out = []
+    for (gender, segment, article), (imps, clicks, current, baseline) in totals.items():
+        age = max(now - seen.get(article, now), timedelta(0))
+        if age > params.max_age:
+            continue
+        ctr = (clicks + params.alpha) / (imps + params.alpha + params.beta)
+        decay = 0.5 ** (age / params.half_life)
+        velocity = (current + 1) / (baseline / params.baseline_windows + 1)
+        out.append(
+            {
+                "gender": gender,
+                "segment_id": segment,
+                "article_id": article,
+                "impressions": imps,
+                "clicks": clicks,
+                "ctr": ctr,
+                "age_minutes": age.total_seconds() / 60,
+                "velocity": velocity,
+                "score": ctr * decay * (1 + params.velocity_weight * math.tanh(math.log(velocity))),
+            }
+        )
+    return sorted(out, key=lambda r: (str(r["gender"]), str(r["segment_id"]), -r["score"], r["article_id"]))
+
+
+def top_n(scored: list[dict[str, Any]], n: int) -> dict[tuple[Any, Any], list[dict[str, Any]]]:
+    """The ``n`` best articles per (gender, segment), best first (ties broken by article id)."""
+    out: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for r in scored:
+        bucket = out.setdefault((r["gender"], r["segment_id"]), [])
+        if len(bucket) < n:
+            bucket.append(r)
+    return out

@@ -1,0 +1,138 @@
+"""Trend-scoring core: counts conserved and independent of order and split, idempotent; scores bounded, decaying."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks.transforms.trends import (
+    EVENT_SCHEMA,
+    USER_SCHEMA,
+    ScoreParams,
+    WindowSpec,
+    count_events,
+    fit_beta_prior,
+    merge_counts,
+    score_articles,
+    top_n,
+)
+
+T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
+USERS = pa.table(
+    {"user_id": ["u1", "u2", "u3"], "gender": ["f", "m", "f"], "segment_id": ["s1", "s1", "s2"]}, schema=USER_SCHEMA
+)
+
+event = st.tuples(
+    st.integers(0, 600),  # seconds after T0
+    st.sampled_from(["a1", "a2", "a3"]),
+    st.sampled_from(["u1", "u2", "u3", "unknown"]),
+    st.sampled_from(["click", "impression", "impression", "bogus"]),
+)
+
+
+def events(rows: list[tuple[int, str, str, str]]) -> pa.Table:
+    return pa.table(
+        {
+            "event_id": [f"e{i}" for i in range(len(rows))],
+            "ts": [T0 + dt.timedelta(seconds=s) for s, *_ in rows],
+            "article_id": [r[1] for r in rows],
+            "user_id": [r[2] for r in rows],
+            "action": [r[3] for r in rows],
+        },
+        schema=EVENT_SCHEMA,
+    )
+
+
+def test_counts_per_window_and_segment_with_unknown_users() -> None:
+    rows = [
+        (5, "a1", "u1", "impression"),
+        (50, "a1", "u3", "click"),
+        (61, "a1", "u1", "impression"),
+        (70, "a2", "unknown", "impression"),
+        (71, "a2", "u1", "bogus"),
+    ]
+    result = count_events(events(rows), USERS)
+    assert result.invalid_events == 1 and result.late_events == 0
+    assert result.counts.to_pylist() == [
+        {"window_start": T0, "gender": "f", "segment_id": "s1", "article_id": "a1", "impressions": 1, "clicks": 0},
+        {"window_start": T0, "gender": "f", "segment_id": "s2", "article_id": "a1", "impressions": 0, "clicks": 1},
+        {
+            "window_start": T0 + dt.timedelta(minutes=1),
+            "gender": "f",
+            "segment_id": "s1",
+            "article_id": "a1",
+            "impressions": 1,
+            "clicks": 0,
+        },
+        {
+            "window_start": T0 + dt.timedelta(minutes=1),
+            "gender": None,
+            "segment_id": None,
+            "article_id": "a2",
+            "impressions": 1,
+            "clicks": 0,
+        },
+    ]
+
+
+def test_late_events_are_counted_not_dropped_silently() -> None:
+    rows = [(5, "a1", "u1", "impression"), (300, "a1", "u1", "click")]
+    # Watermark at T0+4min: the 10:00 window closed at 10:01 + 2 min lateness = 10:03.
+    result = count_events(events(rows), USERS, WindowSpec(), watermark=T0 + dt.timedelta(minutes=4))
+    assert result.late_events == 1
+    assert sum(result.counts["clicks"].to_pylist()) == 1 and sum(result.counts["impressions"].to_pylist()) == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(event, max_size=80), cut=st.integers(0, 80), seed=st.integers(0, 1000))
+def test_conserved_and_independent_of_order_and_split(rows: list, cut: int, seed: int) -> None:
+    whole = count_events(events(rows), USERS, watermark=T0 + dt.timedelta(minutes=6))
+    valid = sum(1 for r in rows if r[3] != "bogus")
+    counted = sum(whole.counts["impressions"].to_pylist()) + sum(whole.counts["clicks"].to_pylist())
+    assert counted + whole.late_events == valid and whole.invalid_events == len(rows) - valid
+
+    shuffled = rows[:]
+    random.Random(seed).shuffle(shuffled)
+    a = count_events(events(shuffled[:cut]), USERS, watermark=T0 + dt.timedelta(minutes=6))
+    b = count_events(events(shuffled[cut:]), USERS, watermark=T0 + dt.timedelta(minutes=6))
+    assert merge_counts([a.counts, b.counts]).equals(whole.counts)
+    assert a.late_events + b.late_events == whole.late_events
+    assert count_events(events(rows), USERS, watermark=T0 + dt.timedelta(minutes=6)).counts.equals(whole.counts)
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(event, min_size=1, max_size=60), minutes=st.integers(0, 400))
+def test_scores_are_bounded_deterministic_and_decay_with_age(rows: list, minutes: int) -> None:
+    params = ScoreParams()
+    counts = count_events(events(rows), USERS).counts
+    now = T0 + dt.timedelta(minutes=11)
+    first = {a: now - dt.timedelta(minutes=minutes) for a in ("a1", "a2", "a3")}
+    older = {a: t - dt.timedelta(minutes=30) for a, t in first.items()}
+    scored = score_articles(counts, now, params, first)
+    assert scored == score_articles(counts, now, params, first)
+    for r in scored:
+        assert 0 <= r["score"] < 1 + params.velocity_weight
+    if minutes > 180:
+        assert scored == []  # three hours old is past news
+    by_key = {
+        (r["gender"], r["segment_id"], r["article_id"]): r["score"] for r in score_articles(counts, now, params, older)
+    }
+    for r in scored:
+        assert by_key.get((r["gender"], r["segment_id"], r["article_id"]), 0.0) <= r["score"]
+
+
+def test_top_n_per_segment_and_fitted_prior() -> None:
+    rows = [(600, "a1", "u1", "click")] * 3 + [(600, "a1", "u1", "impression")] * 5 + [(600, "a2", "u1", "impression")]
+    counts = count_events(events(rows), USERS).counts
+    scored = score_articles(counts, T0 + dt.timedelta(minutes=11))
+    best = top_n(scored, 1)
+    assert [r["article_id"] for r in best[("f", "s1")]] == ["a1"]
+    alpha, beta = fit_beta_prior([100, 200, 50, 80], [5, 30, 2, 9])
+    assert alpha > 0 and beta > 0 and 0.02 < alpha / (alpha + beta) < 0.2
+    with pytest.raises(ValueError, match="alpha and beta must be > 0"):
+        ScoreParams(alpha=0)
