@@ -13,7 +13,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import Task
 
-from config.errors import KeyFailedError, PausedError, RetryableError
+from config.errors import KeyFailedError, KeyflowError, PausedError, RetryableError
 from config.models import DatasetConfig, Profile
 from tasks.control import ensure_limit, is_paused, source_slot
 from tasks.io.stager import PartWriter
@@ -127,6 +127,8 @@ def stage_rows(
     params: dict[str, Any] = {**key.params}
     params.update(key=key.key, start_date=key.start_date, end_date=key.end_date, run_date=run_date)
     prefix = key_prefix(profile.prefix, dataset.name, run_id, key.key)
+    if profile.source_max_connections == 0:
+        raise KeyFailedError(f"key {key.key!r}: extraction is switched off (source_max_connections is 0)")
     writer = PartWriter(
         store,
         prefix,
@@ -136,8 +138,6 @@ def stage_rows(
         dataset.staging.part_rows,
     )
     extracted = filtered = 0
-    if profile.source_max_connections == 0:
-        raise KeyFailedError(f"key {key.key!r}: extraction is switched off (source_max_connections is 0)")
     try:
         with (
             _limit(f"source:{profile.source_url}", profile.source_max_connections),
@@ -217,7 +217,10 @@ def load_key(staged: StagedKey, dataset: DatasetConfig, profile: Profile, spec: 
     store = object_store_for(profile)
     loaded = warehouse_for(profile).load_key(spec, staged, store)
     if not profile.keep_staged:
-        store.delete_prefix(staged.prefix)
+        try:
+            store.delete_prefix(staged.prefix)
+        except KeyflowError as exc:  # the key is committed: a cleanup failure must not fail (or retry) it
+            logger.warning("Key %r loaded, but its staged files stay (keyflow audit lists them): %s", staged.key, exc)
     seconds = staged.seconds + time.perf_counter() - started
     logger.info("Loaded key %r: %d rows into %s.%s (%.2fs)", staged.key, loaded, spec.schema, spec.table, seconds)
     return KeyResult(
