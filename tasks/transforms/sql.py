@@ -130,7 +130,9 @@ def render_redshift_copy(
         parts.append("ZSTD")
     elif compression == "gzip":
         parts.append("GZIP")
-    parts += ["TIMEFORMAT 'auto'", "DATEFORMAT 'auto'", "COMPUPDATE OFF", "STATUPDATE OFF"]
+    # Staged CSV writes NULL as an empty unquoted field; without EMPTYASNULL Redshift would load it into a VARCHAR
+    # column as '' (other types load it as NULL anyway).
+    parts += ["EMPTYASNULL", "TIMEFORMAT 'auto'", "DATEFORMAT 'auto'", "COMPUPDATE OFF", "STATUPDATE OFF"]
     if region:
         parts.append(f"REGION {_sql_literal(region)}")
     return "\n".join(parts)

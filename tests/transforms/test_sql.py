@@ -80,6 +80,7 @@ def test_redshift_copy_from_manifest_with_iam_role() -> None:
         "IGNOREHEADER 1\n"
         "MANIFEST\n"
         "ZSTD\n"
+        "EMPTYASNULL\n"
         "TIMEFORMAT 'auto'\n"
         "DATEFORMAT 'auto'\n"
         "COMPUPDATE OFF\n"
