@@ -323,3 +323,25 @@ def test_dask_cluster_gives_the_same_warehouse(
     state = flow(dataset=str(dataset), run_date=D1, profile=str(profile), return_state=True)
     assert state.is_completed(), state.message
     assert warehouse(pg, names) == expected(rows, {"K1", "K2", EVIL})
+
+
+def test_embedded_duckdb_warehouse_value_for_value(
+    pg_setup: Any, names: dict[str, str], make_profile: Any, tmp_path: Path
+) -> None:
+    """The no-server warehouse reads the staged CSV back with the target types: the same awkward values survive."""
+    import duckdb
+
+    rows, dataset, _ = pg_setup
+    path = tmp_path / "wh.duckdb"
+    profile = make_profile(warehouse_kind="duckdb", warehouse_url=str(path))
+    put_keys(profile)
+    state, _ = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    with duckdb.connect(str(path), read_only=True) as db:
+        got = [
+            tuple(r)
+            for r in db.execute(
+                f"SELECT {COLUMNS.replace('label', 'title')} FROM {names['wh_schema']}.facts ORDER BY id"
+            ).fetchall()
+        ]
+    assert got == expected(rows, {"K1", "K2", EVIL})
