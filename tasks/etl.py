@@ -197,8 +197,11 @@ def stage_key(
             raise PausedError(f"key {key.key!r} not started: the etl flows are paused (`keyflow resume etl`)")
         staged = stage_rows(key, dataset, profile, spec, run_id, run_date)
     logger.info(
-        "Staged key %r: %d rows extracted, %d filtered by rules, %d staged in %d part(s), %d bytes, %.2fs",
+        "Staged key %r of %s (run %s): %d rows extracted, %d filtered by rules, %d staged in %d part(s), "
+        "%d bytes, %.2fs",
         key.key,
+        dataset.name,
+        run_id,
         staged.rows_extracted,
         staged.rows_filtered,
         staged.rows_staged,
@@ -222,7 +225,16 @@ def load_key(staged: StagedKey, dataset: DatasetConfig, profile: Profile, spec: 
         except KeyflowError as exc:  # the key is committed: a cleanup failure must not fail (or retry) it
             logger.warning("Key %r loaded, but its staged files stay (keyflow audit lists them): %s", staged.key, exc)
     seconds = staged.seconds + time.perf_counter() - started
-    logger.info("Loaded key %r: %d rows into %s.%s (%.2fs)", staged.key, loaded, spec.schema, spec.table, seconds)
+    logger.info(
+        "Loaded key %r of %s (run %s): %d rows into %s.%s (%.2fs)",
+        staged.key,
+        staged.dataset,
+        staged.run_id,
+        loaded,
+        spec.schema,
+        spec.table,
+        seconds,
+    )
     return KeyResult(
         key=staged.key,
         status="loaded",

@@ -275,6 +275,9 @@ def test_staged_files_are_encrypted_and_secrets_never_logged(
     assert secret.encode() not in staged_text
     out, errs = capfd.readouterr()
     assert secret not in caplog.text and secret not in out and secret not in errs
+    # Logs carry the key, the dataset and the run id.
+    assert "Staged key 'K1' of facts (run 2017-03-20-" in caplog.text
+    assert "Loaded key 'K1' of facts (run 2017-03-20-" in caplog.text
     with pg.cursor() as cur:
         cur.execute(f"SELECT title FROM {names['wh_schema']}.facts WHERE title IS NOT NULL LIMIT 1")
         assert len(cur.fetchone()[0]) == 64  # HMAC-SHA256 hex: the text itself never reached the warehouse
