@@ -1,0 +1,82 @@
+"""The event archive and the user reference file on the moto server: streaming reads, ETag-driven reloads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from config.errors import KeyFailedError
+from tasks.io.archive import UserDirectory, archive_files, hour_prefix, read_events
+from tasks.io.objectstore import S3ObjectStore
+from tasks.transforms.trends import EVENT_SCHEMA, count_events
+
+H10 = dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC)
+
+
+@pytest.fixture()
+def store(aws_endpoint: str, names: dict[str, str]) -> S3ObjectStore:
+    s = S3ObjectStore(names["bucket"], "us-east-1", aws_endpoint)
+    s.ensure_bucket()
+    return s
+
+
+def jsonl_gz(rows: list[dict[str, Any]]) -> bytes:
+    return gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def event(i: int, minute: int, action: str = "impression") -> dict[str, Any]:
+    ts = (H10 + dt.timedelta(minutes=minute, seconds=i % 60)).isoformat()
+    return {
+        "event_id": f"e{i}",
+        "ts": ts,
+        "article_id": f"a{i % 3}",
+        "user_id": f"u{i % 4}",
+        "action": action,
+        "extra": "ignored",
+    }
+
+
+def test_hourly_files_stream_in_batches_and_count(store: S3ObjectStore) -> None:
+    rows = [event(i, i % 50, "click" if i % 7 == 0 else "impression") for i in range(3000)]
+    store.put_bytes(jsonl_gz(rows[:2000]), hour_prefix("events", H10) + "part-0.jsonl.gz")
+    buf = io.BytesIO()
+    table = pa.Table.from_pylist(
+        [{**r, "ts": dt.datetime.fromisoformat(r["ts"])} for r in rows[2000:]], schema=EVENT_SCHEMA
+    )
+    pq.write_table(table, buf)
+    store.put_bytes(buf.getvalue(), hour_prefix("events", H10 + dt.timedelta(hours=1)) + "part-0.parquet")
+    store.put_bytes(b"not an event file", hour_prefix("events", H10) + "README.txt")
+
+    keys = archive_files(store, "events", H10 + dt.timedelta(minutes=30), H10 + dt.timedelta(hours=1, minutes=5))
+    assert keys == ["events/dt=2026-11-27/hour=10/part-0.jsonl.gz", "events/dt=2026-11-27/hour=11/part-0.parquet"]
+    batches = [b for k in keys for b in read_events(store, k, block_size=16_384)]
+    assert len(batches) > 2 and sum(b.num_rows for b in batches) == 3000
+    users = pa.table({"user_id": ["u0", "u1"], "gender": ["f", "m"], "segment_id": ["s1", "s1"]})
+    counts = count_events(pa.concat_tables(batches), users).counts
+    assert sum(counts["impressions"].to_pylist()) + sum(counts["clicks"].to_pylist()) == 3000
+
+
+def test_a_corrupt_file_fails_with_its_name(store: S3ObjectStore) -> None:
+    key = hour_prefix("events", H10) + "bad.jsonl.gz"
+    store.put_bytes(jsonl_gz([event(1, 1)])[:-8], key)  # truncated gzip
+    with pytest.raises(KeyFailedError, match=f"event file s3://{store.bucket}/{key}: "):
+        list(read_events(store, key))
+
+
+def test_user_file_is_reread_only_when_its_etag_changes(store: S3ObjectStore) -> None:
+    store.put_bytes(b"user_id,gender,segment_id\nu1,f,s1\nu2,,s2\n", "ref/users.csv")
+    users = UserDirectory(store, "ref/users.csv")
+    first = users.table()
+    assert first.to_pylist()[1] == {"user_id": "u2", "gender": None, "segment_id": "s2"}
+    users.table()
+    assert users.reads == 1
+    store.put_bytes(b"user_id,gender,segment_id\nu1,m,s9\n", "ref/users.csv")
+    assert users.table().to_pylist() == [{"user_id": "u1", "gender": "m", "segment_id": "s9"}]
+    assert users.reads == 2
