@@ -1,0 +1,176 @@
+"""Where trend counts and rankings live: window counts in PostgreSQL (idempotent upsert), top-N in DynamoDB."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+import pyarrow as pa
+import sqlalchemy as sa
+from botocore.exceptions import BotoCoreError, ClientError
+
+from config.errors import RetryableError
+from tasks.io.aws import client, translate
+from tasks.transforms.sql import qualified
+from tasks.transforms.trends import COUNT_SCHEMA
+
+
+class TrendCounts:
+    """Window counts in a PostgreSQL table; writing a window twice gives the same rows (upsert on its key)."""
+
+    def __init__(self, url: str, password: str | None, schema: str, table: str = "trend_counts") -> None:
+        u = sa.make_url(url)
+        self._dsn = {
+            k: v
+            for k, v in {
+                "host": u.host,
+                "port": u.port,
+                "dbname": u.database,
+                "user": u.username,
+                "password": password,
+            }.items()
+            if v is not None
+        }
+        self.schema = schema
+        self.target = qualified(schema, table, "postgres")
+
+    def _connect(self) -> Any:
+        try:
+            return psycopg2.connect(**self._dsn, connect_timeout=10, application_name="keyflow-trends")
+        except psycopg2.OperationalError as exc:
+            raise RetryableError(f"connect to warehouse: {str(exc).strip().splitlines()[0]}") from None
+
+    def ensure(self) -> None:
+        conn = self._connect()
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                cur.execute(
+                    f"""CREATE TABLE IF NOT EXISTS {self.target} (
+                      window_start TIMESTAMPTZ NOT NULL, gender TEXT, segment_id TEXT, article_id TEXT NOT NULL,
+                      impressions BIGINT NOT NULL, clicks BIGINT NOT NULL,
+                      UNIQUE NULLS NOT DISTINCT (window_start, gender, segment_id, article_id))"""
+                )
+        finally:
+            conn.close()
+
+    def upsert(self, counts: pa.Table) -> int:
+        """Write counts of complete windows; a re-run of the same windows replaces, never adds."""
+        rows = [tuple(r.values()) for r in counts.select(COUNT_SCHEMA.names).to_pylist()]
+        if not rows:
+            return 0
+        conn = self._connect()
+        try:
+            with conn, conn.cursor() as cur:
+                psycopg2.extras.execute_values(
+                    cur,
+                    f"INSERT INTO {self.target} (window_start, gender, segment_id, article_id, impressions, clicks) "  # noqa: S608
+                    "VALUES %s ON CONFLICT (window_start, gender, segment_id, article_id) DO UPDATE "
+                    "SET impressions = EXCLUDED.impressions, clicks = EXCLUDED.clicks",
+                    rows,
+                    page_size=5000,
+                )
+        finally:
+            conn.close()
+        return len(rows)
+
+    def since(self, start: datetime) -> pa.Table:
+        """Counts of the windows starting at or after ``start``."""
+        conn = self._connect()
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    f"SELECT window_start, gender, segment_id, article_id, impressions, clicks FROM {self.target} "  # noqa: S608
+                    "WHERE window_start >= %s",
+                    (start,),
+                )
+                rows = cur.fetchall()
+        finally:
+            conn.close()
+        cols: list[Any] = list(zip(*rows, strict=True)) if rows else [() for _ in COUNT_SCHEMA]
+        return pa.table({f.name: pa.array(list(c), f.type) for f, c in zip(COUNT_SCHEMA, cols, strict=True)})
+
+
+class TrendServing:
+    """Top-N articles per (gender, segment) in a DynamoDB table, each item with a TTL attribute."""
+
+    def __init__(self, table: str, region: str, endpoint_url: str | None = None, kms_key_id: str | None = None) -> None:
+        self.table = table
+        self.kms_key_id = kms_key_id
+        self._ddb = client("dynamodb", region, endpoint_url)
+
+    def ensure(self) -> None:
+        try:
+            self._ddb.describe_table(TableName=self.table)
+            return
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise translate(exc, f"describe table {self.table}") from exc
+        sse: dict[str, Any] = {"Enabled": True, "SSEType": "KMS"}
+        if self.kms_key_id:
+            sse["KMSMasterKeyId"] = self.kms_key_id
+        self._ddb.create_table(
+            TableName=self.table,
+            AttributeDefinitions=[{"AttributeName": "audience", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "audience", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+            SSESpecification=sse,
+        )
+        self._ddb.get_waiter("table_exists").wait(TableName=self.table)
+        try:
+            self._ddb.update_time_to_live(
+                TableName=self.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+            )
+        except ClientError as exc:
+            raise translate(exc, f"enable TTL on {self.table}") from exc
+
+    @staticmethod
+    def audience(gender: str | None, segment: str | None) -> str:
+        return f"{gender or '-'}#{segment or '-'}"
+
+    def put(self, rankings: dict[tuple[Any, Any], Sequence[dict[str, Any]]], now: datetime, ttl_seconds: int) -> int:
+        """Write every audience's ranking (one item each), retrying unprocessed items with jittered backoff."""
+        expires = int(now.timestamp()) + ttl_seconds
+        requests = [
+            {
+                "PutRequest": {
+                    "Item": {
+                        "audience": {"S": self.audience(g, s)},
+                        "computed_at": {"S": now.isoformat()},
+                        "expires_at": {"N": str(expires)},
+                        "articles": {"S": json.dumps(list(items), default=str)},
+                    }
+                }
+            }
+            for (g, s), items in rankings.items()
+        ]
+        for i in range(0, len(requests), 25):
+            pending = {self.table: requests[i : i + 25]}
+            for attempt in range(8):
+                try:
+                    out = self._ddb.batch_write_item(RequestItems=pending)
+                except (ClientError, BotoCoreError) as exc:
+                    raise translate(exc, f"write rankings to {self.table}") from exc
+                pending = out.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
+            else:
+                raise RetryableError(f"write rankings to {self.table}: items still unprocessed after 8 tries")
+        return len(requests)
+
+    def top(self, gender: str | None, segment: str | None) -> list[dict[str, Any]]:
+        """The stored ranking of one audience (empty when none)."""
+        try:
+            item = self._ddb.get_item(
+                TableName=self.table, Key={"audience": {"S": self.audience(gender, segment)}}, ConsistentRead=True
+            ).get("Item")
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"read rankings from {self.table}") from exc
+        return json.loads(item["articles"]["S"]) if item else []

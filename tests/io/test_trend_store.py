@@ -1,0 +1,71 @@
+"""Trend counts in PostgreSQL (idempotent upsert) and rankings in DynamoDB (TTL, unprocessed items retried)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pyarrow as pa
+
+from tasks.io.trend_store import TrendCounts, TrendServing
+from tasks.transforms.trends import COUNT_SCHEMA
+from tests.conftest import PG_URL
+
+T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
+
+
+def counts(imps: int) -> pa.Table:
+    return pa.table(
+        {
+            "window_start": [T0, T0],
+            "gender": ["f", None],
+            "segment_id": ["s1", None],
+            "article_id": ["a1", "a1"],
+            "impressions": [imps, 1],
+            "clicks": [1, 0],
+        },
+        schema=COUNT_SCHEMA,
+    )
+
+
+def test_upsert_is_idempotent_including_unknown_users(pg: Any, names: dict[str, str]) -> None:
+    store = TrendCounts(PG_URL, None, names["wh_schema"])
+    try:
+        store.ensure()
+        store.ensure()
+        assert store.upsert(counts(5)) == 2
+        store.upsert(counts(5))  # the same window again: replaced, not added
+        got = store.since(T0).sort_by([("gender", "ascending", "at_end")])
+        assert got.to_pylist() == counts(5).to_pylist()
+        store.upsert(counts(9))  # a late correction of the window replaces it
+        assert sorted(store.since(T0)["impressions"].to_pylist()) == [1, 9]
+        assert store.since(T0 + dt.timedelta(minutes=1)).num_rows == 0
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+def test_rankings_with_ttl_and_unprocessed_items_retried(aws_endpoint: str, names: dict[str, str]) -> None:
+    serving = TrendServing(names["keys_table"] + "_top", "us-east-1", aws_endpoint)
+    serving.ensure()
+    real = serving._ddb.batch_write_item
+    calls = []
+
+    def throttled(RequestItems: dict[str, Any]) -> dict[str, Any]:
+        # moto never returns UnprocessedItems: hold back half of the first batch, as DynamoDB does under load.
+        calls.append(1)
+        ((table, reqs),) = RequestItems.items()
+        if len(calls) == 1 and len(reqs) > 1:
+            real(RequestItems={table: reqs[: len(reqs) // 2]})
+            return {"UnprocessedItems": {table: reqs[len(reqs) // 2 :]}}
+        return real(RequestItems=RequestItems)
+
+    serving._ddb = type("Ddb", (), {"batch_write_item": staticmethod(throttled), "get_item": serving._ddb.get_item})()
+    rankings = {(g, s): [{"article_id": f"a{g}{s}", "score": 0.5}] for g in ("f", "m", None) for s in ("s1", "s2")}
+    assert serving.put(rankings, T0, ttl_seconds=600) == 6
+    assert len(calls) == 2
+    for (g, s), items in rankings.items():
+        assert serving.top(g, s) == items
+    assert serving.top("x", "nope") == []
+    item = serving._ddb.get_item(TableName=serving.table, Key={"audience": {"S": "f#s1"}})["Item"]
+    assert int(item["expires_at"]["N"]) == int(T0.timestamp()) + 600
