@@ -62,7 +62,8 @@ def test_rankings_with_ttl_and_unprocessed_items_retried(aws_endpoint: str, name
 
     serving._ddb = type("Ddb", (), {"batch_write_item": staticmethod(throttled), "get_item": serving._ddb.get_item})()
     rankings = {(g, s): [{"article_id": f"a{g}{s}", "score": 0.5}] for g in ("f", "m", None) for s in ("s1", "s2")}
-    assert serving.put(rankings, T0, ttl_seconds=600) == 6
+    written = serving.put(rankings, T0, ttl_seconds=600)  # a TTL on the items, not a timing
+    assert written == 6
     assert len(calls) == 2
     for (g, s), items in rankings.items():
         assert serving.top(g, s) == items
