@@ -74,3 +74,33 @@ def translate(exc: Exception, what: str) -> Exception:
     if isinstance(exc, BotoCoreError):
         return KeyFailedError(f"{what}: {exc}")
     return exc
+
+
+def ensure_dynamodb_table(ddb: Any, table: str, keys: list[tuple[str, str]], kms_key_id: str | None = None) -> bool:
+    """Create an on-demand table with SSE (KMS) when it does not exist; ``keys`` are (name, HASH|RANGE), strings.
+
+    Returns True when this call created it. A concurrent creator's table is accepted.
+    """
+    try:
+        ddb.describe_table(TableName=table)
+        return False
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise translate(exc, f"describe table {table}") from exc
+    sse: dict[str, Any] = {"Enabled": True, "SSEType": "KMS"}
+    if kms_key_id:
+        sse["KMSMasterKeyId"] = kms_key_id
+    try:
+        ddb.create_table(
+            TableName=table,
+            AttributeDefinitions=[{"AttributeName": name, "AttributeType": "S"} for name, _ in keys],
+            KeySchema=[{"AttributeName": name, "KeyType": kind} for name, kind in keys],
+            BillingMode="PAY_PER_REQUEST",
+            SSESpecification=sse,
+        )
+        ddb.get_waiter("table_exists").wait(TableName=table)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceInUseException":
+            raise translate(exc, f"create table {table}") from exc
+        return False
+    return True

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.errors import KeyFailedError
-from tasks.io.aws import client, translate
+from tasks.io.aws import client, ensure_dynamodb_table, translate
 from tasks.transforms.keys import CampaignKey, active_keys, validate_key
 
 
@@ -52,33 +52,7 @@ class DynamoKeyStore:
 
     def ensure_table(self) -> None:
         """Create the table (on-demand, SSE with KMS) when it does not exist."""
-        try:
-            self._ddb.describe_table(TableName=self.table)
-            return
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
-                raise translate(exc, f"describe table {self.table}") from exc
-        sse: dict[str, Any] = {"Enabled": True, "SSEType": "KMS"}
-        if self.kms_key_id:
-            sse["KMSMasterKeyId"] = self.kms_key_id
-        try:
-            self._ddb.create_table(
-                TableName=self.table,
-                AttributeDefinitions=[
-                    {"AttributeName": "dataset", "AttributeType": "S"},
-                    {"AttributeName": "key", "AttributeType": "S"},
-                ],
-                KeySchema=[
-                    {"AttributeName": "dataset", "KeyType": "HASH"},
-                    {"AttributeName": "key", "KeyType": "RANGE"},
-                ],
-                BillingMode="PAY_PER_REQUEST",
-                SSESpecification=sse,
-            )
-            self._ddb.get_waiter("table_exists").wait(TableName=self.table)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ResourceInUseException":
-                raise translate(exc, f"create table {self.table}") from exc
+        ensure_dynamodb_table(self._ddb, self.table, [("dataset", "HASH"), ("key", "RANGE")], self.kms_key_id)
 
     def sse_status(self) -> str | None:
         """The table's server-side encryption status (``ENABLED``…), or None when not encrypted with KMS."""

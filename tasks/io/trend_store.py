@@ -12,11 +12,11 @@ from typing import Any
 import psycopg2
 import psycopg2.extras
 import pyarrow as pa
-import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.errors import RetryableError
-from tasks.io.aws import client, translate
+from tasks.io.aws import client, ensure_dynamodb_table, translate
+from tasks.io.warehouse import pg_dsn
 from tasks.transforms.sql import qualified
 from tasks.transforms.trends import COUNT_SCHEMA
 
@@ -25,24 +25,13 @@ class TrendCounts:
     """Window counts in a PostgreSQL table; writing a window twice gives the same rows (upsert on its key)."""
 
     def __init__(self, url: str, password: str | None, schema: str, table: str = "trend_counts") -> None:
-        u = sa.make_url(url)
-        self._dsn = {
-            k: v
-            for k, v in {
-                "host": u.host,
-                "port": u.port,
-                "dbname": u.database,
-                "user": u.username,
-                "password": password,
-            }.items()
-            if v is not None
-        }
+        self._dsn = pg_dsn(url, password, "keyflow-trends")
         self.schema = schema
         self.target = qualified(schema, table, "postgres")
 
     def _connect(self) -> Any:
         try:
-            return psycopg2.connect(**self._dsn, connect_timeout=10, application_name="keyflow-trends")
+            return psycopg2.connect(**self._dsn)
         except psycopg2.OperationalError as exc:
             raise RetryableError(f"connect to warehouse: {str(exc).strip().splitlines()[0]}") from None
 
@@ -106,23 +95,9 @@ class TrendServing:
         self._ddb = client("dynamodb", region, endpoint_url)
 
     def ensure(self) -> None:
-        try:
-            self._ddb.describe_table(TableName=self.table)
+        """Create the serving table (SSE with KMS) and switch on its TTL attribute, when missing."""
+        if not ensure_dynamodb_table(self._ddb, self.table, [("audience", "HASH")], self.kms_key_id):
             return
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
-                raise translate(exc, f"describe table {self.table}") from exc
-        sse: dict[str, Any] = {"Enabled": True, "SSEType": "KMS"}
-        if self.kms_key_id:
-            sse["KMSMasterKeyId"] = self.kms_key_id
-        self._ddb.create_table(
-            TableName=self.table,
-            AttributeDefinitions=[{"AttributeName": "audience", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "audience", "KeyType": "HASH"}],
-            BillingMode="PAY_PER_REQUEST",
-            SSESpecification=sse,
-        )
-        self._ddb.get_waiter("table_exists").wait(TableName=self.table)
         try:
             self._ddb.update_time_to_live(
                 TableName=self.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}

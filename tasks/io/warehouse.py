@@ -83,23 +83,28 @@ _CREATE_RACES = (
 )
 
 
+def pg_dsn(url: str, password: str | None = None, application: str = "keyflow") -> dict[str, Any]:
+    """psycopg2 connection arguments from a SQLAlchemy-style URL (the password comes from a secret, not the URL)."""
+    u = sa.make_url(url)
+    dsn = {
+        "host": u.host or None,
+        "port": u.port or None,
+        "dbname": u.database,
+        "user": u.username,
+        "password": password or u.password,
+        "connect_timeout": 10,
+        "application_name": application,
+    }
+    return {k: v for k, v in dsn.items() if v is not None}
+
+
 class _PsycopgWarehouse:
     """Shared transaction logic of PostgreSQL and Redshift (both speak the PostgreSQL protocol)."""
 
     dialect = "postgres"
 
     def __init__(self, url: str, password: str | None = None) -> None:
-        u = sa.make_url(url)
-        self._dsn: dict[str, Any] = {
-            "host": u.host or None,
-            "port": u.port or None,
-            "dbname": u.database,
-            "user": u.username,
-            "password": password or u.password,
-            "connect_timeout": 10,
-            "application_name": "keyflow",
-        }
-        self._dsn = {k: v for k, v in self._dsn.items() if v is not None}
+        self._dsn = pg_dsn(url, password)
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
