@@ -17,7 +17,7 @@ from pydantic import (
 
 from config.types import parse_type
 
-IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+IDENT_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,62}\Z")  # \Z: "$" would accept a trailing newline
 
 
 def _ident(value: str) -> str:

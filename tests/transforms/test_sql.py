@@ -33,7 +33,7 @@ SPEC = TableSpec(
 )
 
 
-@pytest.mark.parametrize("bad", ['a"b', "a;drop", "1abc", "naïve", "a b", "", "x" * 64])
+@pytest.mark.parametrize("bad", ['a"b', "a;drop", "1abc", "naïve", "a b", "", "x" * 64, "A\n"])
 def test_unsafe_identifiers_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="unsafe identifier"):
         quote_ident(bad, "postgres")
