@@ -336,6 +336,11 @@ class DatasetConfig(_Model):
 # ---------------------------------------------------------------- profile
 
 
+def _exactly_one(model: BaseModel, what: str, names: tuple[str, ...]) -> None:
+    if sum(1 for n in names if getattr(model, n)) != 1:
+        raise ValueError(f"{what} takes exactly one of: {', '.join(names)}")
+
+
 class SecretRef(_Model):
     """Where a secret comes from. Secret values never live in YAML."""
 
@@ -346,9 +351,7 @@ class SecretRef(_Model):
 
     @model_validator(mode="after")
     def _one(self) -> SecretRef:
-        given = [n for n in ("env", "prefect_secret", "aws_secret") if getattr(self, n)]
-        if len(given) != 1:
-            raise ValueError("a secret reference takes exactly one of: env, prefect_secret, aws_secret")
+        _exactly_one(self, "a secret reference", ("env", "prefect_secret", "aws_secret"))
         return self
 
 
@@ -361,9 +364,7 @@ class EncryptionKey(_Model):
 
     @model_validator(mode="after")
     def _one(self) -> EncryptionKey:
-        given = [n for n in ("public_key_file", "public_key_pem", "kms_key_id") if getattr(self, n)]
-        if len(given) != 1:
-            raise ValueError("an encryption key takes exactly one of: public_key_file, public_key_pem, kms_key_id")
+        _exactly_one(self, "an encryption key", ("public_key_file", "public_key_pem", "kms_key_id"))
         return self
 
 
