@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from config.errors import ConfigError
-from config.models import DatasetConfig, Profile
+from config.models import DatasetConfig, Profile, TrendConfig
 
 M = TypeVar("M", bound=BaseModel)
 ENV_PREFIX = "KEYFLOW_"
@@ -135,8 +135,16 @@ def load_dataset(name_or_path: str | Path) -> DatasetConfig:
     return dataset
 
 
+def load_trends(name_or_path: str | Path) -> TrendConfig:
+    """Load ``config/trends/<name>.yaml`` (or a path) into a :class:`TrendConfig`."""
+    path = _resolve("trends", name_or_path)
+    job = _validate(TrendConfig, read_yaml(path), display_path(path))
+    job._file = display_path(path)
+    return job
+
+
 # Structured fields: secrets are named in YAML, their values come from where the reference points.
-_NOT_FROM_ENV = {"secrets", "source_password", "warehouse_password", "encryption_keys"}
+_NOT_FROM_ENV = {"secrets", "source_password", "warehouse_password", "trends_password", "encryption_keys"}
 
 
 def profile_env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -169,7 +177,12 @@ def validate_tree(root: Path | None = None) -> tuple[int, list[str]]:
     base = root or config_dir()
     problems: list[str] = []
     checked = 0
-    for kind, loader in (("datasets", load_dataset), ("profiles", load_profile)):
+    loaders: tuple[tuple[str, Any], ...] = (
+        ("datasets", load_dataset),
+        ("profiles", load_profile),
+        ("trends", load_trends),
+    )
+    for kind, loader in loaders:
         for path in sorted((base / kind).glob("*.y*ml")):
             checked += 1
             try:

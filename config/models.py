@@ -333,6 +333,66 @@ class DatasetConfig(_Model):
         return {r.privacy.key for r in self.rules if r.privacy and r.privacy.action == "encrypt" and r.privacy.key}
 
 
+# ---------------------------------------------------------------- trend scoring
+
+
+class ScoringConfig(_Model):
+    """The trending score's parameters (README: "How trends are scored")."""
+
+    prior: Literal["fit", "fixed"] = Field(
+        "fit", description="fit: Beta prior fitted to the recent per-article CTRs; fixed: alpha and beta below"
+    )
+    alpha: float = Field(1.0, gt=0, le=1e6, description="Beta prior alpha (prior clicks); the fallback when fitting")
+    beta: float = Field(30.0, gt=0, le=1e6, description="Beta prior beta (prior non-clicks)")
+    half_life_minutes: float = Field(60.0, gt=0, le=10_080, description="time decay half-life")
+    max_age_minutes: float = Field(180.0, gt=0, le=10_080, description="older articles are past news (score 0)")
+    velocity_weight: float = Field(0.25, ge=0, le=10, description="weight of velocity (0 switches it off)")
+    baseline_windows: int = Field(10, ge=1, le=1440, description="windows before the latest that form the baseline")
+
+
+class TrendConfig(_Model):
+    """One trend-scoring job: the event archive it reads, its windows, score parameters and where results go."""
+
+    _file: str = PrivateAttr("trends")
+
+    name: Ident
+    description: str = ""
+    archive_prefix: str = Field("events/archive", min_length=1, max_length=512, description="S3 prefix of events")
+    users_key: str = Field("reference/users.csv", min_length=1, max_length=1024, description="user reference CSV")
+    window_seconds: int = Field(60, ge=1, le=3600, description="tumbling window width, dividing an hour")
+    lateness_seconds: int = Field(120, ge=0, le=86_400, description="allowed lateness after a window ends")
+    max_catch_up_minutes: int = Field(
+        180, ge=1, le=10_080, description="after downtime, recount at most this far back (older: `trends backfill`)"
+    )
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)  # type: ignore[arg-type]
+    top_n: int = Field(20, ge=1, le=1000, description="articles kept per (gender, segment)")
+    ttl_minutes: int = Field(30, ge=1, le=10_080, description="serving items expire after this (DynamoDB TTL)")
+    counts_schema: Ident = Field("trends", description="warehouse schema of the window counts")
+    counts_table: Ident = Field("trend_counts", description="warehouse table of the window counts")
+    serving_table: str = Field("keyflow_trending", min_length=3, max_length=255, description="DynamoDB top-N table")
+    parallel_files: int = Field(2, ge=1, le=32, description="event files read at once")
+
+    @field_validator("window_seconds")
+    @classmethod
+    def _divides_hour(cls, v: int) -> int:
+        if 3600 % v:
+            raise ValueError(f"{v} does not divide an hour (3600 seconds): windows must tile the hour partitions")
+        return v
+
+    @field_validator("archive_prefix", "users_key")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        parts = v.replace("\\", "/").split("/")
+        if v.startswith("/") or ".." in parts:
+            raise ValueError(f"{v!r} must be a relative S3 key without '..'")
+        return v.strip("/")
+
+    @property
+    def file(self) -> str:
+        """The YAML file this job came from, as errors show it."""
+        return self._file
+
+
 # ---------------------------------------------------------------- profile
 
 
@@ -386,6 +446,10 @@ class Profile(_Model):
     warehouse_url: str = Field(description="postgresql://… (postgres, redshift) or a DuckDB file path")
     warehouse_password: SecretRef | None = Field(None, description="defaults to $KEYFLOW_WAREHOUSE_PASSWORD")
     redshift_iam_role: str | None = Field(None, description="IAM role ARN for Redshift COPY")
+    trends_url: str | None = Field(
+        None, description="PostgreSQL URL of trend counts; default: warehouse_url when warehouse_kind is postgres"
+    )
+    trends_password: SecretRef | None = Field(None, description="defaults to $KEYFLOW_TRENDS_PASSWORD")
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = Field(None, description="AWS endpoint (a moto server); None for real AWS")
     bucket: str = Field(min_length=3, max_length=63)
@@ -404,10 +468,10 @@ class Profile(_Model):
         default_factory=dict, description="public keys for the privacy rule's 'encrypt' action"
     )
 
-    @field_validator("source_url", "warehouse_url")
+    @field_validator("source_url", "warehouse_url", "trends_url")
     @classmethod
-    def _no_password(cls, v: str) -> str:
-        if re.match(r"^[a-z0-9+]+://[^/@:]*:[^/@]+@", v):
+    def _no_password(cls, v: str | None) -> str | None:
+        if v and re.match(r"^[a-z0-9+]+://[^/@:]*:[^/@]+@", v):
             raise ValueError(
                 "a password in a URL would live in YAML; remove it and set source_password / "
                 "warehouse_password (environment variable, Prefect Secret or AWS Secrets Manager)"

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from contextlib import suppress
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +22,9 @@ app = typer.Typer(
 etl_app = typer.Typer(help="Run the key-driven ETL.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage the keys (campaigns) of a dataset in DynamoDB.", no_args_is_help=True)
 app.add_typer(etl_app, name="etl")
+trends_app = typer.Typer(help="Score trending articles from the event archive.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(trends_app, name="trends")
 out = Console()
 err = Console(stderr=True)
 
@@ -154,6 +156,138 @@ def etl_backfill(
     raise typer.Exit(1 if counts["failed"] else 3 if counts["paused"] else 0)
 
 
+JobOpt = Annotated[str, typer.Option("--job", "-j", help="trend job name or path (config/trends/)")]
+
+
+def _parse_time(text: str, option: str) -> datetime:
+    """An ISO date or date-time; UTC unless it names its offset."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        err.print(f"[red]error:[/red] {option}: {text!r} is not a date or time (YYYY-MM-DD[THH:MM[:SS]][+00:00])")
+        raise typer.Exit(2) from None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def _check_trends(job: str, profile: str) -> None:
+    from config.loader import load_profile, load_trends
+    from tasks.resources import trend_counts_for
+
+    try:
+        trend_counts_for(load_profile(profile), load_trends(job))
+    except KeyflowError as exc:
+        _fail(exc)
+    _quiet_prefect()
+
+
+def _finish(state: Any, family: str) -> dict[str, Any] | list[Any]:
+    """The flow's data, or the error it ended with printed and the matching exit code raised."""
+    result: Any = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        for line in (str(result).strip() or type(result).__name__).splitlines():
+            err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2 if isinstance(result, ConfigError) else 1)
+    if state.is_cancelled():
+        err.print(f"[yellow]{state.message}[/yellow] (`keyflow resume {family}` switches them back on)")
+        raise typer.Exit(3)
+    return result
+
+
+@trends_app.command("run")
+def trends_run(
+    job: JobOpt = "trending",
+    profile: ProfileOpt = "local",
+    end: Annotated[str | None, typer.Option("--end", help="rank as of this time (default: now), UTC")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the run's figures as one JSON line")] = False,
+) -> None:
+    """Count the windows since the last run (and those still open to late events), then publish the top-N."""
+    until = _parse_time(end, "--end") if end else None
+    _check_trends(job, profile)
+    from flows.trend_scoring import trend_scoring
+
+    data = _finish(trend_scoring(job=job, profile=profile, end=until, return_state=True), "trends")
+    if as_json:
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+        return
+    assert isinstance(data, dict)
+    out.print(
+        f"Windows {data['start']} → {data['end']}: {data['events']:,} event(s) in {data['files']} file(s), "
+        f"{data['counted']:,} counted, {data['late']:,} late, {data['invalid']:,} invalid; "
+        f"{data['audiences']} audience(s) ranked."
+    )
+    if data.get("skipped"):
+        a, b = data["skipped"]
+        err.print(f"[yellow]catch-up capped: windows {a} → {b} not counted; run `keyflow trends backfill`[/yellow]")
+
+
+@trends_app.command("backfill")
+def trends_backfill(
+    start: Annotated[str, typer.Option("--from", help="first window, YYYY-MM-DD[THH:MM] (UTC)")],
+    end: Annotated[str, typer.Option("--to", help="end of the range (exclusive), YYYY-MM-DD[THH:MM] (UTC)")],
+    job: JobOpt = "trending",
+    profile: ProfileOpt = "local",
+) -> None:
+    """Recount every window of a past range from the archive, an hour at a time (idempotent)."""
+    first, last = _parse_time(start, "--from"), _parse_time(end, "--to")
+    if last <= first:
+        err.print(f"[red]error:[/red] --to {last.isoformat()} is not after --from {first.isoformat()}")
+        raise typer.Exit(2)
+    _check_trends(job, profile)
+    from flows.trend_scoring import trend_backfill
+
+    rows = _finish(trend_backfill(job=job, start=first, end=last, profile=profile, return_state=True), "trends")
+    table = Table(title=f"trends backfill {first:%Y-%m-%d %H:%M} → {last:%Y-%m-%d %H:%M}", title_justify="left")
+    for col in ("hour", "files", "events", "counted", "late", "invalid", "rows"):
+        table.add_column(col, justify="left" if col == "hour" else "right")
+    for r in rows:
+        assert isinstance(r, dict)
+        table.add_row(
+            str(r["start"])[:16].replace("T", " "),
+            *(f"{r[c]:,}" for c in ("files", "events", "counted", "late", "invalid", "rows")),
+        )
+    out.print(table)
+
+
+@trends_app.command("top")
+def trends_top(
+    gender: Annotated[str | None, typer.Option("--gender", "-g", help="gender (omit for unknown users)")] = None,
+    segment: Annotated[str | None, typer.Option("--segment", "-s", help="segment id (omit for unknown users)")] = None,
+    job: JobOpt = "trending",
+    profile: ProfileOpt = "local",
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="articles to show")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print the ranking as one JSON line")] = False,
+) -> None:
+    """The published top articles of one audience, best first, read back from the DynamoDB serving table."""
+    from config.loader import load_profile, load_trends
+    from tasks.resources import trend_serving_for
+
+    try:
+        ranking = trend_serving_for(load_profile(profile), load_trends(job)).top(gender, segment)[:limit]
+    except KeyflowError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(ranking) + "\n")
+        return
+    if not ranking:
+        out.print(f"No ranking published for gender {gender or '-'}, segment {segment or '-'} (or it expired).")
+        raise typer.Exit(1)
+    table = Table(title=f"top articles: gender {gender or '-'}, segment {segment or '-'}", title_justify="left")
+    for col in ("rank", "article", "score", "ctr", "impressions", "clicks", "velocity", "age min"):
+        table.add_column(col, justify="left" if col == "article" else "right")
+    for i, r in enumerate(ranking, 1):
+        table.add_row(
+            str(i),
+            str(r["article_id"]),
+            f"{r['score']:.4f}",
+            f"{r['ctr']:.4f}",
+            f"{r['impressions']:,}",
+            f"{r['clicks']:,}",
+            f"{r['velocity']:.2f}",
+            f"{r['age_minutes']:.0f}",
+        )
+    out.print(table)
+
+
 def _parse_date(text: str, option: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -264,7 +398,7 @@ def serve_cmd(
         _fail(exc)
 
 
-FamilyArg = Annotated[str, typer.Argument(help="flow family: etl")]
+FamilyArg = Annotated[str, typer.Argument(help="flow family: etl or trends")]
 
 
 def _family(family: str) -> str:

@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 
-FAMILIES = ("etl",)
+FAMILIES = ("etl", "trends")
 
 
 def switch_name(family: str) -> str:

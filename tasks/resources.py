@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from config.errors import ConfigError
 from config.loader import config_dir
-from config.models import Profile, SecretRef
+from config.models import Profile, SecretRef, TrendConfig
+from tasks.io.archive import UserDirectory
 from tasks.io.keystore import DynamoKeyStore
 from tasks.io.kms import kms_data_keys
 from tasks.io.objectstore import S3ObjectStore
 from tasks.io.secrets import resolve_secret
 from tasks.io.source import SqlSource
+from tasks.io.trend_store import TrendCounts, TrendServing
 from tasks.io.warehouse import DuckDBWarehouse, PostgresWarehouse, RedshiftWarehouse, Warehouse
 from tasks.transforms.crypto import DataKeySource, load_public_key, rsa_data_keys
 
@@ -43,6 +46,38 @@ def warehouse_for(profile: Profile) -> Warehouse:
 def object_store_for(profile: Profile) -> S3ObjectStore:
     """The staging bucket of a profile."""
     return S3ObjectStore(profile.bucket, profile.aws_region, profile.aws_endpoint_url, profile.kms_key_id)
+
+
+def trend_counts_for(profile: Profile, job: TrendConfig) -> TrendCounts:
+    """Where a trend job's window counts and watermark live: ``trends_url``, else a PostgreSQL warehouse."""
+    if profile.trends_url:
+        password = _password(profile, profile.trends_password, "KEYFLOW_TRENDS_PASSWORD", "trends_password")
+        return TrendCounts(profile.trends_url, password, job.counts_schema, job.counts_table)
+    if profile.warehouse_kind != "postgres":
+        raise ConfigError(
+            f"profile {profile.name}: trends_url: trend counts need PostgreSQL; set trends_url "
+            f"(the warehouse is {profile.warehouse_kind!r})"
+        )
+    password = _password(profile, profile.warehouse_password, "KEYFLOW_WAREHOUSE_PASSWORD", "warehouse_password")
+    return TrendCounts(profile.warehouse_url, password, job.counts_schema, job.counts_table)
+
+
+def trend_serving_for(profile: Profile, job: TrendConfig) -> TrendServing:
+    """The DynamoDB table serving a trend job's top-N."""
+    return TrendServing(job.serving_table, profile.aws_region, profile.aws_endpoint_url, profile.kms_key_id)
+
+
+_users_lock = threading.Lock()
+_users: dict[tuple[str, str, str | None], UserDirectory] = {}
+
+
+def users_for(profile: Profile, job: TrendConfig) -> UserDirectory:
+    """The user reference file, one cache per process: a long-running server re-reads it only when it changes."""
+    cache_key = (profile.bucket, job.users_key, profile.aws_endpoint_url)
+    with _users_lock:
+        if cache_key not in _users:
+            _users[cache_key] = UserDirectory(object_store_for(profile), job.users_key)
+        return _users[cache_key]
 
 
 def key_store_for(profile: Profile, page_size: int | None = None) -> DynamoKeyStore:

@@ -7,10 +7,12 @@ CSV is re-read only when its ETag changes.
 
 from __future__ import annotations
 
+import gzip
 import io
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -20,12 +22,19 @@ import pyarrow.parquet as pq
 from config.errors import KeyFailedError
 from tasks.io.objectstore import S3ObjectStore
 from tasks.transforms.paths import join_under
-from tasks.transforms.trends import EVENT_SCHEMA, USER_SCHEMA
+from tasks.transforms.trends import EVENT_SCHEMA, USER_SCHEMA, conform_events
 
 
 def hour_prefix(prefix: str, hour: datetime) -> str:
     """The partition of one event hour."""
     return join_under(prefix, f"dt={hour:%Y-%m-%d}/hour={hour:%H}") + "/"
+
+
+def write_event_file(store: S3ObjectStore, prefix: str, hour: datetime, name: str, jsonl: bytes) -> str:
+    """Store one gzip JSON lines file of events of ``hour`` under its partition; returns the object key."""
+    key = join_under(hour_prefix(prefix, hour).rstrip("/"), f"{name}.jsonl.gz")
+    store.put_bytes(gzip.compress(jsonl, compresslevel=6), key, "application/gzip")
+    return key
 
 
 def hours_between(start: datetime, end: datetime) -> list[datetime]:
@@ -38,21 +47,31 @@ def hours_between(start: datetime, end: datetime) -> list[datetime]:
     return out
 
 
+EVENT_FILE_SUFFIXES = (".jsonl.gz", ".parquet")
+
+
+def archive_objects(store: S3ObjectStore, prefix: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """The event files (``Key``, ``Size``, ``LastModified``) of the hours overlapping ``[start, end)``, by key."""
+    found: list[dict[str, Any]] = []
+    for hour in hours_between(start, end):
+        objs = [o for o in store.list_objects(hour_prefix(prefix, hour)) if o["Key"].endswith(EVENT_FILE_SUFFIXES)]
+        found += sorted(objs, key=lambda o: o["Key"])
+    return found
+
+
 def archive_files(store: S3ObjectStore, prefix: str, start: datetime, end: datetime) -> list[str]:
     """Object keys of the event files of the hours overlapping ``[start, end)``, in key order."""
-    keys: list[str] = []
-    for hour in hours_between(start, end):
-        keys += sorted(k for k in store.list_keys(hour_prefix(prefix, hour)) if k.endswith((".jsonl.gz", ".parquet")))
-    return keys
+    return [o["Key"] for o in archive_objects(store, prefix, start, end)]
 
 
 def read_events(store: S3ObjectStore, key: str, block_size: int = 1 << 20) -> Iterator[pa.Table]:
     """Stream one archive file as tables of :data:`EVENT_SCHEMA` (extra fields are ignored)."""
     try:
         if key.endswith(".parquet"):
-            data = pa.BufferReader(store.get_bytes(key))
-            for batch in pq.ParquetFile(data).iter_batches(columns=EVENT_SCHEMA.names):
-                yield pa.Table.from_batches([batch]).cast(EVENT_SCHEMA)
+            parquet = pq.ParquetFile(pa.BufferReader(store.get_bytes(key)))
+            present = [n for n in EVENT_SCHEMA.names if n in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(columns=present):
+                yield conform_events(pa.Table.from_batches([batch]))
             return
         with store.open(key) as raw:
             stream = pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "gzip")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg2
 import psycopg2.extras
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.errors import RetryableError
@@ -22,12 +25,16 @@ from tasks.transforms.trends import COUNT_SCHEMA
 
 
 class TrendCounts:
-    """Window counts in a PostgreSQL table; writing a window twice gives the same rows (upsert on its key)."""
+    """Window counts in a PostgreSQL table, and each job's watermark (the end of its last counted range).
+
+    Writing a range replaces that range's rows in one transaction, so re-running windows gives identical rows.
+    """
 
     def __init__(self, url: str, password: str | None, schema: str, table: str = "trend_counts") -> None:
         self._dsn = pg_dsn(url, password, "keyflow-trends")
         self.schema = schema
         self.target = qualified(schema, table, "postgres")
+        self.runs = qualified(schema, "keyflow_trend_runs", "postgres")
 
     def _connect(self) -> Any:
         try:
@@ -35,55 +42,107 @@ class TrendCounts:
         except psycopg2.OperationalError as exc:
             raise RetryableError(f"connect to warehouse: {str(exc).strip().splitlines()[0]}") from None
 
-    def ensure(self) -> None:
+    def _run(self, work: Any) -> Any:
         conn = self._connect()
         try:
             with conn, conn.cursor() as cur:
-                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                cur.execute(
-                    f"""CREATE TABLE IF NOT EXISTS {self.target} (
-                      window_start TIMESTAMPTZ NOT NULL, gender TEXT, segment_id TEXT, article_id TEXT NOT NULL,
-                      impressions BIGINT NOT NULL, clicks BIGINT NOT NULL,
-                      UNIQUE NULLS NOT DISTINCT (window_start, gender, segment_id, article_id))"""
-                )
+                return work(cur)
+        except psycopg2.OperationalError as exc:
+            raise RetryableError(f"warehouse: {str(exc).strip().splitlines()[0]}") from None
         finally:
             conn.close()
 
+    def ensure(self) -> None:
+        """Create the schema, the counts table and the watermark table when missing."""
+
+        def work(cur: Any) -> None:
+            cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            cur.execute(
+                f"""CREATE TABLE IF NOT EXISTS {self.target} (
+                  window_start TIMESTAMPTZ NOT NULL, gender TEXT, segment_id TEXT, article_id TEXT NOT NULL,
+                  impressions BIGINT NOT NULL, clicks BIGINT NOT NULL,
+                  UNIQUE NULLS NOT DISTINCT (window_start, gender, segment_id, article_id))"""
+            )
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.runs} (job TEXT PRIMARY KEY, last_end TIMESTAMPTZ NOT NULL, "
+                "updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+
+        self._run(work)
+
+    def replace_windows(self, start: datetime, end: datetime, counts: pa.Table) -> int:
+        """Replace the counts of every window in ``[start, end)`` by ``counts``, atomically; returns rows written."""
+        data = counts.select(COUNT_SCHEMA.names).cast(COUNT_SCHEMA)
+        outside = pc.or_(pc.less(data["window_start"], start), pc.greater_equal(data["window_start"], end))
+        if data.num_rows and pc.any(outside).as_py():
+            raise ValueError(f"counts hold windows outside [{start.isoformat()}, {end.isoformat()})")
+        buf = io.BytesIO()
+        pacsv.write_csv(data, buf, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+
+        def work(cur: Any) -> None:
+            cur.execute(f"DELETE FROM {self.target} WHERE window_start >= %s AND window_start < %s", (start, end))  # noqa: S608
+            buf.seek(0)
+            cur.copy_expert(
+                f"COPY {self.target} ({', '.join(COUNT_SCHEMA.names)}) FROM STDIN WITH (FORMAT csv)",
+                buf,
+            )
+
+        self._run(work)
+        return data.num_rows
+
     def upsert(self, counts: pa.Table) -> int:
-        """Write counts of complete windows; a re-run of the same windows replaces, never adds."""
+        """Write the counts of some windows, replacing those (window, audience, article) rows already stored."""
         rows = [tuple(r.values()) for r in counts.select(COUNT_SCHEMA.names).to_pylist()]
         if not rows:
             return 0
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                psycopg2.extras.execute_values(
-                    cur,
-                    f"INSERT INTO {self.target} (window_start, gender, segment_id, article_id, impressions, clicks) "  # noqa: S608
-                    "VALUES %s ON CONFLICT (window_start, gender, segment_id, article_id) DO UPDATE "
-                    "SET impressions = EXCLUDED.impressions, clicks = EXCLUDED.clicks",
-                    rows,
-                    page_size=5000,
-                )
-        finally:
-            conn.close()
+
+        def work(cur: Any) -> None:
+            psycopg2.extras.execute_values(
+                cur,
+                f"INSERT INTO {self.target} (window_start, gender, segment_id, article_id, impressions, clicks) "  # noqa: S608
+                "VALUES %s ON CONFLICT (window_start, gender, segment_id, article_id) DO UPDATE "
+                "SET impressions = EXCLUDED.impressions, clicks = EXCLUDED.clicks",
+                rows,
+                page_size=5000,
+            )
+
+        self._run(work)
         return len(rows)
 
-    def since(self, start: datetime) -> pa.Table:
-        """Counts of the windows starting at or after ``start``."""
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(
-                    f"SELECT window_start, gender, segment_id, article_id, impressions, clicks FROM {self.target} "  # noqa: S608
-                    "WHERE window_start >= %s",
-                    (start,),
-                )
-                rows = cur.fetchall()
-        finally:
-            conn.close()
+    def since(self, start: datetime, end: datetime | None = None) -> pa.Table:
+        """Counts of the windows starting in ``[start, end)`` (no upper bound when ``end`` is None)."""
+
+        def work(cur: Any) -> list[tuple[Any, ...]]:
+            cur.execute(
+                f"SELECT window_start, gender, segment_id, article_id, impressions, clicks FROM {self.target} "  # noqa: S608
+                "WHERE window_start >= %s AND (%s::timestamptz IS NULL OR window_start < %s)",
+                (start, end, end),
+            )
+            return list(cur.fetchall())
+
+        rows = self._run(work)
         cols: list[Any] = list(zip(*rows, strict=True)) if rows else [() for _ in COUNT_SCHEMA]
         return pa.table({f.name: pa.array(list(c), f.type) for f, c in zip(COUNT_SCHEMA, cols, strict=True)})
+
+    def last_end(self, job: str) -> datetime | None:
+        """The end of the last range the job counted, or None before its first run."""
+
+        def work(cur: Any) -> datetime | None:
+            cur.execute(f"SELECT last_end FROM {self.runs} WHERE job = %s", (job,))  # noqa: S608
+            row = cur.fetchone()
+            return row[0] if row else None
+
+        return self._run(work)
+
+    def advance(self, job: str, end: datetime) -> None:
+        """Move the job's watermark forward to ``end`` (never back: a backfill of old dates leaves it)."""
+        self._run(
+            lambda cur: cur.execute(
+                f"INSERT INTO {self.runs} (job, last_end) VALUES (%s, %s) ON CONFLICT (job) DO UPDATE "  # noqa: S608
+                "SET last_end = GREATEST(EXCLUDED.last_end, keyflow_trend_runs.last_end), updated_at = now()",
+                (job, end),
+            )
+        )
 
 
 class TrendServing:
@@ -109,7 +168,7 @@ class TrendServing:
     def audience(gender: str | None, segment: str | None) -> str:
         return f"{gender or '-'}#{segment or '-'}"
 
-    def put(self, rankings: dict[tuple[Any, Any], Sequence[dict[str, Any]]], now: datetime, ttl_seconds: int) -> int:
+    def put(self, rankings: Mapping[tuple[Any, Any], Sequence[dict[str, Any]]], now: datetime, ttl_seconds: int) -> int:
         """Write every audience's ranking (one item each), retrying unprocessed items with jittered backoff."""
         expires = int(now.timestamp()) + ttl_seconds
         requests = [

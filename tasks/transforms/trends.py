@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -30,9 +30,11 @@ EVENT_SCHEMA = pa.schema(
         ("article_id", pa.string()),
         ("user_id", pa.string()),
         ("action", pa.string()),
+        ("received_at", TS),
     ]
 )
 USER_SCHEMA = pa.schema([("user_id", pa.string()), ("gender", pa.string()), ("segment_id", pa.string())])
+_ACTIONS = pa.array(["click", "impression"])
 GROUP = ["window_start", "gender", "segment_id", "article_id"]
 COUNT_SCHEMA = pa.schema(
     [
@@ -44,6 +46,15 @@ COUNT_SCHEMA = pa.schema(
         ("clicks", pa.int64()),
     ]
 )
+
+
+def conform_events(table: pa.Table) -> pa.Table:
+    """Events in :data:`EVENT_SCHEMA` column order and types; optional columns missing from a file are null."""
+    cols = [
+        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in EVENT_SCHEMA
+    ]
+    return pa.Table.from_arrays(cols, schema=EVENT_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,11 @@ class WindowCounts:
     counts: pa.Table
     late_events: int
     invalid_events: int
+    outside_events: int = 0
+
+    @property
+    def counted_events(self) -> int:
+        return int(pc.sum(self.counts["impressions"]).as_py() or 0) + int(pc.sum(self.counts["clicks"]).as_py() or 0)
 
 
 def window_starts(ts: pa.Array | pa.ChunkedArray, width: timedelta) -> pa.Array | pa.ChunkedArray:
@@ -69,35 +85,61 @@ def window_starts(ts: pa.Array | pa.ChunkedArray, width: timedelta) -> pa.Array 
 
 
 def count_events(
-    events: pa.Table, users: pa.Table, spec: WindowSpec = WindowSpec(), watermark: datetime | None = None
+    events: pa.Table,
+    users: pa.Table,
+    spec: WindowSpec = WindowSpec(),
+    arrived: datetime | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
 ) -> WindowCounts:
     """Count impressions and clicks per window and (gender, segment, article); unknown users keep null
-    gender/segment (left join). Events whose window closed (``window end + lateness <= watermark``) are late."""
-    valid = pc.fill_null(pc.is_in(events["action"], value_set=pa.array(["click", "impression"])), False)
-    valid = pc.and_(valid, pc.is_valid(events["ts"]))
-    invalid = events.num_rows - pc.sum(valid).as_py() if events.num_rows else 0
-    ev = events.filter(valid)
+    gender/segment (left join).
+
+    An event is late when it arrived (``received_at``; ``arrived`` for events without one, e.g. the file's
+    upload time) at or after its window's end plus the allowed lateness: it is counted in ``late_events``, never in
+    the counts, so a window's counts depend only on its events, not on when keyflow ran. With ``start``/``end``,
+    only windows in ``[start, end)`` are counted; other events are ``outside_events``.
+    """
+    valid = pc.fill_null(pc.is_in(events["action"], value_set=_ACTIONS), False)
+    valid = pc.and_(valid, pc.and_(pc.is_valid(events["ts"]), pc.is_valid(events["article_id"])))
+    invalid = events.num_rows - (pc.sum(valid).as_py() or 0) if events.num_rows else 0
+    ev = events.filter(valid) if invalid else events
     starts = window_starts(ev["ts"], spec.width)
+    outside = 0
+    if (start is not None or end is not None) and ev.num_rows:
+        inside = pa.scalar(True)
+        if start is not None:
+            inside = pc.greater_equal(starts, pa.scalar(start, TS))
+        if end is not None:
+            inside = pc.and_(inside, pc.less(starts, pa.scalar(end, TS)))
+        outside = ev.num_rows - (pc.sum(inside).as_py() or 0)
+        if outside:
+            ev, starts = ev.filter(inside), pc.filter(starts, inside)
     late = 0
-    if watermark is not None and ev.num_rows:
-        closed_before = pa.scalar(watermark - spec.width - spec.lateness, TS)
-        is_late = pc.less_equal(starts, closed_before)
+    if ev.num_rows and ("received_at" in ev.column_names or arrived is not None):
+        received = ev["received_at"] if "received_at" in ev.column_names else pa.nulls(ev.num_rows, TS)
+        if arrived is not None:
+            received = pc.fill_null(received, pa.scalar(arrived, TS))
+        closes = pc.add(starts, pa.scalar(spec.width + spec.lateness, pa.duration("us")))
+        is_late = pc.fill_null(pc.greater_equal(received, closes), False)
         late = pc.sum(is_late).as_py() or 0
-        keep = pc.invert(is_late)
-        ev, starts = ev.filter(keep), pc.filter(starts, keep)
+        if late:
+            keep = pc.invert(is_late)
+            ev, starts = ev.filter(keep), pc.filter(starts, keep)
+    action = ev["action"]
     t = pa.table(
         {
             "window_start": starts,
             "user_id": ev["user_id"],
             "article_id": ev["article_id"],
-            "impression": pc.cast(pc.equal(ev["action"], "impression"), pa.int64()),
-            "click": pc.cast(pc.equal(ev["action"], "click"), pa.int64()),
+            "impression": pc.cast(pc.equal(action, "impression"), pa.int64()),
+            "click": pc.cast(pc.equal(action, "click"), pa.int64()),
         }
     )
     joined = t.join(users.select(["user_id", "gender", "segment_id"]), keys="user_id", join_type="left outer")
     grouped = joined.group_by(GROUP, use_threads=False).aggregate([("impression", "sum"), ("click", "sum")])
     counts = grouped.rename_columns([*GROUP, "impressions", "clicks"]).select(COUNT_SCHEMA.names)
-    return WindowCounts(canonical(counts.cast(COUNT_SCHEMA)), int(late), int(invalid))
+    return WindowCounts(canonical(counts.cast(COUNT_SCHEMA)), int(late), int(invalid), int(outside))
 
 
 def merge_counts(tables: Sequence[pa.Table]) -> pa.Table:
@@ -134,15 +176,24 @@ class ScoreParams:
             raise ValueError("velocity_weight must be in [0, 10] and baseline_windows >= 1")
 
 
-def fit_beta_prior(impressions: Sequence[int], clicks: Sequence[int], floor: float = 0.1) -> tuple[float, float]:
-    """Method-of-moments Beta(alpha, beta) from per-article CTRs (articles with impressions only)."""
-    ctrs = [min(c / i, 1.0) for i, c in zip(impressions, clicks, strict=True) if i > 0]
+def fit_beta_prior(
+    impressions: Sequence[int],
+    clicks: Sequence[int],
+    floor: float = 0.1,
+    fallback: tuple[float, float] = (1.0, 30.0),
+) -> tuple[float, float]:
+    """Method-of-moments Beta(alpha, beta) from per-article CTRs (articles with impressions only); ``fallback``
+    when the CTRs cannot support a fit (fewer than two articles, no spread, or more spread than a Beta allows)."""
+    imps = np.asarray(impressions, dtype=np.float64)
+    clk = np.asarray(clicks, dtype=np.float64)
+    seen = imps > 0
+    ctrs = np.minimum(clk[seen] / imps[seen], 1.0)
     if len(ctrs) < 2:
-        return 1.0, 30.0
-    m = sum(ctrs) / len(ctrs)
-    v = sum((x - m) ** 2 for x in ctrs) / (len(ctrs) - 1)
+        return fallback
+    m = float(ctrs.mean())
+    v = float(ctrs.var(ddof=1))
     if not 0 < m < 1 or v <= 0 or v >= m * (1 - m):
-        return 1.0, 30.0
+        return fallback
     k = m * (1 - m) / v - 1
     return max(m * k, floor), max((1 - m) * k, floor)
 
@@ -222,3 +273,34 @@ def top_n(scored: list[dict[str, Any]], n: int) -> dict[tuple[Any, Any], list[di
         if len(bucket) < n:
             bucket.append(r)
     return out
+
+
+def floor_time(t: datetime, width: timedelta) -> datetime:
+    """``t`` rounded down to a window boundary (windows are aligned to the epoch, in UTC)."""
+    w = int(width.total_seconds())
+    return datetime.fromtimestamp((int(t.timestamp()) // w) * w, tz=UTC)
+
+
+@dataclass(frozen=True)
+class RecountRange:
+    """The windows one run counts: ``[start, end)``; ``skipped`` is set when catch-up was capped."""
+
+    start: datetime
+    end: datetime
+    skipped: tuple[datetime, datetime] | None = None
+
+
+def recount_range(last_end: datetime | None, end: datetime, spec: WindowSpec, max_catch_up: timedelta) -> RecountRange:
+    """Which windows a run ending at ``end`` recounts.
+
+    Windows still open to late events (those ending within ``lateness`` before the last run) are counted again, and
+    every window since the last run (catch-up after downtime), but never further back than ``max_catch_up``.
+    """
+    end = floor_time(end, spec.width)
+    floor = floor_time(end - max_catch_up, spec.width)
+    if last_end is None:
+        return RecountRange(floor, end)
+    start = floor_time(min(last_end, end) - spec.lateness - spec.width, spec.width)
+    if start < floor:
+        return RecountRange(floor, end, (start, floor))
+    return RecountRange(start, end)

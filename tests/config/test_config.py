@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from config.errors import ConfigError
-from config.loader import load_dataset, load_profile, validate_tree
+from config.loader import load_dataset, load_profile, load_trends, validate_tree
 from flows.cli import app
 
 GOOD_DATASET = """\
@@ -226,3 +226,22 @@ def test_undecodable_yaml_names_the_byte(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ConfigError) as err:
         load_dataset(tmp_path / "datasets" / "facts.yaml")
     assert err.value.problems == [f"{F}: not UTF-8 text (invalid continuation byte at byte 9)"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("name: t\nwindow_seconds: 70\n", "t.yaml: window_seconds: 70 does not divide an hour (3600 seconds)"),
+        ("name: t\narchive_prefix: ../other\n", "t.yaml: archive_prefix: '../other' must be a relative S3 key"),
+        ("name: t\nscoring: {half_life_minutes: 0}\n", "t.yaml: scoring.half_life_minutes: Input should be greater"),
+        ("name: t\nscoring: {prior: guess}\n", "t.yaml: scoring.prior: Input should be 'fit' or 'fixed'"),
+        ("name: t\ntop: 5\n", "t.yaml: top: unknown field (check the spelling)"),
+    ],
+)
+def test_bad_trend_job_messages(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        load_trends(path)
+    assert str(err.value).startswith(str(path)) and message.split(": ", 1)[1] in str(err.value)
+    assert len(err.value.problems) == 1

@@ -24,6 +24,12 @@ def test_every_deployment_imports_and_its_parameters_fit_the_flow() -> None:
     assert etl["schedules"] == [{"cron": "0 3,14 * * *", "timezone": "UTC"}]
     assert etl["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert load_flow(etl["entrypoint"]).name == "rds-to-redshift"
+    trends = next(s for s in specs if s["entrypoint"] == "flows/trend_scoring.py:trend_scoring")
+    assert trends["schedules"] == [{"cron": "* * * * *", "timezone": "UTC"}]
+    # A run still going when the next minute starts: the new one is cancelled, its windows caught up next time.
+    assert trends["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert load_flow(trends["entrypoint"]).name == "trend-scoring"
+    assert all(s["work_pool"]["name"] == "keyflow-process" and "keyflow" in s["tags"] for s in specs)
 
 
 def test_a_parameter_the_flow_does_not_take_is_refused(tmp_path: Path) -> None:
@@ -68,6 +74,9 @@ def test_serve_registers_the_scheduled_deployment() -> None:
         assert found is not None, proc.stdout.read() if proc.poll() is not None and proc.stdout else "not served"
         assert [s.schedule.cron for s in found.schedules] == ["0 3,14 * * *"]  # type: ignore[union-attr]
         assert found.parameters == {"dataset": "campaign_facts", "profile": "aws"}
+        with get_client(sync_client=True) as client:
+            trends = next(d for d in client.read_deployments() if d.name == "trend-scoring-trending")
+        assert [s.schedule.cron for s in trends.schedules] == ["* * * * *"]  # type: ignore[union-attr]
     finally:
         proc.terminate()
         proc.wait(30)

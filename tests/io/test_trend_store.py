@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 import pyarrow as pa
+import pytest
 
 from tasks.io.trend_store import TrendCounts, TrendServing
 from tasks.transforms.trends import COUNT_SCHEMA
@@ -70,3 +71,36 @@ def test_rankings_with_ttl_and_unprocessed_items_retried(aws_endpoint: str, name
     assert serving.top("x", "nope") == []
     item = serving._ddb.get_item(TableName=serving.table, Key={"audience": {"S": "f#s1"}})["Item"]
     assert int(item["expires_at"]["N"]) == int(T0.timestamp()) + 600
+
+
+def test_replacing_windows_is_exact_and_keeps_empty_text_apart_from_null(pg: Any, names: dict[str, str]) -> None:
+    store = TrendCounts(PG_URL, None, names["wh_schema"])
+    try:
+        store.ensure()
+        t1 = T0 + dt.timedelta(minutes=1)
+        first = pa.table(
+            {
+                "window_start": [T0, T0, t1],
+                "gender": ["", None, "f"],
+                "segment_id": ['s,"1"', None, "s1"],
+                "article_id": ["a1", "a1", "a2"],
+                "impressions": [3, 1, 7],
+                "clicks": [1, 0, 2],
+            },
+            schema=COUNT_SCHEMA,
+        )
+        assert store.replace_windows(T0, T0 + dt.timedelta(minutes=2), first) == 3
+        got = store.since(T0).sort_by([("window_start", "ascending"), ("gender", "ascending", "at_end")])
+        assert got.to_pylist() == first.to_pylist()
+        # A recount of the first window alone: its rows are replaced, the second window's stay.
+        store.replace_windows(T0, t1, first.slice(0, 1))
+        assert sorted(store.since(T0)["impressions"].to_pylist()) == [3, 7]
+        with pytest.raises(ValueError, match="counts hold windows outside"):
+            store.replace_windows(T0, t1, first)
+        assert store.last_end("job") is None
+        store.advance("job", t1)
+        store.advance("job", T0)  # a backfill of older windows never moves the watermark back
+        assert store.last_end("job") == t1
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")

@@ -18,6 +18,7 @@ from tasks.transforms.trends import (
     count_events,
     fit_beta_prior,
     merge_counts,
+    recount_range,
     score_articles,
     top_n,
 )
@@ -32,17 +33,21 @@ event = st.tuples(
     st.sampled_from(["a1", "a2", "a3"]),
     st.sampled_from(["u1", "u2", "u3", "unknown"]),
     st.sampled_from(["click", "impression", "impression", "bogus"]),
+    st.one_of(st.none(), st.integers(0, 400)),  # arrival delay in seconds; None: the producer sent none
 )
 
 
-def events(rows: list[tuple[int, str, str, str]]) -> pa.Table:
+def events(rows: list[tuple]) -> pa.Table:
     return pa.table(
         {
             "event_id": [f"e{i}" for i in range(len(rows))],
-            "ts": [T0 + dt.timedelta(seconds=s) for s, *_ in rows],
+            "ts": [T0 + dt.timedelta(seconds=r[0]) for r in rows],
             "article_id": [r[1] for r in rows],
             "user_id": [r[2] for r in rows],
             "action": [r[3] for r in rows],
+            "received_at": [
+                None if len(r) < 5 or r[4] is None else T0 + dt.timedelta(seconds=r[0] + r[4]) for r in rows
+            ],
         },
         schema=EVENT_SCHEMA,
     )
@@ -81,28 +86,44 @@ def test_counts_per_window_and_segment_with_unknown_users() -> None:
 
 
 def test_late_events_are_counted_not_dropped_silently() -> None:
-    rows = [(5, "a1", "u1", "impression"), (300, "a1", "u1", "click")]
-    # Watermark at T0+4min: the 10:00 window closed at 10:01 + 2 min lateness = 10:03.
-    result = count_events(events(rows), USERS, WindowSpec(), watermark=T0 + dt.timedelta(minutes=4))
-    assert result.late_events == 1
-    assert sum(result.counts["clicks"].to_pylist()) == 1 and sum(result.counts["impressions"].to_pylist()) == 0
+    # The 10:00 window closes at 10:01 + 2 min lateness = 10:03: an event of 10:00:05 received at 10:03:05 is late.
+    rows = [(5, "a1", "u1", "impression", 180), (300, "a1", "u1", "click", 30), (6, "a1", "u1", "impression", 170)]
+    result = count_events(events(rows), USERS, WindowSpec())
+    assert (result.late_events, result.counted_events) == (1, 2)
+    assert sum(result.counts["clicks"].to_pylist()) == 1 and sum(result.counts["impressions"].to_pylist()) == 1
+    # No received_at: the file's arrival time stands in.
+    bare = [(5, "a1", "u1", "impression", None), (300, "a1", "u1", "click", None)]
+    assert count_events(events(bare), USERS, arrived=T0 + dt.timedelta(minutes=6)).late_events == 1
+    assert count_events(events(bare), USERS).late_events == 0
+
+
+def test_only_windows_in_range_are_counted() -> None:
+    rows = [(5, "a1", "u1", "impression", 1), (65, "a1", "u1", "click", 1), (130, "a2", "u2", "click", 1)]
+    result = count_events(events(rows), USERS, start=T0 + dt.timedelta(minutes=1), end=T0 + dt.timedelta(minutes=2))
+    assert (result.counted_events, result.outside_events, result.late_events) == (1, 2, 0)
+    assert result.counts["window_start"].to_pylist() == [T0 + dt.timedelta(minutes=1)]
 
 
 @settings(max_examples=80, deadline=None)
 @given(rows=st.lists(event, max_size=80), cut=st.integers(0, 80), seed=st.integers(0, 1000))
 def test_conserved_and_independent_of_order_and_split(rows: list, cut: int, seed: int) -> None:
-    whole = count_events(events(rows), USERS, watermark=T0 + dt.timedelta(minutes=6))
+    arrived = T0 + dt.timedelta(minutes=6)
+    start, end = T0 + dt.timedelta(minutes=1), T0 + dt.timedelta(minutes=9)
+    whole = count_events(events(rows), USERS, arrived=arrived, start=start, end=end)
     valid = sum(1 for r in rows if r[3] != "bogus")
-    counted = sum(whole.counts["impressions"].to_pylist()) + sum(whole.counts["clicks"].to_pylist())
-    assert counted + whole.late_events == valid and whole.invalid_events == len(rows) - valid
+    assert whole.counted_events + whole.late_events + whole.outside_events == valid
+    assert whole.invalid_events == len(rows) - valid
+    assert whole.counts["impressions"].null_count == 0 and whole.counts["clicks"].null_count == 0
 
     shuffled = rows[:]
     random.Random(seed).shuffle(shuffled)
-    a = count_events(events(shuffled[:cut]), USERS, watermark=T0 + dt.timedelta(minutes=6))
-    b = count_events(events(shuffled[cut:]), USERS, watermark=T0 + dt.timedelta(minutes=6))
+    a = count_events(events(shuffled[:cut]), USERS, arrived=arrived, start=start, end=end)
+    b = count_events(events(shuffled[cut:]), USERS, arrived=arrived, start=start, end=end)
     assert merge_counts([a.counts, b.counts]).equals(whole.counts)
     assert a.late_events + b.late_events == whole.late_events
-    assert count_events(events(rows), USERS, watermark=T0 + dt.timedelta(minutes=6)).counts.equals(whole.counts)
+    assert a.outside_events + b.outside_events == whole.outside_events
+    again = count_events(events(rows), USERS, arrived=arrived, start=start, end=end)
+    assert again.counts.equals(whole.counts) and again.late_events == whole.late_events
 
 
 @settings(max_examples=80, deadline=None)
@@ -127,7 +148,8 @@ def test_scores_are_bounded_deterministic_and_decay_with_age(rows: list, minutes
 
 
 def test_top_n_per_segment_and_fitted_prior() -> None:
-    rows = [(600, "a1", "u1", "click")] * 3 + [(600, "a1", "u1", "impression")] * 5 + [(600, "a2", "u1", "impression")]
+    rows = [(600, "a1", "u1", "click")] * 3 + [(600, "a1", "u1", "impression")] * 5
+    rows += [(600, "a2", "u1", "impression")]
     counts = count_events(events(rows), USERS).counts
     scored = score_articles(counts, T0 + dt.timedelta(minutes=11))
     best = top_n(scored, 1)
@@ -136,3 +158,19 @@ def test_top_n_per_segment_and_fitted_prior() -> None:
     assert alpha > 0 and beta > 0 and 0.02 < alpha / (alpha + beta) < 0.2
     with pytest.raises(ValueError, match="alpha and beta must be > 0"):
         ScoreParams(alpha=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(last=st.one_of(st.none(), st.integers(-600, 600)), end=st.integers(0, 600), cap=st.integers(1, 300))
+def test_recount_range_covers_open_and_missed_windows(last: int | None, end: int, cap: int) -> None:
+    spec = WindowSpec()
+    last_end = None if last is None else T0 + dt.timedelta(minutes=last)
+    until = T0 + dt.timedelta(minutes=end, seconds=30)
+    r = recount_range(last_end, until, spec, dt.timedelta(minutes=cap))
+    assert r.end == T0 + dt.timedelta(minutes=end)  # rounded down to a window boundary
+    assert r.start >= r.end - dt.timedelta(minutes=cap) and r.start <= r.end
+    if last_end is not None and r.skipped is None:
+        # every window that could still take on-time events since the last run is recounted
+        assert r.start <= min(last_end, r.end) - spec.lateness - spec.width
+    if r.skipped:
+        assert r.skipped[1] == r.start and r.skipped[0] < r.start

@@ -1,0 +1,256 @@
+"""Tasks of trend scoring: count event-time windows from the S3 archive, score and publish the top articles."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+from prefect import get_run_logger, task
+
+from config.models import Profile, TrendConfig
+from tasks.etl import retry_transient
+from tasks.io.archive import archive_objects, read_events
+from tasks.resources import object_store_for, trend_counts_for, trend_serving_for, users_for
+from tasks.transforms.trends import (
+    RecountRange,
+    ScoreParams,
+    WindowCounts,
+    WindowSpec,
+    count_events,
+    fit_beta_prior,
+    merge_counts,
+    recount_range,
+    score_articles,
+    top_n,
+)
+
+MERGE_EVERY = 16  # partial count tables held before they are merged: memory follows the groups, not the events
+
+
+def window_spec(job: TrendConfig) -> WindowSpec:
+    """The job's tumbling windows."""
+    return WindowSpec(width=timedelta(seconds=job.window_seconds), lateness=timedelta(seconds=job.lateness_seconds))
+
+
+@dataclass(frozen=True)
+class CountSummary:
+    """What one counting pass read and wrote; ``events = counted + late + invalid + outside``."""
+
+    start: datetime
+    end: datetime
+    files: int = 0
+    events: int = 0
+    counted: int = 0
+    late: int = 0
+    invalid: int = 0
+    outside: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+
+    def as_row(self) -> dict[str, Any]:
+        """The summary as JSON-ready values (artifacts, ``--json``)."""
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
+
+
+class CountAccumulator:
+    """Merges the counts of many batches, holding a bounded number of partial tables."""
+
+    def __init__(self) -> None:
+        self.parts: list[pa.Table] = []
+        self.events = self.late = self.invalid = self.outside = 0
+
+    def add(self, rows: int, result: WindowCounts) -> None:
+        self.events += rows
+        self.late += result.late_events
+        self.invalid += result.invalid_events
+        self.outside += result.outside_events
+        if result.counts.num_rows:
+            self.parts.append(result.counts)
+        if len(self.parts) >= MERGE_EVERY:
+            self.parts = [merge_counts(self.parts)]
+
+    def result(self) -> WindowCounts:
+        return WindowCounts(merge_counts(self.parts), self.late, self.invalid, self.outside)
+
+
+def count_stream(
+    files: Iterable[tuple[Callable[[], Iterator[pa.Table]], datetime | None]],
+    users: pa.Table,
+    spec: WindowSpec,
+    start: datetime | None,
+    end: datetime | None,
+    parallel: int = 2,
+) -> tuple[WindowCounts, int]:
+    """Count the windows in ``[start, end)`` of many event files; each file is (open batches, arrival time).
+
+    Files are read ``parallel`` at a time (Arrow releases the GIL while it inflates, parses and groups); the result is
+    the same for any order or split of the files. Returns the counts and the number of events read.
+    """
+
+    def one(item: tuple[Callable[[], Iterator[pa.Table]], datetime | None]) -> CountAccumulator:
+        opener, arrived = item
+        acc = CountAccumulator()
+        for batch in opener():
+            acc.add(batch.num_rows, count_events(batch, users, spec, arrived, start, end))
+        return acc
+
+    total = CountAccumulator()
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for acc in pool.map(one, files):
+            total.events += acc.events
+            total.add(0, acc.result())
+    return total.result(), total.events
+
+
+@task(name="plan_windows", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
+def plan_windows(job: TrendConfig, profile: Profile, end: datetime) -> RecountRange:
+    """The windows this run recounts: those still open to late events, plus any missed since the last run."""
+    store = trend_counts_for(profile, job)
+    store.ensure()
+    last = store.last_end(job.name)
+    planned = recount_range(last, end, window_spec(job), timedelta(minutes=job.max_catch_up_minutes))
+    logger = get_run_logger()
+    if planned.skipped:
+        logger.warning(
+            "Catch-up capped at %d minutes: windows %s to %s were not counted (run `keyflow trends backfill`)",
+            job.max_catch_up_minutes,
+            planned.skipped[0].isoformat(),
+            planned.skipped[1].isoformat(),
+        )
+    logger.info("Counting windows %s to %s (last run ended %s)", planned.start, planned.end, last or "never")
+    return planned
+
+
+def count_range(job: TrendConfig, profile: Profile, start: datetime, end: datetime) -> CountSummary:
+    """Count every window in ``[start, end)`` from the archive and replace those windows in the warehouse."""
+    started = time.perf_counter()
+    store = object_store_for(profile)
+    objects = archive_objects(store, job.archive_prefix, start, end)
+    users = users_for(profile, job).table()
+
+    def opener(key: str) -> Callable[[], Iterator[pa.Table]]:
+        return lambda: read_events(store, key)
+
+    counts, events = count_stream(
+        [(opener(o["Key"]), o.get("LastModified")) for o in objects],
+        users,
+        window_spec(job),
+        start,
+        end,
+        job.parallel_files,
+    )
+    counts_store = trend_counts_for(profile, job)
+    counts_store.ensure()
+    rows = counts_store.replace_windows(start, end, counts.counts)
+    return CountSummary(
+        start=start,
+        end=end,
+        files=len(objects),
+        events=events,
+        counted=counts.counted_events,
+        late=counts.late_events,
+        invalid=counts.invalid_events,
+        outside=counts.outside_events,
+        rows=rows,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+@task(name="count_windows", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
+def count_windows(job: TrendConfig, profile: Profile, start: datetime, end: datetime) -> CountSummary:
+    """Count the windows in ``[start, end)`` from the event archive into the warehouse (idempotent)."""
+    summary = count_range(job, profile, start, end)
+    logger = get_run_logger()
+    logger.info(
+        "Windows %s to %s: %d file(s), %d event(s): %d counted, %d late, %d invalid, %d outside; %d count row(s)",
+        start.isoformat(),
+        end.isoformat(),
+        summary.files,
+        summary.events,
+        summary.counted,
+        summary.late,
+        summary.invalid,
+        summary.outside,
+        summary.rows,
+    )
+    if summary.late:
+        logger.warning(
+            "%d event(s) arrived after their window closed (lateness %ds)", summary.late, job.lateness_seconds
+        )
+    return summary
+
+
+def score_params(job: TrendConfig, counts: pa.Table) -> ScoreParams:
+    """Score parameters from the YAML; with ``prior: fit``, alpha and beta fitted to the recent per-article CTRs."""
+    s = job.scoring
+    alpha, beta = s.alpha, s.beta
+    if s.prior == "fit" and counts.num_rows:
+        per_article = counts.group_by(["article_id"], use_threads=False).aggregate(
+            [("impressions", "sum"), ("clicks", "sum")]
+        )
+        alpha, beta = fit_beta_prior(
+            per_article["impressions_sum"].to_pylist(), per_article["clicks_sum"].to_pylist(), fallback=(alpha, beta)
+        )
+    return ScoreParams(
+        alpha=alpha,
+        beta=beta,
+        half_life=timedelta(minutes=s.half_life_minutes),
+        max_age=timedelta(minutes=s.max_age_minutes),
+        velocity_weight=s.velocity_weight,
+        baseline_windows=s.baseline_windows,
+    )
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What one scoring pass published."""
+
+    computed_at: datetime
+    alpha: float
+    beta: float
+    scored: int
+    audiences: int
+    top: list[dict[str, Any]]
+
+
+@task(name="score_trends", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
+def score_trends(job: TrendConfig, profile: Profile, now: datetime) -> ScoreSummary:
+    """Score the fresh articles from the stored windows and publish the top-N per audience to DynamoDB."""
+    counts = trend_counts_for(profile, job).since(now - timedelta(minutes=job.scoring.max_age_minutes), now)
+    params = score_params(job, counts)
+    scored = score_articles(counts, now, params, spec=window_spec(job))
+    best = top_n(scored, job.top_n)
+    serving = trend_serving_for(profile, job)
+    serving.ensure()
+    slim = {
+        audience: [
+            {k: r[k] for k in ("article_id", "score", "ctr", "impressions", "clicks", "velocity", "age_minutes")}
+            for r in rows
+        ]
+        for audience, rows in best.items()
+    }
+    serving.put(slim, now, job.ttl_minutes * 60)
+    get_run_logger().info(
+        "Scored %d (audience, article) pair(s) at %s with prior Beta(%.3g, %.3g); top %d of %d audience(s) published",
+        len(scored),
+        now.isoformat(),
+        params.alpha,
+        params.beta,
+        job.top_n,
+        len(best),
+    )
+    top = [
+        {"gender": g, "segment_id": s, "rank": i + 1, **r} for (g, s), rows in slim.items() for i, r in enumerate(rows)
+    ]
+    return ScoreSummary(now, params.alpha, params.beta, len(scored), len(best), top)
+
+
+@task(name="advance_watermark", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
+def advance_watermark(job: TrendConfig, profile: Profile, end: datetime) -> None:
+    """Record that every window before ``end`` has been counted (the next run's catch-up starts there)."""
+    trend_counts_for(profile, job).advance(job.name, end)
