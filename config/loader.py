@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from config.errors import ConfigError
-from config.models import DatasetConfig, Profile, TrendConfig
+from config.models import DatasetConfig, EventsConfig, Profile, TrendConfig
 
 M = TypeVar("M", bound=BaseModel)
 ENV_PREFIX = "KEYFLOW_"
@@ -143,6 +143,14 @@ def load_trends(name_or_path: str | Path) -> TrendConfig:
     return job
 
 
+def load_events(name_or_path: str | Path) -> EventsConfig:
+    """Load ``config/events/<name>.yaml`` (or a path) into an :class:`EventsConfig`."""
+    path = _resolve("events", name_or_path)
+    job = _validate(EventsConfig, read_yaml(path), display_path(path))
+    job._file = display_path(path)
+    return job
+
+
 # Structured fields: secrets are named in YAML, their values come from where the reference points.
 _NOT_FROM_ENV = {"secrets", "source_password", "warehouse_password", "trends_password", "encryption_keys"}
 
@@ -181,6 +189,7 @@ def validate_tree(root: Path | None = None) -> tuple[int, list[str]]:
         ("datasets", load_dataset),
         ("profiles", load_profile),
         ("trends", load_trends),
+        ("events", load_events),
     )
     for kind, loader in loaders:
         for path in sorted((base / kind).glob("*.y*ml")):

@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 
-FAMILIES = ("etl", "trends")
+FAMILIES = ("etl", "trends", "ingest")
 
 
 def switch_name(family: str) -> str:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from config.errors import ConfigError
 from config.loader import config_dir
-from config.models import Profile, SecretRef, TrendConfig
+from config.models import EventsConfig, Profile, SecretRef, TrendConfig
 from tasks.io.archive import UserDirectory
+from tasks.io.broker import RabbitMQSource
+from tasks.io.event_store import ArticleDirectory, EventTable
 from tasks.io.keystore import DynamoKeyStore
 from tasks.io.kms import kms_data_keys
 from tasks.io.objectstore import S3ObjectStore
@@ -18,6 +20,7 @@ from tasks.io.source import SqlSource
 from tasks.io.trend_store import TrendCounts, TrendServing
 from tasks.io.warehouse import DuckDBWarehouse, PostgresWarehouse, RedshiftWarehouse, Warehouse
 from tasks.transforms.crypto import DataKeySource, load_public_key, rsa_data_keys
+from tasks.transforms.events import TTLCache
 
 
 def _password(profile: Profile, ref: SecretRef | None, env_default: str, what: str) -> str | None:
@@ -78,6 +81,39 @@ def users_for(profile: Profile, job: TrendConfig) -> UserDirectory:
         if cache_key not in _users:
             _users[cache_key] = UserDirectory(object_store_for(profile), job.users_key)
         return _users[cache_key]
+
+
+def event_source_for(profile: Profile, job: EventsConfig) -> RabbitMQSource:
+    """The broker queue an event ingestion drains (opened now; close it when done)."""
+    src = job.source
+    if src.password is not None:
+        password: str | None = resolve_secret(
+            src.password, "source.password", profile.aws_region, profile.aws_endpoint_url
+        ).get_secret_value()
+    else:
+        password = os.environ.get("KEYFLOW_BROKER_PASSWORD") or None
+    return RabbitMQSource(src.url, password, src.queue, src.dead_letter_queue, src.prefetch)
+
+
+def event_table_for(profile: Profile, job: EventsConfig) -> EventTable:
+    """The DynamoDB events table of an ingestion."""
+    return EventTable(job.events_table, profile.aws_region, profile.aws_endpoint_url, profile.kms_key_id)
+
+
+_articles: dict[tuple[str, str | None, int, int], ArticleDirectory] = {}
+
+
+def articles_for(profile: Profile, job: EventsConfig) -> ArticleDirectory:
+    """The article reference lookup, one cache per process (a long-running drain keeps it warm)."""
+    ref = job.reference
+    cache_key = (ref.table, profile.aws_endpoint_url, ref.cache_ttl_seconds, ref.cache_max_entries)
+    with _users_lock:
+        if cache_key not in _articles:
+            cache = TTLCache(ttl_seconds=ref.cache_ttl_seconds, max_entries=ref.cache_max_entries)
+            _articles[cache_key] = ArticleDirectory(
+                ref.table, profile.aws_region, profile.aws_endpoint_url, cache, profile.kms_key_id
+            )
+        return _articles[cache_key]
 
 
 def key_store_for(profile: Profile, page_size: int | None = None) -> DynamoKeyStore:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,22 +13,19 @@ from prefect import get_run_logger, task
 
 from config.models import Profile, TrendConfig
 from tasks.etl import retry_transient
-from tasks.io.archive import archive_objects, read_events
+from tasks.io.archive import archive_objects, event_reader, read_events
 from tasks.resources import object_store_for, trend_counts_for, trend_serving_for, users_for
 from tasks.transforms.trends import (
+    COUNT_INPUT_SCHEMA,
     RecountRange,
     ScoreParams,
-    WindowCounts,
     WindowSpec,
-    count_events,
+    count_stream,
     fit_beta_prior,
-    merge_counts,
     recount_range,
     score_articles,
     top_n,
 )
-
-MERGE_EVERY = 16  # partial count tables held before they are merged: memory follows the groups, not the events
 
 
 def window_spec(job: TrendConfig) -> WindowSpec:
@@ -55,56 +51,6 @@ class CountSummary:
     def as_row(self) -> dict[str, Any]:
         """The summary as JSON-ready values (artifacts, ``--json``)."""
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
-
-
-class CountAccumulator:
-    """Merges the counts of many batches, holding a bounded number of partial tables."""
-
-    def __init__(self) -> None:
-        self.parts: list[pa.Table] = []
-        self.events = self.late = self.invalid = self.outside = 0
-
-    def add(self, rows: int, result: WindowCounts) -> None:
-        self.events += rows
-        self.late += result.late_events
-        self.invalid += result.invalid_events
-        self.outside += result.outside_events
-        if result.counts.num_rows:
-            self.parts.append(result.counts)
-        if len(self.parts) >= MERGE_EVERY:
-            self.parts = [merge_counts(self.parts)]
-
-    def result(self) -> WindowCounts:
-        return WindowCounts(merge_counts(self.parts), self.late, self.invalid, self.outside)
-
-
-def count_stream(
-    files: Iterable[tuple[Callable[[], Iterator[pa.Table]], datetime | None]],
-    users: pa.Table,
-    spec: WindowSpec,
-    start: datetime | None,
-    end: datetime | None,
-    parallel: int = 2,
-) -> tuple[WindowCounts, int]:
-    """Count the windows in ``[start, end)`` of many event files; each file is (open batches, arrival time).
-
-    Files are read ``parallel`` at a time (Arrow releases the GIL while it inflates, parses and groups); the result is
-    the same for any order or split of the files. Returns the counts and the number of events read.
-    """
-
-    def one(item: tuple[Callable[[], Iterator[pa.Table]], datetime | None]) -> CountAccumulator:
-        opener, arrived = item
-        acc = CountAccumulator()
-        for batch in opener():
-            acc.add(batch.num_rows, count_events(batch, users, spec, arrived, start, end))
-        return acc
-
-    total = CountAccumulator()
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for acc in pool.map(one, files):
-            total.events += acc.events
-            total.add(0, acc.result())
-    return total.result(), total.events
 
 
 @task(name="plan_windows", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
@@ -133,17 +79,11 @@ def count_range(job: TrendConfig, profile: Profile, start: datetime, end: dateti
     objects = archive_objects(store, job.archive_prefix, start, end)
     users = users_for(profile, job).table()
 
-    def opener(key: str) -> Callable[[], Iterator[pa.Table]]:
-        return lambda: read_events(store, key)
+    def opener(key: str, arrived: datetime | None) -> Callable[[], Iterator[pa.Table]]:
+        return lambda: read_events(store, key, arrived=arrived, schema=COUNT_INPUT_SCHEMA)
 
-    counts, events = count_stream(
-        [(opener(o["Key"]), o.get("LastModified")) for o in objects],
-        users,
-        window_spec(job),
-        start,
-        end,
-        job.parallel_files,
-    )
+    reader = event_reader([opener(o["Key"], o.get("LastModified")) for o in objects], job.parallel_files)
+    counts, events = count_stream(reader, users, window_spec(job), start, end)
     counts_store = trend_counts_for(profile, job)
     counts_store.ensure()
     rows = counts_store.replace_windows(start, end, counts.counts)

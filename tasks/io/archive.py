@@ -7,10 +7,12 @@ CSV is re-read only when its ETag changes.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +24,7 @@ import pyarrow.parquet as pq
 from config.errors import KeyFailedError
 from tasks.io.objectstore import S3ObjectStore
 from tasks.transforms.paths import join_under
-from tasks.transforms.trends import EVENT_SCHEMA, USER_SCHEMA, conform_events
+from tasks.transforms.trends import COUNT_INPUT_SCHEMA, EVENT_SCHEMA, USER_SCHEMA, conform_events, with_arrival
 
 
 def hour_prefix(prefix: str, hour: datetime) -> str:
@@ -64,26 +66,111 @@ def archive_files(store: S3ObjectStore, prefix: str, start: datetime, end: datet
     return [o["Key"] for o in archive_objects(store, prefix, start, end)]
 
 
-def read_events(store: S3ObjectStore, key: str, block_size: int = 1 << 20) -> Iterator[pa.Table]:
-    """Stream one archive file as tables of :data:`EVENT_SCHEMA` (extra fields are ignored)."""
+def read_jsonl_gz(raw: Any, block_size: int = 1 << 20, schema: pa.Schema = EVENT_SCHEMA) -> Iterator[pa.Table]:
+    """Stream a gzip JSON lines file object as tables of ``schema`` (other fields are ignored)."""
+    stream = pa.CompressedInputStream(raw if isinstance(raw, pa.NativeFile) else pa.PythonFile(raw, mode="r"), "gzip")
+    reader = pajson.open_json(
+        stream,
+        read_options=pajson.ReadOptions(block_size=block_size, use_threads=True),
+        parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+    )
+    for batch in reader:
+        yield pa.Table.from_batches([batch])
+
+
+def read_events(
+    store: S3ObjectStore,
+    key: str,
+    block_size: int = 1 << 20,
+    arrived: datetime | None = None,
+    schema: pa.Schema = EVENT_SCHEMA,
+) -> Iterator[pa.Table]:
+    """Stream one archive file as tables of ``schema``; a corrupt file fails naming it.
+
+    Events without ``received_at`` take ``arrived`` (the file's upload time) as their arrival time.
+    """
+    for table in _read_events(store, key, block_size, schema):
+        yield with_arrival(table, arrived)
+
+
+def _read_events(store: S3ObjectStore, key: str, block_size: int, schema: pa.Schema) -> Iterator[pa.Table]:
     try:
         if key.endswith(".parquet"):
             parquet = pq.ParquetFile(pa.BufferReader(store.get_bytes(key)))
-            present = [n for n in EVENT_SCHEMA.names if n in parquet.schema_arrow.names]
+            present = [n for n in schema.names if n in parquet.schema_arrow.names]
             for batch in parquet.iter_batches(columns=present):
-                yield conform_events(pa.Table.from_batches([batch]))
+                yield conform_events(pa.Table.from_batches([batch]), schema)
             return
         with store.open(key) as raw:
-            stream = pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "gzip")
-            reader = pajson.open_json(
-                stream,
-                read_options=pajson.ReadOptions(block_size=block_size, use_threads=False),
-                parse_options=pajson.ParseOptions(explicit_schema=EVENT_SCHEMA, unexpected_field_behavior="ignore"),
-            )
-            for batch in reader:
-                yield pa.Table.from_batches([batch])
+            yield from read_jsonl_gz(raw, block_size, schema)
     except (pa.ArrowInvalid, OSError) as exc:
         raise KeyFailedError(f"event file s3://{store.bucket}/{key}: {str(exc).splitlines()[0]}") from None
+
+
+def event_reader(
+    files: Sequence[Callable[[], Iterator[pa.Table]]],
+    parallel: int = 2,
+    queue_batches: int = 8,
+    schema: pa.Schema = COUNT_INPUT_SCHEMA,
+) -> pa.RecordBatchReader:
+    """One stream of event batches from many files, ``parallel`` files read at once by background threads.
+
+    At most ``queue_batches`` batches wait in memory; a failing file fails the stream with its own error.
+    """
+    batches: queue.Queue[Any] = queue.Queue(maxsize=queue_batches)
+    todo: queue.Queue[Callable[[], Iterator[pa.Table]]] = queue.Queue()
+    for f in files:
+        todo.put(f)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    opener = todo.get_nowait()
+                except queue.Empty:
+                    return
+                for table in opener():
+                    for batch in table.to_batches():
+                        while not stop.is_set():
+                            try:
+                                batches.put(batch, timeout=0.2)
+                                break
+                            except queue.Full:
+                                continue
+                        if stop.is_set():
+                            return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            batches.put(exc)
+        finally:
+            batches.put(done)
+
+    workers = [
+        threading.Thread(target=work, name=f"keyflow-events-{i}", daemon=True)
+        for i in range(max(1, min(parallel, len(files) or 1)))
+    ]
+
+    def gen() -> Iterator[pa.RecordBatch]:
+        for w in workers:
+            w.start()
+        running = len(workers)
+        try:
+            while running:
+                item = batches.get()
+                if item is done:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            stop.set()
+            while any(w.is_alive() for w in workers):
+                with contextlib.suppress(queue.Empty):
+                    batches.get(timeout=0.05)
+
+    return pa.RecordBatchReader.from_batches(schema, gen())
 
 
 class UserDirectory:

@@ -25,6 +25,7 @@ class ObjectStore(Protocol):
     def put_bytes(self, data: bytes, key: str, content_type: str = ...) -> None: ...
     def open(self, key: str) -> IO[bytes]: ...
     def get_bytes(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
     def list_keys(self, prefix: str) -> Iterator[str]: ...
     def default_encryption(self) -> dict[str, Any] | None: ...
     def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]: ...
@@ -100,6 +101,18 @@ class S3ObjectStore:
         try:
             return self._s3.head_object(Bucket=self.bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"head s3://{self.bucket}/{key}") from exc
+
+    def exists(self, key: str) -> bool:
+        """Whether the object is there (a 404 is an answer, any other error is raised)."""
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise translate(exc, f"head s3://{self.bucket}/{key}") from exc
+        except BotoCoreError as exc:
             raise translate(exc, f"head s3://{self.bucket}/{key}") from exc
 
     def list_keys(self, prefix: str) -> Iterator[str]:

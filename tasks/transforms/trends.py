@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.acero as acero
 import pyarrow.compute as pc
 
 TS = pa.timestamp("us", tz="UTC")
@@ -33,6 +34,8 @@ EVENT_SCHEMA = pa.schema(
         ("received_at", TS),
     ]
 )
+# What counting reads: the event id is not needed to count, and not parsing it saves a tenth of the work.
+COUNT_INPUT_SCHEMA = pa.schema([f for f in EVENT_SCHEMA if f.name != "event_id"])
 USER_SCHEMA = pa.schema([("user_id", pa.string()), ("gender", pa.string()), ("segment_id", pa.string())])
 _ACTIONS = pa.array(["click", "impression"])
 GROUP = ["window_start", "gender", "segment_id", "article_id"]
@@ -48,13 +51,12 @@ COUNT_SCHEMA = pa.schema(
 )
 
 
-def conform_events(table: pa.Table) -> pa.Table:
-    """Events in :data:`EVENT_SCHEMA` column order and types; optional columns missing from a file are null."""
+def conform_events(table: pa.Table, schema: pa.Schema = EVENT_SCHEMA) -> pa.Table:
+    """Events in ``schema``'s column order and types; optional columns missing from a file are null."""
     cols = [
-        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-        for f in EVENT_SCHEMA
+        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema
     ]
-    return pa.Table.from_arrays(cols, schema=EVENT_SCHEMA)
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,123 @@ def window_starts(ts: pa.Array | pa.ChunkedArray, width: timedelta) -> pa.Array 
     return pc.floor_temporal(ts, multiple=int(width.total_seconds()), unit="second")
 
 
+COUNTED, LATE, INVALID, OUTSIDE = 0, 1, 2, 3
+
+
+def _status(spec: WindowSpec, start: datetime | None, end: datetime | None) -> pc.Expression:
+    """Each event's fate as an Arrow expression: counted, late, invalid or outside ``[start, end)``."""
+    ts, action = pc.field("ts"), pc.field("action")
+    valid = pc.and_kleene(pc.and_kleene(action.isin(_ACTIONS), ts.is_valid()), pc.field("article_id").is_valid())
+    window = pc.floor_temporal(ts, multiple=int(spec.width.total_seconds()), unit="second")
+    outside = pc.scalar(False)
+    if start is not None:
+        outside = pc.or_kleene(outside, pc.less(window, pa.scalar(start, TS)))
+    if end is not None:
+        outside = pc.or_kleene(outside, pc.greater_equal(window, pa.scalar(end, TS)))
+    closes = pc.add(window, pa.scalar(spec.width + spec.lateness, pa.duration("us")))
+    late = pc.coalesce(pc.greater_equal(pc.field("received_at"), closes), pc.scalar(False))
+    code = pc.if_else(late, pc.scalar(LATE), pc.scalar(COUNTED))
+    code = pc.if_else(pc.coalesce(outside, pc.scalar(False)), pc.scalar(OUTSIDE), code)
+    return pc.if_else(pc.coalesce(valid, pc.scalar(False)), code, pc.scalar(INVALID))
+
+
+def count_stream(
+    events: pa.RecordBatchReader,
+    users: pa.Table,
+    spec: WindowSpec = WindowSpec(),
+    start: datetime | None = None,
+    end: datetime | None = None,
+    use_threads: bool = True,
+) -> tuple[WindowCounts, int]:
+    """Count a stream of event batches (:data:`COUNT_INPUT_SCHEMA`) in one streaming Arrow plan; returns the counts and
+    the number of events read.
+
+    The plan classifies each event (counted, late, invalid, outside), joins the user file once (its hash table is
+    built once per stream, not per batch) and aggregates per (window, gender, segment, article, fate). Memory
+    follows the number of groups, not the number of events.
+    """
+    status = _status(spec, start, end)
+    keep = pc.equal(status, pc.scalar(COUNTED))
+    window = pc.floor_temporal(pc.field("ts"), multiple=int(spec.width.total_seconds()), unit="second")
+    null_ts, null_text = pa.scalar(None, TS), pa.scalar(None, pa.string())
+    source = acero.Declaration("record_batch_reader_source", acero.RecordBatchReaderSourceNodeOptions(events))
+    project = acero.Declaration(
+        "project",
+        acero.ProjectNodeOptions(
+            [
+                status,
+                # Only counted events keep their group; the others collapse into one row per fate.
+                pc.if_else(keep, window, null_ts),
+                pc.if_else(keep, pc.field("user_id"), null_text),
+                pc.if_else(keep, pc.field("article_id"), null_text),
+                pc.equal(pc.field("action"), pc.scalar("impression")).cast(pa.int64()),
+                pc.equal(pc.field("action"), pc.scalar("click")).cast(pa.int64()),
+                pc.scalar(1).cast(pa.int64()),
+            ],
+            ["status", "window_start", "user_id", "article_id", "impression", "click", "n"],
+        ),
+        inputs=[source],
+    )
+    people_table, decode = _audience_codes(users)
+    people = acero.Declaration("table_source", acero.TableSourceNodeOptions(people_table))
+    join = acero.Declaration(
+        "hashjoin",
+        acero.HashJoinNodeOptions(
+            "left outer",
+            ["user_id"],
+            ["user_id"],
+            left_output=["status", "window_start", "article_id", "impression", "click", "n"],
+            right_output=["audience"],
+        ),
+        inputs=[project, people],
+    )
+    aggregate = acero.Declaration(
+        "aggregate",
+        acero.AggregateNodeOptions(
+            [
+                ("impression", "hash_sum", None, "impressions"),
+                ("click", "hash_sum", None, "clicks"),
+                ("n", "hash_sum", None, "events"),
+            ],
+            keys=["status", "window_start", "audience", "article_id"],
+        ),
+        inputs=[join],
+    )
+    out = decode(aggregate.to_table(use_threads=use_threads))
+    fate = {code: 0 for code in (COUNTED, LATE, INVALID, OUTSIDE)}
+    by_status = out.group_by(["status"], use_threads=False).aggregate([("events", "sum")])
+    for code, n in zip(by_status["status"].to_pylist(), by_status["events_sum"].to_pylist(), strict=True):
+        fate[code] = n
+    counts = out.filter(pc.equal(out["status"], COUNTED)).select(COUNT_SCHEMA.names).cast(COUNT_SCHEMA)
+    result = WindowCounts(canonical(counts), fate[LATE], fate[INVALID], fate[OUTSIDE])
+    return result, sum(fate.values())
+
+
+def _audience_codes(users: pa.Table) -> tuple[pa.Table, Any]:
+    """Users as (user_id, audience code): grouping on one integer is much cheaper than on two strings.
+
+    Returns the table to join and a function that turns ``audience`` back into ``gender`` and ``segment_id``.
+    """
+    g = pc.dictionary_encode(users["gender"]).combine_chunks()
+    s = pc.dictionary_encode(users["segment_id"]).combine_chunks()
+    width = len(s.dictionary) + 1
+    gi = pc.fill_null(g.indices.cast(pa.int32()), -1).to_numpy() + 1
+    si = pc.fill_null(s.indices.cast(pa.int32()), -1).to_numpy() + 1
+    table = pa.table({"user_id": users["user_id"], "audience": pa.array(gi * width + si, pa.int32())})
+
+    def decode(out: pa.Table) -> pa.Table:
+        code = pc.fill_null(out["audience"], 0).to_numpy(zero_copy_only=False)
+        gender = pa.array(code // width - 1).cast(pa.int32())
+        segment = pa.array(code % width - 1).cast(pa.int32())
+        none = pa.scalar(None, pa.int32())
+        gender_idx = pc.if_else(pc.less(gender, 0), none, gender)
+        segment_idx = pc.if_else(pc.less(segment, 0), none, segment)
+        out = out.append_column("gender", pc.take(g.dictionary.cast(pa.string()), gender_idx))
+        return out.append_column("segment_id", pc.take(s.dictionary.cast(pa.string()), segment_idx))
+
+    return table, decode
+
+
 def count_events(
     events: pa.Table,
     users: pa.Table,
@@ -100,46 +219,17 @@ def count_events(
     the counts, so a window's counts depend only on its events, not on when keyflow ran. With ``start``/``end``,
     only windows in ``[start, end)`` are counted; other events are ``outside_events``.
     """
-    valid = pc.fill_null(pc.is_in(events["action"], value_set=_ACTIONS), False)
-    valid = pc.and_(valid, pc.and_(pc.is_valid(events["ts"]), pc.is_valid(events["article_id"])))
-    invalid = events.num_rows - (pc.sum(valid).as_py() or 0) if events.num_rows else 0
-    ev = events.filter(valid) if invalid else events
-    starts = window_starts(ev["ts"], spec.width)
-    outside = 0
-    if (start is not None or end is not None) and ev.num_rows:
-        inside = pa.scalar(True)
-        if start is not None:
-            inside = pc.greater_equal(starts, pa.scalar(start, TS))
-        if end is not None:
-            inside = pc.and_(inside, pc.less(starts, pa.scalar(end, TS)))
-        outside = ev.num_rows - (pc.sum(inside).as_py() or 0)
-        if outside:
-            ev, starts = ev.filter(inside), pc.filter(starts, inside)
-    late = 0
-    if ev.num_rows and ("received_at" in ev.column_names or arrived is not None):
-        received = ev["received_at"] if "received_at" in ev.column_names else pa.nulls(ev.num_rows, TS)
-        if arrived is not None:
-            received = pc.fill_null(received, pa.scalar(arrived, TS))
-        closes = pc.add(starts, pa.scalar(spec.width + spec.lateness, pa.duration("us")))
-        is_late = pc.fill_null(pc.greater_equal(received, closes), False)
-        late = pc.sum(is_late).as_py() or 0
-        if late:
-            keep = pc.invert(is_late)
-            ev, starts = ev.filter(keep), pc.filter(starts, keep)
-    action = ev["action"]
-    t = pa.table(
-        {
-            "window_start": starts,
-            "user_id": ev["user_id"],
-            "article_id": ev["article_id"],
-            "impression": pc.cast(pc.equal(action, "impression"), pa.int64()),
-            "click": pc.cast(pc.equal(action, "click"), pa.int64()),
-        }
-    )
-    joined = t.join(users.select(["user_id", "gender", "segment_id"]), keys="user_id", join_type="left outer")
-    grouped = joined.group_by(GROUP, use_threads=False).aggregate([("impression", "sum"), ("click", "sum")])
-    counts = grouped.rename_columns([*GROUP, "impressions", "clicks"]).select(COUNT_SCHEMA.names)
-    return WindowCounts(canonical(counts.cast(COUNT_SCHEMA)), int(late), int(invalid), int(outside))
+    table = with_arrival(conform_events(events), arrived).select(COUNT_INPUT_SCHEMA.names)
+    reader = pa.RecordBatchReader.from_batches(COUNT_INPUT_SCHEMA, table.to_batches())
+    return count_stream(reader, users, spec, start, end, use_threads=False)[0]
+
+
+def with_arrival(events: pa.Table, arrived: datetime | None) -> pa.Table:
+    """Events whose producer sent no ``received_at`` take ``arrived`` (e.g. their file's upload time)."""
+    if arrived is None or events["received_at"].null_count == 0:
+        return events
+    filled = pc.fill_null(events["received_at"], pa.scalar(arrived, TS))
+    return events.set_column(events.schema.get_field_index("received_at"), "received_at", filled)
 
 
 def merge_counts(tables: Sequence[pa.Table]) -> pa.Table:
@@ -229,10 +319,22 @@ def score_articles(
         [("impressions", "sum"), ("clicks", "sum"), ("current", "sum"), ("baseline", "sum")]
     )
     earliest = recent.group_by(["article_id"], use_threads=False).aggregate([("window_start", "min")])
-    seen_at = dict(zip(earliest["article_id"].to_pylist(), earliest["window_start_min"].to_pylist(), strict=True))
-    seen_at.update(first_seen or {})
+    if first_seen:
+        known = pa.table(
+            {
+                "article_id": pa.array(list(first_seen), pa.string()),
+                "published": pa.array(list(first_seen.values()), TS),
+            }
+        )
+        earliest = earliest.join(known, "article_id", join_type="left outer", use_threads=False)
+        earliest = earliest.set_column(
+            1, "window_start_min", pc.coalesce(earliest["published"], earliest["window_start_min"])
+        )
+    # The article's first-seen time for every group, looked up without a Python loop.
+    at = pc.index_in(g["article_id"], value_set=earliest["article_id"])
+    first = pc.take(earliest["window_start_min"], at)
     now_us = int(now.timestamp() * 1_000_000)
-    first_us = np.array([int(seen_at[a].timestamp() * 1_000_000) for a in g["article_id"].to_pylist()], dtype=np.int64)
+    first_us = first.cast(pa.int64()).to_numpy(zero_copy_only=False)
     age_s = np.maximum(now_us - first_us, 0) / 1e6
     imps = g["impressions_sum"].to_numpy().astype(np.float64)
     clicks = g["clicks_sum"].to_numpy().astype(np.float64)

@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import io
 import json
+import threading
 from typing import Any
 
 import pyarrow as pa
@@ -13,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from config.errors import KeyFailedError
-from tasks.io.archive import UserDirectory, archive_files, hour_prefix, read_events
+from tasks.io.archive import UserDirectory, archive_files, event_reader, hour_prefix, read_events
 from tasks.io.objectstore import S3ObjectStore
-from tasks.transforms.trends import EVENT_SCHEMA, count_events
+from tasks.transforms.trends import COUNT_INPUT_SCHEMA, EVENT_SCHEMA, count_events, count_stream, merge_counts
 
 H10 = dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC)
 
@@ -68,6 +69,30 @@ def test_a_corrupt_file_fails_with_its_name(store: S3ObjectStore) -> None:
     store.put_bytes(jsonl_gz([event(1, 1)])[:-8], key)  # truncated gzip
     with pytest.raises(KeyFailedError, match=f"event file s3://{store.bucket}/{key}: "):
         list(read_events(store, key))
+    # Among good files read in parallel, the stream fails with the bad file's own error, and its threads stop.
+    good = hour_prefix("events", H10) + "good.jsonl.gz"
+    store.put_bytes(jsonl_gz([event(i, 1) for i in range(5000)]), good)
+    openers = [lambda k=k: read_events(store, k, block_size=4096, schema=COUNT_INPUT_SCHEMA) for k in (good, key, good)]
+    users = pa.table({"user_id": ["u0"], "gender": ["f"], "segment_id": ["s1"]})
+    with pytest.raises(KeyFailedError, match="bad.jsonl.gz"):
+        count_stream(event_reader(openers, parallel=2, queue_batches=2), users)
+    assert not [t for t in threading.enumerate() if t.name.startswith("keyflow-events")]
+
+
+def test_parallel_stream_counts_every_event_once(store: S3ObjectStore) -> None:
+    keys = []
+    for n in range(4):
+        key = hour_prefix("events", H10) + f"p{n}.jsonl.gz"
+        store.put_bytes(
+            jsonl_gz([event(n * 1000 + i, i % 30, "click" if i % 4 else "impression") for i in range(1000)]), key
+        )
+        keys.append(key)
+    users = pa.table({"user_id": ["u0", "u1"], "gender": ["f", "m"], "segment_id": ["s1", "s1"]})
+    openers = [lambda k=k: read_events(store, k, block_size=8192, schema=COUNT_INPUT_SCHEMA) for k in keys]
+    counts, events = count_stream(event_reader(openers, parallel=3, queue_batches=2), users)
+    assert events == 4000 and counts.counted_events == 4000
+    one_by_one = [count_events(pa.concat_tables(list(read_events(store, k))), users).counts for k in keys]
+    assert merge_counts(one_by_one).equals(counts.counts)
 
 
 def test_user_file_is_reread_only_when_its_etag_changes(store: S3ObjectStore) -> None:

@@ -1,0 +1,165 @@
+"""Tasks of event ingestion: drain a broker queue into the DynamoDB events table and the S3 archive, exactly once.
+
+Per batch: parse and check every message; poison messages go to the dead-letter queue with their reason; events
+of unknown or retired articles go to the rejected archive with theirs; the rest are stored, and only then is the
+batch acknowledged. A crash anywhere before the acknowledgement makes the broker deliver the batch again, and the
+second pass stores nothing twice:
+
+1. the events table is asked which ids are already stored and in which archive file;
+2. an event whose archive file exists is a duplicate (the crash came after its write) and is skipped;
+3. the others are written to the events table naming a fresh archive file, then that file is written.
+
+A crash between 3's two writes leaves items naming a file that does not exist; the redelivery sees that and
+writes them again, into a new file. So every event ends in exactly one archive file and one item.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from config.models import EventsConfig, Profile
+from tasks.etl import retry_transient
+from tasks.io.archive import hour_prefix
+from tasks.io.broker import EventSource
+from tasks.io.event_store import ArticleDirectory, EventTable
+from tasks.io.objectstore import S3ObjectStore
+from tasks.resources import articles_for, event_source_for, event_table_for, object_store_for
+from tasks.transforms.events import (
+    Event,
+    Message,
+    Rejected,
+    by_hour,
+    check_reference,
+    first_of_each,
+    jsonl,
+    parse_event,
+)
+from tasks.transforms.paths import join_under
+
+
+@dataclass
+class DrainSummary:
+    """What a drain did; ``received = stored + duplicates + rejected + dead_lettered``."""
+
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, other: DrainSummary) -> None:
+        for name in ("received", "stored", "duplicates", "rejected", "dead_lettered", "batches"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.files += other.files
+
+    def as_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["files"] = len(self.files)
+        return row
+
+
+class EventSinks:
+    """The events table, the article lookup and the archive bucket of one ingestion."""
+
+    def __init__(self, job: EventsConfig, table: EventTable, articles: ArticleDirectory, store: S3ObjectStore) -> None:
+        self.job = job
+        self.table = table
+        self.articles = articles
+        self.store = store
+        self._archive_exists: dict[str, bool] = {}
+
+    def _exists(self, key: str) -> bool:
+        if key not in self._archive_exists:
+            self._archive_exists[key] = bool(key) and self.store.exists(key)
+        return self._archive_exists[key]
+
+    def store_batch(self, messages: list[Message], source: EventSource) -> DrainSummary:
+        """Store one batch; after it returns, the batch may be acknowledged."""
+        out = DrainSummary(received=len(messages), batches=1)
+        parsed = [(m, parse_event(m)) for m in messages]
+        for m, r in parsed:
+            if isinstance(r, Rejected):
+                source.dead_letter(m, r.reason)
+                out.dead_lettered += 1
+        events = [r for _, r in parsed if isinstance(r, Event)]
+        unique = first_of_each(events)
+        out.duplicates += len(events) - len(unique)
+        good, bad = check_reference(unique, self.articles.live({e.article_id for e in unique}))
+        stored_in = self.table.archived_in(e.event_id for e in good)
+        fresh = [e for e in good if not (e.event_id in stored_in and self._exists(stored_in[e.event_id]))]
+        out.duplicates += len(good) - len(fresh)
+        batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        for hour, group in sorted(by_hour(fresh).items()):
+            key = join_under(hour_prefix(self.job.archive_prefix, hour).rstrip("/"), f"{batch_id}.jsonl.gz")
+            self.table.put(group, key)  # items first: a crash now leaves them naming a file that is not there
+            self.store.put_bytes(_gzip(jsonl(e.as_json() for e in group)), key, "application/gzip")
+            self._archive_exists[key] = True
+            out.files.append(key)
+        out.stored += len(fresh)
+        if bad:
+            rejected = [Rejected(Message(b"", e.received_at), reason, e).as_json() for e, reason in bad]
+            hour = bad[0][0].received_at.replace(minute=0, second=0, microsecond=0)
+            key = join_under(hour_prefix(self.job.rejected_prefix, hour).rstrip("/"), f"{batch_id}.jsonl.gz")
+            self.store.put_bytes(_gzip(jsonl(rejected)), key, "application/gzip")
+            out.rejected += len(bad)
+        return out
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+def drain(
+    job: EventsConfig, sinks: EventSinks, source: EventSource, max_events: int, max_seconds: float
+) -> DrainSummary:
+    """Store and acknowledge batches until the limits or a quiet queue; the summary of everything done."""
+    started = time.perf_counter()
+    total = DrainSummary()
+    for batch in source.batches(job.batch_size, max_events, max_seconds, job.idle_seconds):
+        summary = sinks.store_batch(batch, source)
+        source.ack(batch)
+        total.add(summary)
+    total.seconds = round(time.perf_counter() - started, 3)
+    return total
+
+
+def sinks_for(job: EventsConfig, profile: Profile) -> EventSinks:
+    """The sinks of an ingestion, their tables created when missing."""
+    table = event_table_for(profile, job)
+    table.ensure()
+    articles = articles_for(profile, job)
+    articles.ensure()
+    return EventSinks(job, table, articles, object_store_for(profile))
+
+
+@task(name="drain_events", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_transient)
+def drain_events(job: EventsConfig, profile: Profile, max_events: int, max_seconds: float) -> DrainSummary:
+    """Drain up to ``max_events`` messages or ``max_seconds`` from the broker into DynamoDB and the archive."""
+    logger = get_run_logger()
+    sinks = sinks_for(job, profile)
+    source = event_source_for(profile, job)
+    try:
+        summary = drain(job, sinks, source, max_events, max_seconds)
+    finally:
+        source.close()
+    logger.info(
+        "Drained %d message(s) from %s in %.1f s: %d stored, %d duplicate(s), %d rejected, %d dead-lettered",
+        summary.received,
+        job.source.queue,
+        summary.seconds,
+        summary.stored,
+        summary.duplicates,
+        summary.rejected,
+        summary.dead_lettered,
+    )
+    return summary

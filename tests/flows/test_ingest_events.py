@@ -1,0 +1,222 @@
+"""Event ingestion against the real RabbitMQ and the moto server: exactly once through crashes and throttling,
+poison messages dead-lettered with their reason, invalid events archived with theirs."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+from botocore.exceptions import ClientError
+
+from config.loader import load_events, load_profile
+from flows.ingest_events import ingest_events
+from tasks.ingest import drain, sinks_for
+from tasks.resources import event_source_for, object_store_for
+from tests.conftest import _require, write_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = dt.datetime(2026, 11, 27, 9, 58, tzinfo=dt.UTC)
+
+
+@pytest.fixture()
+def amqp() -> Any:
+    _require(5672, "RabbitMQ")
+    conn = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F"))
+    yield conn.channel()
+    conn.close()
+
+
+@pytest.fixture()
+def setup(amqp: Any, tmp_path: Path, names: dict[str, str], make_profile: Any) -> Any:
+    queue = names["keys_table"] + "_q"
+    job_path = write_yaml(
+        tmp_path / "events" / "activity.yaml",
+        {
+            "name": "pytest_activity",
+            "source": {"kind": "rabbitmq", "queue": queue, "dead_letter_queue": queue + "_dead", "prefetch": 200},
+            "reference": {"table": names["keys_table"] + "_articles"},
+            "events_table": names["keys_table"] + "_events",
+            "batch_size": 50,
+            "max_seconds": 60,
+            "idle_seconds": 1,
+        },
+    )
+    profile_path = make_profile()
+    job, profile = load_events(job_path), load_profile(profile_path, environ={})
+    sinks = sinks_for(job, profile)
+    sinks.articles.put({"a1": True, "a2": True, "old": False})
+    for q in (queue, queue + "_dead"):
+        amqp.queue_declare(queue=q, durable=True)
+    yield str(job_path), str(profile_path), job, profile, sinks
+    for q in (queue, queue + "_dead"):
+        amqp.queue_delete(queue=q)
+
+
+def publish(ch: Any, queue: str, bodies: list[bytes], message_ids: list[str | None] | None = None) -> None:
+    for i, body in enumerate(bodies):
+        mid = message_ids[i] if message_ids else None
+        ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2, message_id=mid))
+
+
+def event(i: int, article: str = "a1", **extra: Any) -> bytes:
+    ts = (T0 + dt.timedelta(seconds=i)).isoformat()
+    return json.dumps(
+        {
+            "event_id": f"e{i}",
+            "ts": ts,
+            "article_id": article,
+            "user_id": f"u{i % 7}",
+            "action": "click" if i % 9 == 0 else "impression",
+            **extra,
+        }
+    ).encode()
+
+
+def archived(profile: Any, job: Any) -> collections.Counter[str]:
+    """Every event id in the archive, with how many times it appears."""
+    store = object_store_for(profile)
+    ids: collections.Counter[str] = collections.Counter()
+    for key in store.list_keys(job.archive_prefix + "/"):
+        for line in gzip.decompress(store.get_bytes(key)).splitlines():
+            ids[json.loads(line)["event_id"]] += 1
+    return ids
+
+
+def queue_depth(ch: Any, queue: str) -> int:
+    return int(ch.queue_declare(queue=queue, durable=True, passive=True).method.message_count)
+
+
+def wait_for_depth(ch: Any, queue: str, expected: int, seconds: float = 10) -> int:
+    """The queue's ready messages once the broker has requeued a dead consumer's (it does so asynchronously)."""
+    deadline = time.monotonic() + seconds
+    depth = queue_depth(ch, queue)
+    while depth != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        depth = queue_depth(ch, queue)
+    return depth
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_events_stored_once_poison_dead_lettered_invalid_rejected(amqp: Any, setup: Any) -> None:
+    job_path, profile_path, job, profile, sinks = setup
+    good = [event(i) for i in range(120)]
+    three_field = [json.dumps({"article_id": "a2", "user_id": "u1", "action": "click"}).encode()]
+    poison = [b"not json", b'{"article_id": "a1"}', b'{"article_id": ["x"], "user_id": "u", "action": "click"}', b"[1]"]
+    invalid = [event(500, "nope"), event(501, "old")]
+    bodies = good + [good[3]] + three_field + poison + invalid  # good[3] again: a producer's retry
+    publish(amqp, job.source.queue, bodies, [None] * len(good) + [None, "m-three"] + [None] * 6)
+
+    state = ingest_events(job=job_path, profile=profile_path, max_seconds=60, return_state=True)
+    assert state.is_completed(), state.message
+    row = state.result()
+    assert row["received"] == len(bodies)
+    assert (row["stored"], row["duplicates"], row["dead_lettered"], row["rejected"]) == (121, 1, 4, 2)
+    assert row["received"] == row["stored"] + row["duplicates"] + row["dead_lettered"] + row["rejected"]
+
+    ids = archived(profile, job)
+    assert set(ids.values()) == {1} and len(ids) == 121
+    assert sorted(sinks.table.scan_ids()) == sorted(ids)
+    assert queue_depth(amqp, job.source.queue) == 0
+
+    reasons = []
+    for _ in range(4):
+        method, props, body = amqp.basic_get(job.source.dead_letter_queue, auto_ack=True)
+        reasons.append((body, props.headers["x-keyflow-reason"]))
+    assert reasons[0][0] == b"not json" and reasons[0][1].startswith("not JSON: ")
+    assert reasons[1][1] == "missing field(s): user_id, action"
+    assert reasons[2][1] == "'article_id' must be a string, got list"
+    assert reasons[3][1] == "not a JSON object: list"
+
+    store = object_store_for(profile)
+    rejected = [
+        json.loads(line)
+        for key in store.list_keys(job.rejected_prefix + "/")
+        for line in gzip.decompress(store.get_bytes(key)).splitlines()
+    ]
+    assert sorted(r["reason"] for r in rejected) == ["article 'old' is not live", "unknown article 'nope'"]
+
+    # The three-field form gets an id from its broker message id, so a redelivery keeps it.
+    derived = [i for i in ids if i.startswith("kf-")]
+    assert len(derived) == 1
+
+
+@pytest.mark.parametrize("point", ["before_ack", "before_archive"])
+def test_a_crash_before_the_ack_stores_every_event_exactly_once(amqp: Any, setup: Any, point: str) -> None:
+    job_path, profile_path, job, profile, sinks = setup
+    bodies = [event(i) for i in range(230)]
+    publish(amqp, job.source.queue, bodies)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    crashed = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.crash_drain", job_path, profile_path, point],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == 17, crashed.stderr
+    # The broker requeues a dead consumer's unacknowledged messages: all of them, or all but the first batch
+    # (before_archive dies on the second batch's archive file, after the first batch was acknowledged).
+    expected = 230 if point == "before_ack" else 180
+    assert wait_for_depth(amqp, job.source.queue, expected) == expected
+    assert sinks.table.scan_ids()  # ... though some of it was already stored
+
+    source = event_source_for(profile, job)
+    try:
+        summary = drain(job, sinks_for(job, profile), source, 10_000, 60)
+    finally:
+        source.close()
+    assert summary.received == expected and summary.stored + summary.duplicates == expected
+    if point == "before_ack":
+        assert summary.duplicates > 0  # the crashed batch was stored before the crash: skipped, not doubled
+    ids = archived(profile, job)
+    assert len(ids) == 230 and set(ids.values()) == {1}  # none lost, none doubled
+    assert sorted(sinks.table.scan_ids()) == sorted(ids)
+    assert queue_depth(amqp, job.source.queue) == 0
+
+
+def test_throttling_and_unprocessed_items_lose_and_double_nothing(amqp: Any, setup: Any) -> None:
+    job_path, profile_path, job, profile, sinks = setup
+    publish(amqp, job.source.queue, [event(i) for i in range(140)])
+    ddb = sinks.table._ddb
+    real = ddb.batch_write_item
+    calls = collections.Counter[str]()
+
+    def flaky(RequestItems: dict[str, Any]) -> dict[str, Any]:
+        # moto never throttles: refuse every third call outright, and hold back half of the others' items.
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "BatchWriteItem"
+            )
+        ((table, reqs),) = RequestItems.items()
+        if len(reqs) > 1:
+            real(RequestItems={table: reqs[: len(reqs) // 2]})
+            calls["unprocessed"] += 1
+            return {"UnprocessedItems": {table: reqs[len(reqs) // 2 :]}}
+        return real(RequestItems=RequestItems)
+
+    sinks.table._ddb = type(
+        "Ddb", (), {"batch_write_item": staticmethod(flaky), "batch_get_item": ddb.batch_get_item}
+    )()
+    source = event_source_for(profile, job)
+    try:
+        summary = drain(job, sinks, source, 10_000, 60)
+    finally:
+        source.close()
+    assert calls["unprocessed"] > 0 and calls["n"] >= 9
+    assert (summary.received, summary.stored) == (140, 140)
+    sinks.table._ddb = ddb
+    ids = archived(profile, job)
+    assert len(ids) == 140 and set(ids.values()) == {1}
+    assert sorted(sinks.table.scan_ids()) == sorted(ids)
