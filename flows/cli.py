@@ -25,6 +25,8 @@ app.add_typer(etl_app, name="etl")
 trends_app = typer.Typer(help="Score trending articles from the event archive.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(trends_app, name="trends")
+events_app = typer.Typer(help="Ingest activity events from the broker.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
 out = Console()
 err = Console(stderr=True)
 
@@ -288,6 +290,36 @@ def trends_top(
     out.print(table)
 
 
+@events_app.command("drain")
+def events_drain(
+    job: Annotated[str, typer.Option("--job", "-j", help="event ingestion name or path (config/events/)")] = "activity",
+    profile: ProfileOpt = "local",
+    max_events: Annotated[int | None, typer.Option("--max-events", min=1, help="stop after this many")] = None,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=1, help="stop after this long")] = None,
+    forever: Annotated[bool, typer.Option("--forever", help="long-running: drain again as soon as one ends")] = False,
+) -> None:
+    """Store broker events in DynamoDB and the S3 archive; each batch is acknowledged only once stored."""
+    from config.loader import load_events, load_profile
+
+    try:
+        load_profile(profile)
+        load_events(job)
+    except KeyflowError as exc:
+        _fail(exc)
+    _quiet_prefect()
+    from flows.ingest_events import ingest_events
+
+    while True:
+        state = ingest_events(
+            job=job, profile=profile, max_events=max_events, max_seconds=max_seconds, return_state=True
+        )
+        row = _finish(state, "ingest")
+        out.print(state.message or "", highlight=False)
+        if not forever:
+            assert isinstance(row, dict)
+            return
+
+
 def _parse_date(text: str, option: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -398,7 +430,7 @@ def serve_cmd(
         _fail(exc)
 
 
-FamilyArg = Annotated[str, typer.Argument(help="flow family: etl or trends")]
+FamilyArg = Annotated[str, typer.Argument(help="flow family: etl, trends or ingest")]
 
 
 def _family(family: str) -> str:

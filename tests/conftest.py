@@ -135,3 +135,10 @@ def _clean_keyflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
         if var.startswith("KEYFLOW_") and not var.startswith("KEYFLOW_TEST_"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("KEYFLOW_EMAIL_SALT", "s3nt1nel-salt-never-logged")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (yet)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

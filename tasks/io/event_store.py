@@ -31,7 +31,8 @@ def _call(fn: Callable[..., Any], what: str, **kwargs: Any) -> Any:
             return fn(**kwargs)
         except (ClientError, BotoCoreError) as exc:
             err = translate(exc, what)
-            if isinstance(err, RetryableError) and attempt < MAX_TRIES - 1:
+            # Throttling gets more tries here; connection trouble was already retried by botocore.
+            if isinstance(exc, ClientError) and isinstance(err, RetryableError) and attempt < MAX_TRIES - 1:
                 _backoff(attempt)
                 continue
             raise err from exc

@@ -29,6 +29,9 @@ def test_every_deployment_imports_and_its_parameters_fit_the_flow() -> None:
     # A run still going when the next minute starts: the new one is cancelled, its windows caught up next time.
     assert trends["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert load_flow(trends["entrypoint"]).name == "trend-scoring"
+    ingest = next(s for s in specs if s["entrypoint"] == "flows/ingest_events.py:ingest_events")
+    assert ingest["schedules"] == [{"cron": "*/5 * * * *", "timezone": "UTC"}]
+    assert ingest["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert all(s["work_pool"]["name"] == "keyflow-process" and "keyflow" in s["tags"] for s in specs)
 
 

@@ -220,3 +220,25 @@ def test_throttling_and_unprocessed_items_lose_and_double_nothing(amqp: Any, set
     ids = archived(profile, job)
     assert len(ids) == 140 and set(ids.values()) == {1}
     assert sorted(sinks.table.scan_ids()) == sorted(ids)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_drain_command_and_the_kill_switch(amqp: Any, setup: Any) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    job_path, profile_path, job, profile, sinks = setup
+    runner = CliRunner()
+    publish(amqp, job.source.queue, [event(i) for i in range(30)])
+    assert runner.invoke(app, ["pause", "ingest"]).exit_code == 0
+    try:
+        paused = runner.invoke(app, ["events", "drain", "-j", job_path, "-p", profile_path, "--max-seconds", "5"])
+        assert paused.exit_code == 3 and "paused" in paused.output
+        assert queue_depth(amqp, job.source.queue) == 30
+    finally:
+        runner.invoke(app, ["resume", "ingest"])
+    done = runner.invoke(app, ["events", "drain", "-j", job_path, "-p", profile_path, "--max-seconds", "5"])
+    assert done.exit_code == 0, done.output
+    assert "30 received: 30 stored, 0 duplicate(s), 0 rejected, 0 dead-lettered" in done.output
+    assert len(archived(profile, job)) == 30
