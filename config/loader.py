@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from config.errors import ConfigError
-from config.models import DatasetConfig, EventsConfig, Profile, TrendConfig
+from config.models import DatasetConfig, EventsConfig, FileSourceConfig, Profile, TrendConfig
 
 M = TypeVar("M", bound=BaseModel)
 ENV_PREFIX = "KEYFLOW_"
@@ -151,6 +151,14 @@ def load_events(name_or_path: str | Path) -> EventsConfig:
     return job
 
 
+def load_file_source(name_or_path: str | Path) -> FileSourceConfig:
+    """Load ``config/sources/<name>.yaml`` (or a path) into a :class:`FileSourceConfig`."""
+    path = _resolve("sources", name_or_path)
+    job = _validate(FileSourceConfig, read_yaml(path), display_path(path))
+    job._file = display_path(path)
+    return job
+
+
 # Structured fields: secrets are named in YAML, their values come from where the reference points.
 _NOT_FROM_ENV = {"secrets", "source_password", "warehouse_password", "trends_password", "encryption_keys"}
 
@@ -190,6 +198,7 @@ def validate_tree(root: Path | None = None) -> tuple[int, list[str]]:
         ("profiles", load_profile),
         ("trends", load_trends),
         ("events", load_events),
+        ("sources", load_file_source),
     )
     for kind, loader in loaders:
         for path in sorted((base / kind).glob("*.y*ml")):

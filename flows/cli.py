@@ -27,6 +27,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(trends_app, name="trends")
 events_app = typer.Typer(help="Ingest activity events from the broker.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+files_app = typer.Typer(help="Load landing files from S3 into the RDS tables.", no_args_is_help=True)
+app.add_typer(files_app, name="files")
 out = Console()
 err = Console(stderr=True)
 
@@ -288,6 +290,47 @@ def trends_top(
             f"{r['age_minutes']:.0f}",
         )
     out.print(table)
+
+
+@files_app.command("ingest")
+def files_ingest(
+    source: Annotated[str, typer.Option("--source", "-s", help="file source name or path (config/sources/)")],
+    profile: ProfileOpt = "local",
+    as_json: Annotated[bool, typer.Option("--json", help="print the per-file results as one JSON line")] = False,
+) -> None:
+    """Load the new landing files of SOURCE; exit 1 when a file failed (quarantined files are not failures)."""
+    from config.loader import load_file_source, load_profile
+
+    try:
+        load_profile(profile)
+        load_file_source(source)
+    except KeyflowError as exc:
+        _fail(exc)
+    _quiet_prefect()
+    from flows.ingest_files import ingest_files
+
+    state = ingest_files(source=source, profile=profile, return_state=True)
+    rows = _finish(state, "ingest")
+    assert isinstance(rows, list)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, default=str) + "\n")
+    else:
+        table = Table(title=f"{source}: {state.message}", title_justify="left")
+        for col in ("file", "status", "rows in", "loaded", "rejected", "reason"):
+            table.add_column(
+                col, justify="right" if col in ("rows in", "loaded", "rejected") else "left", overflow="fold"
+            )
+        for r in rows:
+            table.add_row(
+                r["file"],
+                r["status"],
+                f"{r['rows_in']:,}",
+                f"{r['rows_loaded']:,}",
+                f"{r['rows_rejected']:,}",
+                r["reason"],
+            )
+        out.print(table)
+    raise typer.Exit(0 if state.is_completed() else 1)
 
 
 @events_app.command("drain")

@@ -15,6 +15,7 @@ from tasks.io.event_store import ArticleDirectory, EventTable
 from tasks.io.keystore import DynamoKeyStore
 from tasks.io.kms import kms_data_keys
 from tasks.io.objectstore import S3ObjectStore
+from tasks.io.rds_writer import RdsWriter
 from tasks.io.secrets import resolve_secret
 from tasks.io.source import SqlSource
 from tasks.io.trend_store import TrendCounts, TrendServing
@@ -44,6 +45,12 @@ def warehouse_for(profile: Profile) -> Warehouse:
         assert profile.redshift_iam_role is not None
         return RedshiftWarehouse(profile.warehouse_url, password, profile.redshift_iam_role, profile.aws_region)
     return PostgresWarehouse(profile.warehouse_url, password)
+
+
+def rds_writer_for(profile: Profile) -> RdsWriter:
+    """The RDS database landing files are loaded into: the profile's source database (the ETL reads it)."""
+    password = _password(profile, profile.source_password, "KEYFLOW_SOURCE_PASSWORD", "source_password")
+    return RdsWriter(profile.source_url, password)
 
 
 def object_store_for(profile: Profile) -> S3ObjectStore:

@@ -32,6 +32,14 @@ def test_every_deployment_imports_and_its_parameters_fit_the_flow() -> None:
     ingest = next(s for s in specs if s["entrypoint"] == "flows/ingest_events.py:ingest_events")
     assert ingest["schedules"] == [{"cron": "*/5 * * * *", "timezone": "UTC"}]
     assert ingest["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    files = next(s for s in specs if s["entrypoint"] == "flows/ingest_files.py:ingest_files")
+    assert files["schedules"] == [{"cron": "15 * * * *", "timezone": "UTC"}]
+    assert {s["name"] for s in specs} == {
+        "rds-to-redshift-campaign-facts",
+        "ingest-files-campaign-facts",
+        "ingest-events-activity",
+        "trend-scoring-trending",
+    }
     assert all(s["work_pool"]["name"] == "keyflow-process" and "keyflow" in s["tags"] for s in specs)
 
 

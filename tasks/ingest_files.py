@@ -1,0 +1,141 @@
+"""Tasks of file ingestion: list new landing files, check their rows, upsert the good ones, set the rest aside."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow.csv as pacsv
+from prefect import get_run_logger, task
+
+from config.errors import KeyFailedError
+from config.models import FileSourceConfig, Profile
+from tasks.etl import retry_transient
+from tasks.io.rds_writer import LedgerEntry, RdsWriter
+from tasks.resources import object_store_for, rds_writer_for
+from tasks.transforms.paths import UnsafePathError, join_under
+from tasks.transforms.validate import BadFile, check_rows, decode, read_rows
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What happened to one landing file; for a loaded file ``rows_in = rows_loaded + rows_rejected``."""
+
+    file: str
+    status: str  # loaded | skipped | quarantined | failed
+    rows_in: int = 0
+    rows_loaded: int = 0
+    rows_rejected: int = 0
+    reason: str = ""
+    seconds: float = 0.0
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def relative_name(source: FileSourceConfig, key: str) -> str:
+    return key[len(source.landing_prefix) :].lstrip("/")
+
+
+@task(name="prepare_file_target", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
+def prepare_file_target(source: FileSourceConfig, profile: Profile) -> None:
+    """Create the target table and the file ledger when missing."""
+    rds_writer_for(profile).prepare(source)
+
+
+@task(name="list_landing_files", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
+def list_landing_files(source: FileSourceConfig, profile: Profile) -> list[str]:
+    """Object keys under the landing prefix whose name matches the source's pattern, oldest name first."""
+    store = object_store_for(profile)
+    keys = [
+        k
+        for k in store.list_keys(source.landing_prefix + "/")
+        if not k.endswith("/") and fnmatch.fnmatch(relative_name(source, k), source.pattern)
+    ]
+    get_run_logger().info(
+        "%d file(s) under s3://%s/%s/ match %r", len(keys), store.bucket, source.landing_prefix, source.pattern
+    )
+    return sorted(keys)
+
+
+def _rejected_csv(table: Any) -> bytes:
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf)
+    return buf.getvalue()
+
+
+def ingest_one(source: FileSourceConfig, profile: Profile, key: str, writer: RdsWriter | None = None) -> FileResult:
+    """Load one landing file: skip it when its content was loaded before, quarantine it when unreadable."""
+    started = time.perf_counter()
+    store = object_store_for(profile)
+    writer = writer or rds_writer_for(profile)
+    name = relative_name(source, key)
+    size = int(store.head(key).get("ContentLength", 0))
+    if size > source.max_file_bytes:
+        data = b""
+        problem: str | None = f"file is {size} bytes; at most {source.max_file_bytes}"
+    else:
+        data = store.get_bytes(key)
+        problem = None
+    digest = hashlib.sha256(data or key.encode()).hexdigest()
+    before = writer.seen(source, digest)
+    if before is not None:
+        return FileResult(key, "skipped", reason=f"content already {before.status} as {before.file_key}")
+    try:
+        safe = join_under(source.quarantine_prefix, name)
+    except UnsafePathError as exc:
+        safe, problem = join_under(source.quarantine_prefix, f"unsafe-name-{digest[:16]}"), f"unsafe file name: {exc}"
+    try:
+        if problem:
+            raise BadFile(problem)
+        checked = check_rows(read_rows(decode(name, data, source.csv.encoding), source), source)
+    except BadFile as bad:
+        if data:
+            store.put_bytes(data, safe)
+        store.put_bytes(f"{key}: {bad.reason}\n".encode(), safe + ".reason.txt", "text/plain")
+        writer.quarantine(source, LedgerEntry(source.name, digest, key, "quarantined", 0, 0, 0, bad.reason))
+        return FileResult(key, "quarantined", reason=bad.reason, seconds=round(time.perf_counter() - started, 3))
+    if checked.rejected.num_rows:
+        store.put_bytes(
+            _rejected_csv(checked.rejected), join_under(source.rejected_prefix, name) + ".rejected.csv", "text/csv"
+        )
+    entry = LedgerEntry(
+        source.name, digest, key, "loaded", checked.rows_in, checked.good.num_rows, checked.rejected.num_rows
+    )
+    loaded = writer.load(source, checked.good, entry)
+    if loaded + checked.rejected.num_rows != checked.rows_in:  # pragma: no cover - a broken invariant, never data
+        raise KeyFailedError(
+            f"{key}: rows in {checked.rows_in} != loaded {loaded} + rejected {checked.rejected.num_rows}"
+        )
+    return FileResult(
+        key,
+        "loaded",
+        checked.rows_in,
+        loaded,
+        checked.rejected.num_rows,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+@task(name="ingest_file", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
+def ingest_file(source: FileSourceConfig, profile: Profile, key: str) -> FileResult:
+    """Check one file's rows, upsert the good ones with the file's ledger row, and set the rest aside."""
+    result = ingest_one(source, profile, key)
+    logger = get_run_logger()
+    if result.status == "quarantined":
+        logger.warning("Quarantined %s: %s", key, result.reason)
+    elif result.status == "skipped":
+        logger.info("Skipped %s: %s", key, result.reason)
+    else:
+        logger.info(
+            "Loaded %s: %d row(s) in, %d loaded, %d rejected",
+            key,
+            result.rows_in,
+            result.rows_loaded,
+            result.rows_rejected,
+        )
+    return result
