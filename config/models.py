@@ -496,7 +496,7 @@ class FileSourceConfig(_Model):
 class RabbitMQSourceConfig(_Model):
     """A RabbitMQ (or Amazon MQ for RabbitMQ) queue: messages are acknowledged only after their batch is stored."""
 
-    kind: Literal["rabbitmq"] = "rabbitmq"
+    kind: Literal["rabbitmq"]
     url: str = Field("amqp://guest@127.0.0.1:5672/%2F", description="AMQP URL without password")
     password: SecretRef | None = Field(None, description="defaults to $KEYFLOW_BROKER_PASSWORD, else 'guest'")
     queue: str = Field(min_length=1, max_length=255)
@@ -509,6 +509,17 @@ class RabbitMQSourceConfig(_Model):
         if re.match(r"^amqps?://[^/@:]*:[^/@]+@", v):
             raise ValueError("a password in a URL would live in YAML; remove it and set 'password'")
         return v
+
+
+class KinesisSourceConfig(_Model):
+    """A Kinesis stream: shards read in order, checkpoints in DynamoDB advanced only after a batch is stored."""
+
+    kind: Literal["kinesis"]
+    stream: str = Field(min_length=1, max_length=128)
+    checkpoint_table: str = Field("keyflow_checkpoints", min_length=3, max_length=255)
+    start: Literal["TRIM_HORIZON", "LATEST"] = Field(
+        "TRIM_HORIZON", description="where a shard without a checkpoint is read from"
+    )
 
 
 class ReferenceConfig(_Model):
@@ -526,7 +537,7 @@ class EventsConfig(_Model):
 
     name: Ident
     description: str = ""
-    source: RabbitMQSourceConfig
+    source: RabbitMQSourceConfig | KinesisSourceConfig = Field(discriminator="kind")
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)  # type: ignore[arg-type]
     events_table: str = Field("keyflow_events", min_length=3, max_length=255, description="DynamoDB, key event_id")
     archive_prefix: str = Field("events/archive", min_length=1, max_length=512, description="trend scoring reads it")

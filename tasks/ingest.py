@@ -87,9 +87,11 @@ class EventSinks:
         """Store one batch; after it returns, the batch may be acknowledged."""
         out = DrainSummary(received=len(messages), batches=1)
         parsed = [(m, parse_event(m)) for m in messages]
+        poison: list[Rejected] = []
         for m, r in parsed:
             if isinstance(r, Rejected):
-                source.dead_letter(m, r.reason)
+                if not source.dead_letter(m, r.reason):
+                    poison.append(r)  # no dead-letter queue (Kinesis): the rejected archive keeps it
                 out.dead_lettered += 1
         events = [r for _, r in parsed if isinstance(r, Event)]
         unique = first_of_each(events)
@@ -106,9 +108,11 @@ class EventSinks:
             self._archive_exists[key] = True
             out.files.append(key)
         out.stored += len(fresh)
-        if bad:
+        if bad or poison:
             rejected = [Rejected(Message(b"", e.received_at), reason, e).as_json() for e, reason in bad]
-            hour = bad[0][0].received_at.replace(minute=0, second=0, microsecond=0)
+            rejected += [p.as_json() for p in poison]
+            first = bad[0][0].received_at if bad else poison[0].message.received_at
+            hour = first.replace(minute=0, second=0, microsecond=0)
             key = join_under(hour_prefix(self.job.rejected_prefix, hour).rstrip("/"), f"{batch_id}.jsonl.gz")
             self.store.put_bytes(_gzip(jsonl(rejected)), key, "application/gzip")
             out.rejected += len(bad)
@@ -155,7 +159,7 @@ def drain_events(job: EventsConfig, profile: Profile, max_events: int, max_secon
     logger.info(
         "Drained %d message(s) from %s in %.1f s: %d stored, %d duplicate(s), %d rejected, %d dead-lettered",
         summary.received,
-        job.source.queue,
+        job.source.stream if job.source.kind == "kinesis" else job.source.queue,
         summary.seconds,
         summary.stored,
         summary.duplicates,

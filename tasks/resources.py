@@ -8,7 +8,7 @@ from pathlib import Path
 
 from config.errors import ConfigError
 from config.loader import config_dir
-from config.models import EventsConfig, Profile, SecretRef, TrendConfig
+from config.models import EventsConfig, KinesisSourceConfig, Profile, SecretRef, TrendConfig
 from tasks.io.archive import UserDirectory
 from tasks.io.broker import RabbitMQSource
 from tasks.io.event_store import ArticleDirectory, EventTable
@@ -18,6 +18,7 @@ from tasks.io.objectstore import S3ObjectStore
 from tasks.io.rds_writer import RdsWriter
 from tasks.io.secrets import resolve_secret
 from tasks.io.source import SqlSource
+from tasks.io.stream import CheckpointTable, KinesisSource
 from tasks.io.trend_store import TrendCounts, TrendServing
 from tasks.io.warehouse import DuckDBWarehouse, PostgresWarehouse, RedshiftWarehouse, Warehouse
 from tasks.transforms.crypto import DataKeySource, load_public_key, rsa_data_keys
@@ -90,9 +91,15 @@ def users_for(profile: Profile, job: TrendConfig) -> UserDirectory:
         return _users[cache_key]
 
 
-def event_source_for(profile: Profile, job: EventsConfig) -> RabbitMQSource:
-    """The broker queue an event ingestion drains (opened now; close it when done)."""
+def event_source_for(profile: Profile, job: EventsConfig) -> RabbitMQSource | KinesisSource:
+    """The broker queue or stream an event ingestion drains (opened now; close it when done)."""
     src = job.source
+    if isinstance(src, KinesisSourceConfig):
+        checkpoints = CheckpointTable(
+            src.checkpoint_table, profile.aws_region, profile.aws_endpoint_url, profile.kms_key_id
+        )
+        checkpoints.ensure()
+        return KinesisSource(src.stream, profile.aws_region, profile.aws_endpoint_url, checkpoints, job.name, src.start)
     if src.password is not None:
         password: str | None = resolve_secret(
             src.password, "source.password", profile.aws_region, profile.aws_endpoint_url

@@ -28,7 +28,7 @@ class EventSource(Protocol):
         self, size: int, max_events: int, max_seconds: float, idle_seconds: float
     ) -> Iterator[list[Message]]: ...
     def ack(self, batch: list[Message]) -> None: ...
-    def dead_letter(self, message: Message, reason: str) -> None: ...
+    def dead_letter(self, message: Message, reason: str) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -88,7 +88,7 @@ class RabbitMQSource:
         except pika.exceptions.AMQPError as exc:
             raise RetryableError(f"acknowledge on {self.queue!r}: {exc!r}") from None
 
-    def dead_letter(self, message: Message, reason: str) -> None:
+    def dead_letter(self, message: Message, reason: str) -> bool:
         """Put a poison message on the dead-letter queue with its reason (confirmed by the broker)."""
         try:
             self._ch.basic_publish(
@@ -104,6 +104,7 @@ class RabbitMQSource:
             )
         except pika.exceptions.AMQPError as exc:
             raise RetryableError(f"dead-letter to {self.dead_letter_queue!r}: {exc!r}") from None
+        return True
 
     def close(self) -> None:
         with contextlib.suppress(pika.exceptions.AMQPError):

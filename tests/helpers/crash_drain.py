@@ -20,6 +20,14 @@ def main() -> None:
     source = event_source_for(profile, job)
     if point == "before_ack":
         source.ack = lambda batch: os._exit(17)  # type: ignore[method-assign]  # stored, never acknowledged
+    elif point == "after_first_ack":
+        real_ack = source.ack
+
+        def ack_then_die(batch: list) -> None:
+            real_ack(batch)
+            source.ack = lambda batch: os._exit(17)  # type: ignore[method-assign]
+
+        source.ack = ack_then_die  # type: ignore[method-assign]
     elif point == "before_archive":
         real = sinks.store.put_bytes
         calls = []

@@ -1,0 +1,199 @@
+"""Kinesis as an event source: per-shard iterators, checkpoints in DynamoDB advanced only after a batch is stored.
+
+- A shard is read from its checkpoint (``AFTER_SEQUENCE_NUMBER``), or from ``TRIM_HORIZON`` the first time.
+- A child shard (after a split or merge) is read only once its parents are finished, so a key's events stay in order.
+- A shard is finished when Kinesis ends its iterator (``NextShardIterator`` absent), or, for a closed shard, when
+  the checkpoint has reached its ending sequence number (the emulator never ends a closed shard's iterator).
+- An expired iterator is fetched again from the checkpoint.
+One consumer per (stream, job) at a time: the deployments' concurrency limit of 1 keeps it so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tasks.io.aws import client, ensure_dynamodb_table, translate
+from tasks.transforms.events import Message
+
+
+class CheckpointTable:
+    """Per (consumer, shard): the last stored sequence number and whether the shard is finished."""
+
+    def __init__(self, table: str, region: str, endpoint_url: str | None = None, kms_key_id: str | None = None) -> None:
+        self.table = table
+        self.kms_key_id = kms_key_id
+        self._ddb = client("dynamodb", region, endpoint_url)
+
+    def ensure(self) -> None:
+        ensure_dynamodb_table(self._ddb, self.table, [("lease", "HASH")], self.kms_key_id)
+
+    def get(self, consumer: str, shard: str) -> tuple[str | None, bool]:
+        try:
+            item = self._ddb.get_item(
+                TableName=self.table, Key={"lease": {"S": f"{consumer}#{shard}"}}, ConsistentRead=True
+            ).get("Item")
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"read checkpoint {consumer}#{shard}") from exc
+        if not item:
+            return None, False
+        return item.get("sequence", {}).get("S"), bool(item.get("finished", {}).get("BOOL", False))
+
+    def save(self, consumer: str, shard: str, sequence: str | None, finished: bool = False) -> None:
+        item: dict[str, Any] = {
+            "lease": {"S": f"{consumer}#{shard}"},
+            "finished": {"BOOL": finished},
+            "updated_at": {"S": datetime.now(UTC).isoformat()},
+        }
+        if sequence is not None:
+            item["sequence"] = {"S": sequence}
+        try:
+            self._ddb.put_item(TableName=self.table, Item=item)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"write checkpoint {consumer}#{shard}") from exc
+
+
+class KinesisSource:
+    """Records of one stream as batches of messages; acknowledging a batch advances its shard's checkpoint."""
+
+    def __init__(
+        self,
+        stream: str,
+        region: str,
+        endpoint_url: str | None,
+        checkpoints: CheckpointTable,
+        consumer: str,
+        start: str = "TRIM_HORIZON",
+    ) -> None:
+        self.stream = stream
+        self.checkpoints = checkpoints
+        self.consumer = consumer
+        self.start = start
+        self._k = client("kinesis", region, endpoint_url)
+        self._iterators: dict[str, str | None] = {}
+        self._ending: dict[str, str] = {}  # shard -> ending sequence number, for closed shards
+        self._ended: set[str] = set()  # shards whose iterator Kinesis ended
+
+    def _shards(self) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"StreamName": self.stream}
+        try:
+            while True:
+                page = self._k.list_shards(**kwargs)
+                shards += page.get("Shards", [])
+                if not page.get("NextToken"):
+                    return shards
+                kwargs = {"NextToken": page["NextToken"]}
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"list shards of {self.stream}") from exc
+
+    def ready_shards(self) -> list[str]:
+        """Shards to read now: not finished, and every parent (still listed) finished."""
+        shards = self._shards()
+        listed = {s["ShardId"] for s in shards}
+        finished = {s["ShardId"] for s in shards if self.checkpoints.get(self.consumer, s["ShardId"])[1]}
+        ready = []
+        for s in shards:
+            sid = s["ShardId"]
+            ending = s.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
+            if ending:
+                self._ending[sid] = ending
+            parents = [p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p and p in listed]
+            if sid not in finished and all(p in finished for p in parents):
+                ready.append(sid)
+        return sorted(ready)
+
+    def _iterator(self, shard: str) -> str:
+        it = self._iterators.get(shard)
+        if it:
+            return it
+        sequence, _ = self.checkpoints.get(self.consumer, shard)
+        kwargs: dict[str, Any] = {"StreamName": self.stream, "ShardId": shard}
+        if sequence:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=sequence)
+        else:
+            kwargs.update(ShardIteratorType=self.start)
+        try:
+            it = self._k.get_shard_iterator(**kwargs)["ShardIterator"]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"shard iterator of {self.stream}/{shard}") from exc
+        self._iterators[shard] = it
+        return str(it)
+
+    def _read(self, shard: str, limit: int) -> list[dict[str, Any]]:
+        for _ in range(2):
+            try:
+                out = self._k.get_records(ShardIterator=self._iterator(shard), Limit=limit)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ExpiredIteratorException":
+                    self._iterators.pop(shard, None)  # fetched again from the checkpoint
+                    continue
+                raise translate(exc, f"read {self.stream}/{shard}") from exc
+            except BotoCoreError as exc:
+                raise translate(exc, f"read {self.stream}/{shard}") from exc
+            self._iterators[shard] = out.get("NextShardIterator")
+            if out.get("NextShardIterator") is None:
+                self._ended.add(shard)
+            return list(out.get("Records", []))
+        return []
+
+    def _finish_if_done(self, shard: str) -> None:
+        sequence, _ = self.checkpoints.get(self.consumer, shard)
+        ending = self._ending.get(shard)
+        reached = ending is not None and sequence is not None and int(sequence) >= int(ending)
+        if shard in self._ended or reached:
+            self.checkpoints.save(self.consumer, shard, sequence, finished=True)
+
+    def batches(self, size: int, max_events: int, max_seconds: float, idle_seconds: float) -> Iterator[list[Message]]:
+        """Batches of one shard's records, oldest first, until the limits or every shard has been quiet a while."""
+        deadline = time.monotonic() + max_seconds
+        quiet_since = time.monotonic()
+        taken = 0
+        while taken < max_events and time.monotonic() < deadline:
+            shards = self.ready_shards()
+            if not shards:
+                return
+            got_any = False
+            for shard in shards:
+                records = self._read(shard, min(size, max_events - taken, 10_000))
+                if records:
+                    got_any = True
+                    taken += len(records)
+                    yield [_message(shard, r) for r in records]
+                else:
+                    self._finish_if_done(shard)
+                if taken >= max_events or time.monotonic() >= deadline:
+                    return
+            if got_any:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= idle_seconds:
+                return
+            else:
+                time.sleep(0.2)
+
+    def ack(self, batch: list[Message]) -> None:
+        """Advance the shard's checkpoint to the batch's last record (the batch is stored)."""
+        if not batch:
+            return
+        shard = batch[0].tag[0]
+        last = max((m.tag[1] for m in batch), key=int)
+        self.checkpoints.save(self.consumer, shard, last)
+
+    def dead_letter(self, message: Message, reason: str) -> bool:
+        """Kinesis has no dead-letter queue: the caller writes poison records to the rejected archive."""
+        return False
+
+    def close(self) -> None:
+        self._iterators.clear()
+
+
+def _message(shard: str, record: dict[str, Any]) -> Message:
+    arrived = record.get("ApproximateArrivalTimestamp")
+    arrived = arrived.astimezone(UTC) if isinstance(arrived, datetime) else datetime.now(UTC)
+    seq = str(record["SequenceNumber"])
+    # Kinesis's arrival time is part of the record: a re-read keeps it, so ids derived from it stay stable.
+    return Message(record["Data"], arrived, source_id=f"{shard}:{seq}", tag=(shard, seq), sent_at=arrived)
