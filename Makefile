@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format services clean bench
+.PHONY: install run test lint format services clean bench bench-trends bench-ingest
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ lint: $(STAMP) ## ruff (check + format) and mypy
 
 bench: $(STAMP) ## ETL benchmark: the raw COPY limit, keyflow and the usual pandas script (see BENCHMARKS.md)
 	$(BIN)/python bench/etl_bench.py $(BENCH_ARGS)
+
+bench-trends: $(STAMP) ## Trend scoring: events per minute over 10 M generated events, beside a pandas baseline
+	$(BIN)/python bench/trends_bench.py $(BENCH_ARGS)
+
+bench-ingest: $(STAMP) services ## Event ingestion: RabbitMQ into DynamoDB + S3 (moto), beside a BatchWriteItem loop
+	$(BIN)/python bench/ingest_bench.py $(BENCH_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

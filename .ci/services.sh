@@ -14,4 +14,11 @@ if ! up 3306; then
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
   wait_for 3306
 fi
-echo "services: PostgreSQL :5432 and MariaDB :3306 are up"
+if ! up 5672; then
+  echo "starting RabbitMQ"
+  rabbitmq-server -detached || true
+  wait_for 5672
+fi
+# A broker whose app was stopped (a test restarts it) still listens: make sure the app runs.
+rabbitmqctl -q start_app >/dev/null 2>&1 || true
+echo "services: PostgreSQL :5432, MariaDB :3306 and RabbitMQ :5672 are up"

@@ -4,6 +4,7 @@ poison messages dead-lettered with their reason, invalid events archived with th
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import gzip
 import json
@@ -33,7 +34,8 @@ def amqp() -> Any:
     _require(5672, "RabbitMQ")
     conn = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F"))
     yield conn.channel()
-    conn.close()
+    with contextlib.suppress(pika.exceptions.AMQPError):  # a broker restart in a test closes it
+        conn.close()
 
 
 @pytest.fixture()
@@ -58,8 +60,11 @@ def setup(amqp: Any, tmp_path: Path, names: dict[str, str], make_profile: Any) -
     for q in (queue, queue + "_dead"):
         amqp.queue_declare(queue=q, durable=True)
     yield str(job_path), str(profile_path), job, profile, sinks
+    conn = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F"))
+    ch = conn.channel()
     for q in (queue, queue + "_dead"):
-        amqp.queue_delete(queue=q)
+        ch.queue_delete(queue=q)
+    conn.close()
 
 
 def publish(ch: Any, queue: str, bodies: list[bytes], message_ids: list[str | None] | None = None) -> None:
@@ -242,3 +247,48 @@ def test_drain_command_and_the_kill_switch(amqp: Any, setup: Any) -> None:
     assert done.exit_code == 0, done.output
     assert "30 received: 30 stored, 0 duplicate(s), 0 rejected, 0 dead-lettered" in done.output
     assert len(archived(profile, job)) == 30
+
+
+def test_a_broker_restart_mid_drain_loses_and_doubles_nothing(amqp: Any, setup: Any) -> None:
+    from config.errors import RetryableError
+
+    job_path, profile_path, job, profile, sinks = setup
+    publish(amqp, job.source.queue, [event(i) for i in range(400)])
+    real = sinks.store_batch
+    calls = []
+
+    def store_then_restart(messages: list, source: Any) -> Any:
+        out = real(messages, source)
+        calls.append(len(messages))
+        if len(calls) == 3:  # the third batch is stored; the broker restarts before its ack
+            for step in ("stop_app", "start_app"):
+                subprocess.run(["rabbitmqctl", step], check=True, capture_output=True, timeout=120)
+        return out
+
+    sinks.store_batch = store_then_restart  # type: ignore[method-assign]
+    source = event_source_for(profile, job)
+    with pytest.raises(RetryableError, match="acknowledge on|read from broker"):
+        drain(job, sinks, source, 10_000, 60)
+    source.close()
+    sinks.store_batch = real  # type: ignore[method-assign]
+    assert len(calls) == 3
+
+    # What the task's retry does: a new connection; the broker redelivers the unacknowledged batch.
+    _require(5672, "RabbitMQ")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            source = event_source_for(profile, job)
+            break
+        except RetryableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    try:
+        summary = drain(job, sinks, source, 10_000, 60)
+    finally:
+        source.close()
+    assert summary.received == 400 - 100 and summary.duplicates == 50
+    ids = archived(profile, job)
+    assert len(ids) == 400 and set(ids.values()) == {1}
+    assert sorted(sinks.table.scan_ids()) == sorted(ids)
