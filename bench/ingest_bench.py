@@ -47,7 +47,13 @@ def publish(queue: str, n: int) -> tuple[set[str], int, int]:
             invalid += article == "gone"
             ts = (t0 + dt.timedelta(milliseconds=36 * i)).isoformat()
             body = json.dumps(
-                {"event_id": f"e{i}", "ts": ts, "article_id": article, "user_id": f"u{i % 9973}", "action": "impression"}
+                {
+                    "event_id": f"e{i}",
+                    "ts": ts,
+                    "article_id": article,
+                    "user_id": f"u{i % 9973}",
+                    "action": "impression",
+                }
             ).encode()
             if article != "gone":
                 expected.add(f"e{i}")
@@ -105,7 +111,8 @@ def main() -> None:
             f"aws_endpoint_url: {endpoint}\nbucket: bench-events-{run}\n"
         )
         (folder / "events" / "bench.yaml").write_text(
-            f"name: bench_events\nsource: {{kind: rabbitmq, queue: {queue}, dead_letter_queue: {queue}-dead, prefetch: 2000}}\n"
+            "name: bench_events\n"
+            f"source: {{kind: rabbitmq, queue: {queue}, dead_letter_queue: {queue}-dead, prefetch: 2000}}\n"
             f"reference: {{table: bench_articles_{run}}}\nevents_table: bench_events_{run}\n"
             "batch_size: 500\nidle_seconds: 2\n"
         )

@@ -49,7 +49,7 @@ def keyflow_worker(folder: Path) -> dict[str, Any]:
     counts, events = count_stream(event_reader(openers, parallel=2), users, WindowSpec())
     counted_at = time.perf_counter()
     minutes = int(os.environ.get("BENCH_MINUTES", "20"))
-    scored = score_articles(counts.counts, START + timedelta(minutes=minutes), ScoreParams())
+    scored = score_articles(counts.counts, START + timedelta(minutes=minutes), ScoreParams(), per_audience=20)
     best = top_n(scored, 20)
     done = time.perf_counter()
     return {

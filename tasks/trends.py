@@ -163,7 +163,7 @@ def score_trends(job: TrendConfig, profile: Profile, now: datetime) -> ScoreSumm
     """Score the fresh articles from the stored windows and publish the top-N per audience to DynamoDB."""
     counts = trend_counts_for(profile, job).since(now - timedelta(minutes=job.scoring.max_age_minutes), now)
     params = score_params(job, counts)
-    scored = score_articles(counts, now, params, spec=window_spec(job))
+    scored = score_articles(counts, now, params, spec=window_spec(job), per_audience=job.top_n)
     best = top_n(scored, job.top_n)
     serving = trend_serving_for(profile, job)
     serving.ensure()
@@ -176,7 +176,7 @@ def score_trends(job: TrendConfig, profile: Profile, now: datetime) -> ScoreSumm
     }
     serving.put(slim, now, job.ttl_minutes * 60)
     get_run_logger().info(
-        "Scored %d (audience, article) pair(s) at %s with prior Beta(%.3g, %.3g); top %d of %d audience(s) published",
+        "Ranked %d (audience, article) pair(s) at %s with prior Beta(%.3g, %.3g); top %d of %d audience(s) published",
         len(scored),
         now.isoformat(),
         params.alpha,

@@ -89,7 +89,7 @@ def test_parallel_stream_counts_every_event_once(store: S3ObjectStore) -> None:
         keys.append(key)
     users = pa.table({"user_id": ["u0", "u1"], "gender": ["f", "m"], "segment_id": ["s1", "s1"]})
     openers = [lambda k=k: read_events(store, k, block_size=8192, schema=COUNT_INPUT_SCHEMA) for k in keys]
-    counts, events = count_stream(event_reader(openers, parallel=3, queue_batches=2), users)
+    counts, events = count_stream(event_reader(openers, parallel=3, queue_batches=2), users, ordered=True)
     assert events == 4000 and counts.counted_events == 4000
     one_by_one = [count_events(pa.concat_tables(list(read_events(store, k))), users).counts for k in keys]
     assert merge_counts(one_by_one).equals(counts.counts)
