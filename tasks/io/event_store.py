@@ -8,6 +8,7 @@ never a lost or "invalid" event.
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -66,18 +67,27 @@ def batch_get(ddb: Any, table: str, key: str, ids: Iterable[str], attributes: li
     return out
 
 
-def batch_put(ddb: Any, table: str, items: list[dict[str, Any]]) -> int:
-    """Write items 25 at a time, retrying unprocessed items with jittered backoff; returns how many."""
-    for i in range(0, len(items), 25):
-        pending: dict[str, Any] = {table: [{"PutRequest": {"Item": it}} for it in items[i : i + 25]]}
+def batch_put(ddb: Any, table: str, items: list[dict[str, Any]], parallel: int = 4) -> int:
+    """Write items 25 at a time, ``parallel`` requests in flight, retrying unprocessed items with jittered
+    backoff; returns how many. Raises when any chunk cannot be written (the caller does not acknowledge)."""
+
+    def one(chunk: list[dict[str, Any]]) -> None:
+        pending: dict[str, Any] = {table: [{"PutRequest": {"Item": it}} for it in chunk]}
         for attempt in range(MAX_TRIES):
             resp = _call(ddb.batch_write_item, f"write {table}", RequestItems=pending)
             pending = resp.get("UnprocessedItems") or {}
             if not pending:
-                break
+                return
             _backoff(attempt)
-        else:
-            raise RetryableError(f"write {table}: items still unprocessed after {MAX_TRIES} tries")
+        raise RetryableError(f"write {table}: items still unprocessed after {MAX_TRIES} tries")
+
+    chunks = [items[i : i + 25] for i in range(0, len(items), 25)]
+    if len(chunks) <= 1 or parallel <= 1:
+        for chunk in chunks:
+            one(chunk)
+    else:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(one, chunks))  # list(): re-raise the first failure
     return len(items)
 
 
