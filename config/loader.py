@@ -127,36 +127,35 @@ def _resolve(kind: str, name_or_path: str | Path) -> Path:
     return config_dir() / kind / f"{name_or_path}.yaml"
 
 
+F = TypeVar("F", DatasetConfig, TrendConfig, EventsConfig, FileSourceConfig)
+
+
+def _load_job(kind: str, model: type[F], name_or_path: str | Path) -> F:
+    """Load ``config/<kind>/<name>.yaml`` (or a path) into ``model``, remembering the file for error messages."""
+    path = _resolve(kind, name_or_path)
+    job = _validate(model, read_yaml(path), display_path(path))
+    job._file = display_path(path)
+    return job
+
+
 def load_dataset(name_or_path: str | Path) -> DatasetConfig:
     """Load ``config/datasets/<name>.yaml`` (or a path) into a :class:`DatasetConfig`."""
-    path = _resolve("datasets", name_or_path)
-    dataset = _validate(DatasetConfig, read_yaml(path), display_path(path))
-    dataset._file = display_path(path)
-    return dataset
+    return _load_job("datasets", DatasetConfig, name_or_path)
 
 
 def load_trends(name_or_path: str | Path) -> TrendConfig:
     """Load ``config/trends/<name>.yaml`` (or a path) into a :class:`TrendConfig`."""
-    path = _resolve("trends", name_or_path)
-    job = _validate(TrendConfig, read_yaml(path), display_path(path))
-    job._file = display_path(path)
-    return job
+    return _load_job("trends", TrendConfig, name_or_path)
 
 
 def load_events(name_or_path: str | Path) -> EventsConfig:
     """Load ``config/events/<name>.yaml`` (or a path) into an :class:`EventsConfig`."""
-    path = _resolve("events", name_or_path)
-    job = _validate(EventsConfig, read_yaml(path), display_path(path))
-    job._file = display_path(path)
-    return job
+    return _load_job("events", EventsConfig, name_or_path)
 
 
 def load_file_source(name_or_path: str | Path) -> FileSourceConfig:
     """Load ``config/sources/<name>.yaml`` (or a path) into a :class:`FileSourceConfig`."""
-    path = _resolve("sources", name_or_path)
-    job = _validate(FileSourceConfig, read_yaml(path), display_path(path))
-    job._file = display_path(path)
-    return job
+    return _load_job("sources", FileSourceConfig, name_or_path)
 
 
 # Structured fields: secrets are named in YAML, their values come from where the reference points.

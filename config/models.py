@@ -41,6 +41,17 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _FileModel(_Model):
+    """A model loaded from its own YAML file, which its errors name."""
+
+    _file: str = PrivateAttr("config")
+
+    @property
+    def file(self) -> str:
+        """The YAML file this came from, as errors show it."""
+        return self._file
+
+
 # ---------------------------------------------------------------- rules
 
 
@@ -299,10 +310,8 @@ class StagingConfig(_Model):
     part_rows: int = Field(250_000, ge=1_000, le=50_000_000, description="rows per staged part file")
 
 
-class DatasetConfig(_Model):
+class DatasetConfig(_FileModel):
     """One key-driven ETL: source, rules, staging and target."""
-
-    _file: str = PrivateAttr("dataset")
 
     name: Ident
     description: str = ""
@@ -316,11 +325,6 @@ class DatasetConfig(_Model):
         if self.source.query is not None and not self.target.columns:
             raise ValueError("a 'query' source needs target.columns (types cannot be read from the table)")
         return self
-
-    @property
-    def file(self) -> str:
-        """The YAML file this dataset came from, as errors show it."""
-        return self._file
 
     @property
     def target_key_column(self) -> str:
@@ -357,10 +361,8 @@ class ScoringConfig(_Model):
     baseline_windows: int = Field(10, ge=1, le=1440, description="windows before the latest that form the baseline")
 
 
-class TrendConfig(_Model):
+class TrendConfig(_FileModel):
     """One trend-scoring job: the event archive it reads, its windows, score parameters and where results go."""
-
-    _file: str = PrivateAttr("trends")
 
     name: Ident
     description: str = ""
@@ -390,11 +392,6 @@ class TrendConfig(_Model):
     @classmethod
     def _relative(cls, v: str) -> str:
         return _relative_key(v)
-
-    @property
-    def file(self) -> str:
-        """The YAML file this job came from, as errors show it."""
-        return self._file
 
 
 # ---------------------------------------------------------------- file ingestion
@@ -450,10 +447,8 @@ class FileTarget(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class FileSourceConfig(_Model):
+class FileSourceConfig(_FileModel):
     """One source of landing files: where they land, their schema and checks, and the table they fill."""
-
-    _file: str = PrivateAttr("sources")
 
     name: Ident
     description: str = ""
@@ -483,11 +478,6 @@ class FileSourceConfig(_Model):
         if missing:
             raise ValueError(f"primary_key column(s) not among the columns: {', '.join(missing)}")
         return self
-
-    @property
-    def file(self) -> str:
-        """The YAML file this source came from, as errors show it."""
-        return self._file
 
 
 # ---------------------------------------------------------------- event ingestion
@@ -530,10 +520,8 @@ class ReferenceConfig(_Model):
     cache_max_entries: int = Field(100_000, ge=0, le=10_000_000)
 
 
-class EventsConfig(_Model):
+class EventsConfig(_FileModel):
     """One event ingestion: a broker queue into a DynamoDB events table and an hour-partitioned S3 archive."""
-
-    _file: str = PrivateAttr("events")
 
     name: Ident
     description: str = ""
@@ -551,11 +539,6 @@ class EventsConfig(_Model):
     @classmethod
     def _relative(cls, v: str) -> str:
         return _relative_key(v)
-
-    @property
-    def file(self) -> str:
-        """The YAML file this ingestion came from, as errors show it."""
-        return self._file
 
 
 # ---------------------------------------------------------------- profile

@@ -74,16 +74,26 @@ def print_summary(rows: list[dict[str, Any]], title: str) -> None:
     out.print(table)
 
 
-def _check_config(dataset: str, profile: str) -> None:
-    """Load the profile and dataset before Prefect starts: a user's mistake is one line each, no traceback."""
-    from config.loader import load_dataset, load_profile
+def _check(profile: str, kind: str, name: str) -> None:
+    """Load the profile and a job's YAML before Prefect starts: a user's mistake is one line each, no traceback."""
+    from config import loader
 
+    load = {
+        "datasets": loader.load_dataset,
+        "events": loader.load_events,
+        "sources": loader.load_file_source,
+        "trends": loader.load_trends,
+    }[kind]
     try:
-        load_profile(profile)
-        load_dataset(dataset)
+        loader.load_profile(profile)
+        load(name)
     except KeyflowError as exc:
         _fail(exc)
     _quiet_prefect()
+
+
+def _check_config(dataset: str, profile: str) -> None:
+    _check(profile, "datasets", dataset)
 
 
 def run_etl(dataset: str, run_date: date | None, profile: str, as_json: bool = False) -> int:
@@ -299,14 +309,7 @@ def files_ingest(
     as_json: Annotated[bool, typer.Option("--json", help="print the per-file results as one JSON line")] = False,
 ) -> None:
     """Load the new landing files of SOURCE; exit 1 when a file failed (quarantined files are not failures)."""
-    from config.loader import load_file_source, load_profile
-
-    try:
-        load_profile(profile)
-        load_file_source(source)
-    except KeyflowError as exc:
-        _fail(exc)
-    _quiet_prefect()
+    _check(profile, "sources", source)
     from flows.ingest_files import ingest_files
 
     state = ingest_files(source=source, profile=profile, return_state=True)
@@ -342,14 +345,7 @@ def events_drain(
     forever: Annotated[bool, typer.Option("--forever", help="long-running: drain again as soon as one ends")] = False,
 ) -> None:
     """Store broker events in DynamoDB and the S3 archive; each batch is acknowledged only once stored."""
-    from config.loader import load_events, load_profile
-
-    try:
-        load_profile(profile)
-        load_events(job)
-    except KeyflowError as exc:
-        _fail(exc)
-    _quiet_prefect()
+    _check(profile, "events", job)
     from flows.ingest_events import ingest_events
 
     while True:

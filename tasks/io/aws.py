@@ -104,3 +104,18 @@ def ensure_dynamodb_table(ddb: Any, table: str, keys: list[tuple[str, str]], kms
             raise translate(exc, f"create table {table}") from exc
         return False
     return True
+
+
+class DynamoTable:
+    """A DynamoDB table an adapter owns: its name, key schema, KMS key and a cached client."""
+
+    key_schema: tuple[tuple[str, str], ...] = ()
+
+    def __init__(self, table: str, region: str, endpoint_url: str | None = None, kms_key_id: str | None = None) -> None:
+        self.table = table
+        self.kms_key_id = kms_key_id
+        self._ddb = client("dynamodb", region, endpoint_url)
+
+    def ensure(self) -> bool:
+        """Create the table (on demand, SSE with KMS) when missing; True when this call created it."""
+        return ensure_dynamodb_table(self._ddb, self.table, list(self.key_schema), self.kms_key_id)

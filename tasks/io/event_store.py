@@ -8,15 +8,15 @@ never a lost or "invalid" event.
 from __future__ import annotations
 
 import random
-from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.errors import RetryableError
-from tasks.io.aws import client, ensure_dynamodb_table, translate
+from tasks.io.aws import DynamoTable, translate
 from tasks.transforms.events import Event, TTLCache
 
 MAX_TRIES = 10
@@ -91,16 +91,10 @@ def batch_put(ddb: Any, table: str, items: list[dict[str, Any]], parallel: int =
     return len(items)
 
 
-class EventTable:
+class EventTable(DynamoTable):
     """The events table: one item per event id; each item names the archive file that holds the event."""
 
-    def __init__(self, table: str, region: str, endpoint_url: str | None = None, kms_key_id: str | None = None) -> None:
-        self.table = table
-        self.kms_key_id = kms_key_id
-        self._ddb = client("dynamodb", region, endpoint_url)
-
-    def ensure(self) -> None:
-        ensure_dynamodb_table(self._ddb, self.table, [("event_id", "HASH")], self.kms_key_id)
+    key_schema = (("event_id", "HASH"),)
 
     def archived_in(self, ids: Iterable[str]) -> dict[str, str]:
         """For the ids already stored: the archive object each was written to."""
@@ -131,19 +125,16 @@ class EventTable:
         return ids
 
 
-class ArticleDirectory:
+class ArticleDirectory(DynamoTable):
     """Which articles exist and are live, from a DynamoDB table, behind a TTL + LRU cache shared by threads."""
+
+    key_schema = (("article_id", "HASH"),)
 
     def __init__(
         self, table: str, region: str, endpoint_url: str | None, cache: TTLCache, kms_key_id: str | None = None
     ) -> None:
-        self.table = table
+        super().__init__(table, region, endpoint_url, kms_key_id)
         self.cache = cache
-        self.kms_key_id = kms_key_id
-        self._ddb = client("dynamodb", region, endpoint_url)
-
-    def ensure(self) -> None:
-        ensure_dynamodb_table(self._ddb, self.table, [("article_id", "HASH")], self.kms_key_id)
 
     def live(self, article_ids: Iterable[str]) -> dict[str, bool]:
         """``article_id → live`` for the known ones; unknown ids are absent. A lookup outage raises, and retries."""

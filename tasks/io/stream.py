@@ -17,20 +17,14 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tasks.io.aws import client, ensure_dynamodb_table, translate
+from tasks.io.aws import DynamoTable, client, translate
 from tasks.transforms.events import Message
 
 
-class CheckpointTable:
+class CheckpointTable(DynamoTable):
     """Per (consumer, shard): the last stored sequence number and whether the shard is finished."""
 
-    def __init__(self, table: str, region: str, endpoint_url: str | None = None, kms_key_id: str | None = None) -> None:
-        self.table = table
-        self.kms_key_id = kms_key_id
-        self._ddb = client("dynamodb", region, endpoint_url)
-
-    def ensure(self) -> None:
-        ensure_dynamodb_table(self._ddb, self.table, [("lease", "HASH")], self.kms_key_id)
+    key_schema = (("lease", "HASH"),)
 
     def get(self, consumer: str, shard: str) -> tuple[str | None, bool]:
         try:

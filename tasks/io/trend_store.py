@@ -18,7 +18,7 @@ import pyarrow.csv as pacsv
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.errors import RetryableError
-from tasks.io.aws import client, ensure_dynamodb_table, translate
+from tasks.io.aws import DynamoTable, translate
 from tasks.io.warehouse import pg_dsn
 from tasks.transforms.sql import qualified
 from tasks.transforms.trends import COUNT_SCHEMA
@@ -145,24 +145,22 @@ class TrendCounts:
         )
 
 
-class TrendServing:
+class TrendServing(DynamoTable):
     """Top-N articles per (gender, segment) in a DynamoDB table, each item with a TTL attribute."""
 
-    def __init__(self, table: str, region: str, endpoint_url: str | None = None, kms_key_id: str | None = None) -> None:
-        self.table = table
-        self.kms_key_id = kms_key_id
-        self._ddb = client("dynamodb", region, endpoint_url)
+    key_schema = (("audience", "HASH"),)
 
-    def ensure(self) -> None:
+    def ensure(self) -> bool:
         """Create the serving table (SSE with KMS) and switch on its TTL attribute, when missing."""
-        if not ensure_dynamodb_table(self._ddb, self.table, [("audience", "HASH")], self.kms_key_id):
-            return
+        if not super().ensure():
+            return False
         try:
             self._ddb.update_time_to_live(
                 TableName=self.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
             )
         except ClientError as exc:
             raise translate(exc, f"enable TTL on {self.table}") from exc
+        return True
 
     @staticmethod
     def audience(gender: str | None, segment: str | None) -> str:

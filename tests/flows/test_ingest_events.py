@@ -38,28 +38,35 @@ def amqp() -> Any:
         conn.close()
 
 
-@pytest.fixture()
-def setup(amqp: Any, tmp_path: Path, names: dict[str, str], make_profile: Any) -> Any:
-    queue = names["keys_table"] + "_q"
+def ingestion(
+    tmp_path: Path, names: dict[str, str], profile_path: Path, source: dict[str, Any], batch_size: int
+) -> Any:
+    """An event ingestion job YAML of fresh tables for this test, loaded, with its sinks created."""
     job_path = write_yaml(
-        tmp_path / "events" / "activity.yaml",
+        tmp_path / "events" / "job.yaml",
         {
-            "name": "pytest_activity",
-            "source": {"kind": "rabbitmq", "queue": queue, "dead_letter_queue": queue + "_dead", "prefetch": 200},
+            "name": "pytest_events",
+            "source": source,
             "reference": {"table": names["keys_table"] + "_articles"},
             "events_table": names["keys_table"] + "_events",
-            "batch_size": 50,
+            "batch_size": batch_size,
             "max_seconds": 60,
             "idle_seconds": 1,
         },
     )
-    profile_path = make_profile()
     job, profile = load_events(job_path), load_profile(profile_path, environ={})
-    sinks = sinks_for(job, profile)
+    return str(job_path), str(profile_path), job, profile, sinks_for(job, profile)
+
+
+@pytest.fixture()
+def setup(amqp: Any, tmp_path: Path, names: dict[str, str], make_profile: Any) -> Any:
+    queue = names["keys_table"] + "_q"
+    source = {"kind": "rabbitmq", "queue": queue, "dead_letter_queue": queue + "_dead", "prefetch": 200}
+    job_path, profile_path, job, profile, sinks = ingestion(tmp_path, names, make_profile(), source, batch_size=50)
     sinks.articles.put({"a1": True, "a2": True, "old": False})
     for q in (queue, queue + "_dead"):
         amqp.queue_declare(queue=q, durable=True)
-    yield str(job_path), str(profile_path), job, profile, sinks
+    yield job_path, profile_path, job, profile, sinks
     conn = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F"))
     ch = conn.channel()
     for q in (queue, queue + "_dead"):

@@ -14,12 +14,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from config.loader import load_events, load_profile
 from tasks.ingest import drain, sinks_for
 from tasks.io.aws import client
 from tasks.resources import event_source_for
-from tests.conftest import write_yaml
-from tests.flows.test_ingest_events import archived, event
+from tests.flows.test_ingest_events import archived, event, ingestion
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,26 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture()
 def setup(tmp_path: Path, names: dict[str, str], make_profile: Any, aws_endpoint: str) -> Any:
     stream = names["keys_table"] + "-stream"
-    job_path = write_yaml(
-        tmp_path / "events" / "stream.yaml",
-        {
-            "name": "pytest_stream",
-            "source": {"kind": "kinesis", "stream": stream, "checkpoint_table": names["keys_table"] + "_cp"},
-            "reference": {"table": names["keys_table"] + "_articles"},
-            "events_table": names["keys_table"] + "_events",
-            "batch_size": 40,
-            "max_seconds": 60,
-            "idle_seconds": 1,
-        },
-    )
-    profile_path = make_profile()
-    job, profile = load_events(job_path), load_profile(profile_path, environ={})
-    sinks = sinks_for(job, profile)
+    source = {"kind": "kinesis", "stream": stream, "checkpoint_table": names["keys_table"] + "_cp"}
+    job_path, profile_path, job, profile, sinks = ingestion(tmp_path, names, make_profile(), source, batch_size=40)
     sinks.articles.put({"a1": True})
     kinesis = client("kinesis", "us-east-1", aws_endpoint)
     kinesis.create_stream(StreamName=stream, ShardCount=2)
     kinesis.get_waiter("stream_exists").wait(StreamName=stream)
-    return str(job_path), str(profile_path), job, profile, sinks, kinesis, stream
+    return job_path, profile_path, job, profile, sinks, kinesis, stream
 
 
 def put(kinesis: Any, stream: str, bodies: list[bytes]) -> None:
