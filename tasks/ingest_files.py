@@ -15,7 +15,7 @@ from prefect import get_run_logger, task
 from config.errors import KeyFailedError
 from config.models import FileSourceConfig, Profile
 from tasks.etl import retry_transient
-from tasks.io.rds_writer import LedgerEntry, RdsWriter
+from tasks.io.rds_writer import AlreadyLoaded, LedgerEntry, RdsWriter
 from tasks.resources import object_store_for, rds_writer_for
 from tasks.transforms.paths import UnsafePathError, join_under
 from tasks.transforms.validate import BadFile, check_rows, decode, read_rows
@@ -97,7 +97,10 @@ def ingest_one(source: FileSourceConfig, profile: Profile, key: str, writer: Rds
         if data:
             store.put_bytes(data, safe)
         store.put_bytes(f"{key}: {bad.reason}\n".encode(), safe + ".reason.txt", "text/plain")
-        writer.quarantine(source, LedgerEntry(source.name, digest, key, "quarantined", 0, 0, 0, bad.reason))
+        try:
+            writer.quarantine(source, LedgerEntry(source.name, digest, key, "quarantined", 0, 0, 0, bad.reason))
+        except AlreadyLoaded as same:
+            return FileResult(key, "skipped", reason=str(same), seconds=round(time.perf_counter() - started, 3))
         return FileResult(key, "quarantined", reason=bad.reason, seconds=round(time.perf_counter() - started, 3))
     if checked.rejected.num_rows:
         store.put_bytes(
@@ -106,7 +109,10 @@ def ingest_one(source: FileSourceConfig, profile: Profile, key: str, writer: Rds
     entry = LedgerEntry(
         source.name, digest, key, "loaded", checked.rows_in, checked.good.num_rows, checked.rejected.num_rows
     )
-    loaded = writer.load(source, checked.good, entry)
+    try:
+        loaded = writer.load(source, checked.good, entry)
+    except AlreadyLoaded as same:  # a copy of this file committed first, in a parallel branch
+        return FileResult(key, "skipped", reason=str(same), seconds=round(time.perf_counter() - started, 3))
     if loaded + checked.rejected.num_rows != checked.rows_in:  # pragma: no cover - a broken invariant, never data
         raise KeyFailedError(
             f"{key}: rows in {checked.rows_in} != loaded {loaded} + rejected {checked.rejected.num_rows}"

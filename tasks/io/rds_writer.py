@@ -37,6 +37,14 @@ class LedgerEntry:
     reason: str = ""
 
 
+class AlreadyLoaded(Exception):
+    """Another file with the same content committed first (two copies loaded at once): nothing to do."""
+
+    def __init__(self, entry: LedgerEntry) -> None:
+        self.entry = entry
+        super().__init__(f"content already {entry.status} as {entry.file_key}")
+
+
 class RdsWriter:
     """The RDS database that landing files are loaded into."""
 
@@ -145,6 +153,9 @@ class RdsWriter:
                     [{**entry.__dict__, "loaded_at": dt.datetime.now(dt.UTC)}],
                 )
         except sa_exc.IntegrityError as exc:
+            other = self.seen(source, entry.sha256)
+            if other is not None:  # the ledger's key, not the data: a copy of this file won the race
+                raise AlreadyLoaded(other) from None
             raise translate_db_error(exc, f"load {entry.file_key}") from None
         except sa_exc.SQLAlchemyError as exc:
             raise translate_db_error(exc, f"load {entry.file_key}") from None

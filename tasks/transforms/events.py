@@ -92,7 +92,10 @@ def _parse_ts(value: Any) -> datetime:
         ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
     else:
         ts = datetime.fromtimestamp(float(value), tz=UTC)
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    if ts.year < 1970:  # windows are epoch arithmetic; no activity event predates the epoch
+        raise ValueError(f"{ts.isoformat()} is before 1970")
+    return ts
 
 
 def parse_event(message: Message) -> Event | Rejected:

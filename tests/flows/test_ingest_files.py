@@ -126,12 +126,27 @@ def test_files_load_once_with_rejected_rows_and_quarantined_files(target: Any) -
             "2026-11-27/header.csv": b"id,campaign,fact_date\n1,C1,2026-11-01\n",
             "2026-11-27/latin1.csv": (HEADER + "11,Caf\xe9,2026-11-11,FR,1,1,\n").encode("latin-1"),
             "2026-11-27/notes.txt": b"not matched by the pattern",
+            "../../escape.csv": b"x" + GOOD.encode(),  # a name that would write outside the quarantine prefix
+            "2026-11-27/copy.csv": GOOD.encode(),  # the same content twice, in parallel: loaded once
         },
     )
     state = ingest_files(source=str(source_path), profile=str(profile_path), return_state=True)
     assert state.is_completed(), state.message
     by_file = {r["file"].rsplit("/", 1)[1]: r for r in state.result()}
-    assert set(by_file) == {"good.csv", "empty.csv", "truncated.csv.gz", "header.csv", "latin1.csv"}
+    assert set(by_file) == {
+        "good.csv",
+        "copy.csv",
+        "empty.csv",
+        "truncated.csv.gz",
+        "header.csv",
+        "latin1.csv",
+        "escape.csv",
+    }
+    assert sorted([by_file["good.csv"]["status"], by_file["copy.csv"]["status"]]) == ["loaded", "skipped"]
+    if by_file["copy.csv"]["status"] == "loaded":
+        by_file["good.csv"], by_file["copy.csv"] = by_file["copy.csv"], by_file["good.csv"]
+    assert by_file["escape.csv"]["status"] == "quarantined"
+    assert by_file["escape.csv"]["reason"].startswith("unsafe file name: file name '../../escape.csv' has '..'")
     good = by_file["good.csv"]
     assert (good["status"], good["rows_in"], good["rows_loaded"], good["rows_rejected"]) == ("loaded", 11, 4, 7)
     assert by_file["empty.csv"]["reason"] == "empty file"
@@ -143,10 +158,9 @@ def test_files_load_once_with_rejected_rows_and_quarantined_files(target: Any) -
     assert fetch() == EXPECTED
 
     store = object_store_for(profile)
+    loaded_name = by_file["good.csv"]["file"].removeprefix("landing/campaign_facts/")
     rejected = list(
-        csv.DictReader(
-            io.StringIO(store.get_bytes(f"{source.rejected_prefix}/2026-11-27/good.csv.rejected.csv").decode())
-        )
+        csv.DictReader(io.StringIO(store.get_bytes(f"{source.rejected_prefix}/{loaded_name}.rejected.csv").decode()))
     )
     assert {r["id"]: r["_reason"] for r in rejected} == REASONS
     assert store.get_bytes(f"{source.quarantine_prefix}/2026-11-27/truncated.csv.gz") == truncated
@@ -163,14 +177,7 @@ def test_files_load_once_with_rejected_rows_and_quarantined_files(target: Any) -
     assert rows[0] == (1, "C1", dt.date(2026, 11, 1), "DE", 50, Decimal("9.99"), "fixed@example.com")
     assert rows[1:] == EXPECTED[1:]
     statuses = ledger()
-    assert sorted(s[0] for s in statuses) == [
-        "loaded",
-        "loaded",
-        "quarantined",
-        "quarantined",
-        "quarantined",
-        "quarantined",
-    ]
+    assert sorted(s[0] for s in statuses) == ["loaded", "loaded", *["quarantined"] * 5]
     assert all(rows_in == loaded + rejected for _, rows_in, loaded, rejected in statuses)
 
     from typer.testing import CliRunner

@@ -33,6 +33,7 @@ def msg(body: object, **kw: object) -> Message:
         ({"article_id": "a", "user_id": "u", "action": "click", "ts": "yesterday"}, "bad 'ts': "),
         ({"article_id": "a", "user_id": "u", "action": "click", "ts": [1]}, "bad 'ts': 'ts' must be an ISO 8601"),
         (b"x" * 70_000, "message is 70000 bytes; at most 65536"),
+        ({"article_id": "a", "user_id": "u", "action": "click", "ts": "1969-12-31T23:59:59Z"}, "bad 'ts': 1969-12-31"),
     ],
 )
 def test_bad_messages_say_why(body: object, reason: str) -> None:
