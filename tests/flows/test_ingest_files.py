@@ -92,25 +92,26 @@ def target(request: Any, pg: Any, mysql: Any, tmp_path: Path, names: dict[str, s
             cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     else:
         profile_path = make_profile(source_url=MYSQL_URL)
+        database = names["wh_schema"]  # a database of its own: the table and the ledger live in it
 
         def fetch() -> list[tuple[Any, ...]]:
             with mysql.cursor() as cur:
-                cur.execute(f"SELECT * FROM {names['src_table']} ORDER BY id")
+                cur.execute(f"SELECT * FROM {database}.{names['src_table']} ORDER BY id")
                 return [tuple(r) for r in cur.fetchall()]
 
         def ledger() -> list[tuple[Any, ...]]:
             with mysql.cursor() as cur:
                 cur.execute(
-                    "SELECT status, rows_in, rows_loaded, rows_rejected FROM keyflow_file_ledger ORDER BY file_key"
+                    f"SELECT status, rows_in, rows_loaded, rows_rejected FROM {database}.keyflow_file_ledger "
+                    "ORDER BY file_key"
                 )
                 return [tuple(r) for r in cur.fetchall()]
 
         with mysql.cursor() as cur:
-            cur.execute("DROP TABLE IF EXISTS keyflow_file_ledger")
-        yield profile_path, source_yaml(tmp_path, names, None), fetch, ledger
+            cur.execute(f"CREATE DATABASE {database}")
+        yield profile_path, source_yaml(tmp_path, names, database), fetch, ledger
         with mysql.cursor() as cur:
-            cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
-            cur.execute("DROP TABLE IF EXISTS keyflow_file_ledger")
+            cur.execute(f"DROP DATABASE IF EXISTS {database}")
 
 
 def test_files_load_once_with_rejected_rows_and_quarantined_files(target: Any) -> None:
