@@ -5,24 +5,26 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from config.errors import ConfigError
 from config.loader import config_dir
 from config.models import EventsConfig, KinesisSourceConfig, Profile, SecretRef, TrendConfig
-from tasks.io.archive import UserDirectory
-from tasks.io.broker import RabbitMQSource
-from tasks.io.event_store import ArticleDirectory, EventTable
 from tasks.io.keystore import DynamoKeyStore
 from tasks.io.kms import kms_data_keys
 from tasks.io.objectstore import S3ObjectStore
-from tasks.io.rds_writer import RdsWriter
 from tasks.io.secrets import resolve_secret
 from tasks.io.source import SqlSource
-from tasks.io.stream import CheckpointTable, KinesisSource
-from tasks.io.trend_store import TrendCounts, TrendServing
 from tasks.io.warehouse import DuckDBWarehouse, PostgresWarehouse, RedshiftWarehouse, Warehouse
 from tasks.transforms.crypto import DataKeySource, load_public_key, rsa_data_keys
-from tasks.transforms.events import TTLCache
+
+if TYPE_CHECKING:  # each flow family's adapters are imported when first built: the ETL does not load Acero or pika
+    from tasks.io.archive import UserDirectory
+    from tasks.io.broker import RabbitMQSource
+    from tasks.io.event_store import ArticleDirectory, EventTable
+    from tasks.io.rds_writer import RdsWriter
+    from tasks.io.stream import KinesisSource
+    from tasks.io.trend_store import TrendCounts, TrendServing
 
 
 def _password(profile: Profile, ref: SecretRef | None, env_default: str, what: str) -> str | None:
@@ -50,6 +52,8 @@ def warehouse_for(profile: Profile) -> Warehouse:
 
 def rds_writer_for(profile: Profile) -> RdsWriter:
     """The RDS database landing files are loaded into: the profile's source database (the ETL reads it)."""
+    from tasks.io.rds_writer import RdsWriter
+
     password = _password(profile, profile.source_password, "KEYFLOW_SOURCE_PASSWORD", "source_password")
     return RdsWriter(profile.source_url, password)
 
@@ -61,6 +65,8 @@ def object_store_for(profile: Profile) -> S3ObjectStore:
 
 def trend_counts_for(profile: Profile, job: TrendConfig) -> TrendCounts:
     """Where a trend job's window counts and watermark live: ``trends_url``, else a PostgreSQL warehouse."""
+    from tasks.io.trend_store import TrendCounts
+
     if profile.trends_url:
         password = _password(profile, profile.trends_password, "KEYFLOW_TRENDS_PASSWORD", "trends_password")
         return TrendCounts(profile.trends_url, password, job.counts_schema, job.counts_table)
@@ -75,6 +81,8 @@ def trend_counts_for(profile: Profile, job: TrendConfig) -> TrendCounts:
 
 def trend_serving_for(profile: Profile, job: TrendConfig) -> TrendServing:
     """The DynamoDB table serving a trend job's top-N."""
+    from tasks.io.trend_store import TrendServing
+
     return TrendServing(job.serving_table, profile.aws_region, profile.aws_endpoint_url, profile.kms_key_id)
 
 
@@ -84,6 +92,8 @@ _users: dict[tuple[str, str, str | None], UserDirectory] = {}
 
 def users_for(profile: Profile, job: TrendConfig) -> UserDirectory:
     """The user reference file, one cache per process: a long-running server re-reads it only when it changes."""
+    from tasks.io.archive import UserDirectory
+
     cache_key = (profile.bucket, job.users_key, profile.aws_endpoint_url)
     with _users_lock:
         if cache_key not in _users:
@@ -93,6 +103,9 @@ def users_for(profile: Profile, job: TrendConfig) -> UserDirectory:
 
 def event_source_for(profile: Profile, job: EventsConfig) -> RabbitMQSource | KinesisSource:
     """The broker queue or stream an event ingestion drains (opened now; close it when done)."""
+    from tasks.io.broker import RabbitMQSource
+    from tasks.io.stream import CheckpointTable, KinesisSource
+
     src = job.source
     if isinstance(src, KinesisSourceConfig):
         checkpoints = CheckpointTable(
@@ -111,6 +124,8 @@ def event_source_for(profile: Profile, job: EventsConfig) -> RabbitMQSource | Ki
 
 def event_table_for(profile: Profile, job: EventsConfig) -> EventTable:
     """The DynamoDB events table of an ingestion."""
+    from tasks.io.event_store import EventTable
+
     return EventTable(job.events_table, profile.aws_region, profile.aws_endpoint_url, profile.kms_key_id)
 
 
@@ -119,6 +134,9 @@ _articles: dict[tuple[str, str | None, int, int], ArticleDirectory] = {}
 
 def articles_for(profile: Profile, job: EventsConfig) -> ArticleDirectory:
     """The article reference lookup, one cache per process (a long-running drain keeps it warm)."""
+    from tasks.io.event_store import ArticleDirectory
+    from tasks.transforms.events import TTLCache
+
     ref = job.reference
     cache_key = (ref.table, profile.aws_endpoint_url, ref.cache_ttl_seconds, ref.cache_max_entries)
     with _users_lock:
