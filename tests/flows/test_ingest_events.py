@@ -299,3 +299,53 @@ def test_a_broker_restart_mid_drain_loses_and_doubles_nothing(amqp: Any, setup: 
     ids = archived(profile, job)
     assert len(ids) == 400 and set(ids.values()) == {1}
     assert sorted(sinks.table.scan_ids()) == sorted(ids)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_archive_feeds_trend_scoring(amqp: Any, pg: Any, setup: Any, tmp_path: Path, names: dict[str, str]) -> None:
+    from flows.trend_scoring import trend_scoring
+    from tasks.resources import trend_counts_for
+
+    job_path, profile_path, job, profile, sinks = setup
+    now = dt.datetime.now(dt.UTC)
+    fresh = [
+        json.dumps(
+            {
+                "event_id": f"f{i}",
+                "ts": (now - dt.timedelta(seconds=i)).isoformat(),
+                "article_id": "a1" if i % 2 else "a2",
+                "user_id": f"u{i % 3}",
+                "action": "click" if i % 10 == 0 else "impression",
+            }
+        ).encode()
+        for i in range(90)
+    ]
+    publish(amqp, job.source.queue, fresh)
+    source = event_source_for(profile, job)
+    try:
+        assert drain(job, sinks, source, 10_000, 60).stored == 90
+    finally:
+        source.close()
+    object_store_for(profile).put_bytes(b"user_id,gender,segment_id\nu1,f,s1\nu2,m,s1\n", "reference/users.csv")
+    trends_path = write_yaml(
+        tmp_path / "trends" / "t.yaml",
+        {
+            "name": "pytest_from_archive",
+            "archive_prefix": job.archive_prefix,
+            "counts_schema": names["wh_schema"],
+            "serving_table": names["keys_table"] + "_top",
+        },
+    )
+    from config.loader import load_trends
+
+    end = now + dt.timedelta(minutes=2)  # every window of these events has ended by then
+    state = trend_scoring(job=str(trends_path), profile=profile_path, end=end, return_state=True)
+    assert state.is_completed(), state.message
+    data = state.result()
+    # Received as they were sent (arrival = the drain's clock), so none is late: all 90 counted from the archive.
+    assert (data["events"], data["counted"], data["late"]) == (90, 90, 0)
+    counts = trend_counts_for(profile, load_trends(trends_path)).since(now - dt.timedelta(minutes=5), end)
+    assert sum(counts["clicks"].to_pylist()) == 9 and sum(counts["impressions"].to_pylist()) == 81
+    assert {(r["gender"], r["segment_id"]) for r in counts.to_pylist()} == {("f", "s1"), ("m", "s1"), (None, None)}
+    with pg.cursor() as cur:
+        cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
