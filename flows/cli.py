@@ -502,9 +502,11 @@ def resume_cmd(family: FamilyArg) -> None:
 
 @app.command("validate")
 def validate(
-    config_dir: Annotated[Path | None, typer.Option("--config-dir", help="folder with datasets/ and profiles/")] = None,
+    config_dir: Annotated[
+        Path | None, typer.Option("--config-dir", help="folder with datasets/, profiles/, trends/, events/, sources/")
+    ] = None,
 ) -> None:
-    """Check every dataset and profile YAML; one line per problem, naming file and field."""
+    """Check every YAML (datasets, profiles, trends, events, sources); one line per problem, naming file and field."""
     from config.loader import validate_tree
 
     checked, problems = validate_tree(config_dir)
