@@ -10,15 +10,25 @@ One consumer per (stream, job) at a time: the deployments' concurrency limit of 
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from config.errors import RetryableError
 from tasks.io.aws import DynamoTable, client, translate
 from tasks.transforms.events import Message
+
+LEASE_GRACE_SECONDS = 60  # a drain's lease outlives its time limit by this much (a crashed holder frees it then)
+
+
+class BusyError(RetryableError):
+    """Another consumer holds the lease of this job's stream."""
 
 
 class CheckpointTable(DynamoTable):
@@ -36,6 +46,62 @@ class CheckpointTable(DynamoTable):
         if not item:
             return None, False
         return item.get("sequence", {}).get("S"), bool(item.get("finished", {}).get("BOOL", False))
+
+    def acquire(self, consumer: str, owner: str, seconds: float) -> str | None:
+        """Take (or renew) the consumer's lease for ``seconds``; None when taken, else the live holder's name.
+
+        One drain per (job, stream) at a time: a second one would read the same shards, and two writers of one
+        event could both miss each other in the events table and archive it twice. A lease expires on its own; one
+        held by a dead process of this same host is taken over at once.
+        """
+        holder = self._put_lease(consumer, owner, seconds, None)
+        if holder is not None and _dead_here(holder):
+            holder = self._put_lease(consumer, owner, seconds, holder)
+        return holder
+
+    def _put_lease(self, consumer: str, owner: str, seconds: float, stale: str | None) -> str | None:
+        now = time.time()
+        condition = "attribute_not_exists(lease) OR #o = :me OR expires_at < :now"
+        values: dict[str, Any] = {":me": {"S": owner}, ":now": {"N": f"{now:.3f}"}}
+        if stale is not None:
+            condition += " OR #o = :stale"
+            values[":stale"] = {"S": stale}
+        try:
+            self._ddb.put_item(
+                TableName=self.table,
+                Item={
+                    "lease": {"S": f"{consumer}#lease"},
+                    "owner": {"S": owner},
+                    "expires_at": {"N": f"{now + seconds:.3f}"},
+                },
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise translate(exc, f"take the lease of {consumer}") from exc
+            item = self._ddb.get_item(
+                TableName=self.table, Key={"lease": {"S": f"{consumer}#lease"}}, ConsistentRead=True
+            ).get("Item", {})
+            return str(item.get("owner", {}).get("S", "another consumer"))
+        except BotoCoreError as exc:
+            raise translate(exc, f"take the lease of {consumer}") from exc
+        return None
+
+    def release(self, consumer: str, owner: str) -> None:
+        """Give the lease back (only if it is still ours)."""
+        try:
+            self._ddb.delete_item(
+                TableName=self.table,
+                Key={"lease": {"S": f"{consumer}#lease"}},
+                ConditionExpression="#o = :me",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={":me": {"S": owner}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise translate(exc, f"release the lease of {consumer}") from exc
 
     def save(self, consumer: str, shard: str, sequence: str | None, finished: bool = False) -> None:
         item: dict[str, Any] = {
@@ -69,6 +135,8 @@ class KinesisSource:
         self.start = start
         self._k = client("kinesis", region, endpoint_url)
         self._iterators: dict[str, str | None] = {}
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._leased = False
         self._ending: dict[str, str] = {}  # shard -> ending sequence number, for closed shards
         self._ended: set[str] = set()  # shards whose iterator Kinesis ended
 
@@ -147,6 +215,10 @@ class KinesisSource:
         deadline = time.monotonic() + max_seconds
         quiet_since = time.monotonic()
         taken = 0
+        holder = self.checkpoints.acquire(self.consumer, self.owner, max_seconds + LEASE_GRACE_SECONDS)
+        if holder is not None:
+            raise BusyError(f"stream {self.stream}: job {self.consumer} is being drained by {holder}; try again later")
+        self._leased = True
         while taken < max_events and time.monotonic() < deadline:
             shards = self.ready_shards()
             if not shards:
@@ -183,6 +255,24 @@ class KinesisSource:
 
     def close(self) -> None:
         self._iterators.clear()
+        if self._leased:
+            self.checkpoints.release(self.consumer, self.owner)
+            self._leased = False
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether a lease owner (``host:pid:nonce``) is a process of this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _message(shard: str, record: dict[str, Any]) -> Message:

@@ -120,3 +120,24 @@ def test_parents_before_children_and_expired_iterators(setup: Any) -> None:
     # iterator, so the end is its ending sequence number); only then do the children become readable.
     assert source.checkpoints.get(job.name, parent)[1] is True
     assert children <= set(source.ready_shards()) and parent not in source.ready_shards()
+
+
+def test_one_drain_per_stream_at_a_time(setup: Any) -> None:
+    from tasks.io.stream import BusyError
+
+    job_path, profile_path, job, profile, sinks, kinesis, stream = setup
+    put(kinesis, stream, [event(i) for i in range(50)])
+    first = event_source_for(profile, job)
+    batches = first.batches(10, 1_000, 30, 1)
+    next(batches)  # the first drain holds the lease while it reads
+    second = event_source_for(profile, job)
+    with pytest.raises(BusyError, match=f"is being drained by {first.owner}"):
+        drain(job, sinks, second, 1_000, 5)
+    batches.close()
+    first.close()  # gives the lease back
+    third = event_source_for(profile, job)
+    try:
+        assert drain(job, sinks, third, 1_000, 30).received == 50  # nothing was acknowledged by the first
+    finally:
+        third.close()
+    assert len(archived(profile, job)) == 50
