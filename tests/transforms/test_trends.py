@@ -85,6 +85,13 @@ def test_counts_per_window_and_segment_with_unknown_users() -> None:
     ]
 
 
+def test_a_user_listed_twice_is_counted_once() -> None:
+    twice = pa.concat_tables([USERS, pa.table({"user_id": ["u1"], "gender": ["m"], "segment_id": ["s9"]})])
+    result = count_events(events([(5, "a1", "u1", "click"), (6, "a1", "u2", "impression")]), twice)
+    assert result.counted_events == 2
+    assert {(r["gender"], r["segment_id"]) for r in result.counts.to_pylist()} == {("f", "s1"), ("m", "s1")}
+
+
 def test_late_events_are_counted_not_dropped_silently() -> None:
     # The 10:00 window closes at 10:01 + 2 min lateness = 10:03: an event of 10:00:05 received at 10:03:05 is late.
     rows = [(5, "a1", "u1", "impression", 180), (300, "a1", "u1", "click", 30), (6, "a1", "u1", "impression", 170)]
