@@ -200,11 +200,10 @@ def _audience_codes(users: pa.Table) -> tuple[pa.Table, Any]:
     Returns the table to join and a function that turns ``audience`` back into ``gender`` and ``segment_id``. A
     user listed twice keeps the first row: joining both would count that user's events twice.
     """
-    if users.num_rows:
+    if users.num_rows and pc.count_distinct(users["user_id"], mode="all").as_py() < users.num_rows:
         numbered = users.select(["user_id"]).append_column("_i", pa.array(np.arange(users.num_rows), pa.int64()))
         first = numbered.group_by(["user_id"], use_threads=False).aggregate([("_i", "min")])["_i_min"]
-        if len(first) < users.num_rows:
-            users = users.take(pc.sort_indices(first))
+        users = users.take(pc.sort_indices(first))
     g = pc.dictionary_encode(users["gender"]).combine_chunks()
     s = pc.dictionary_encode(users["segment_id"]).combine_chunks()
     width = len(s.dictionary) + 1
