@@ -17,7 +17,7 @@ install: $(STAMP) ## create .venv and install keyflow with its dev tools
 run: $(STAMP) ## the main job on embedded defaults: no servers, no AWS account
 	$(BIN)/keyflow demo
 
-test: $(STAMP) ## the test suite (needs PostgreSQL and MariaDB on 127.0.0.1; `make services` starts them)
+test: $(STAMP) services ## the test suite (PostgreSQL, MariaDB and RabbitMQ on 127.0.0.1, started when down)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## ruff (check + format) and mypy
