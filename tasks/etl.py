@@ -9,11 +9,8 @@ from datetime import date
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
-from prefect.tasks import Task
 
-from config.errors import KeyFailedError, KeyflowError, PausedError, RetryableError
+from config.errors import KeyFailedError, KeyflowError, PausedError
 from config.models import DatasetConfig, Profile
 from tasks.control import ensure_limit, is_paused, source_slot
 from tasks.io.stager import PartWriter
@@ -25,6 +22,7 @@ from tasks.resources import (
     source_for,
     warehouse_for,
 )
+from tasks.retries import retry_transient
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.plan import arrow_schema, plan_table
 from tasks.transforms.rules import RuleEngine, RuleError, as_text, conform, passthrough_columns
@@ -39,17 +37,6 @@ def _limit(name: str, size: int) -> threading.BoundedSemaphore:
     """A process-wide semaphore per (name, size): bounds keys at once and extractions per source database."""
     with _limits_lock:
         return _limits.setdefault((name, size), threading.BoundedSemaphore(size))
-
-
-def retry_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry only what can succeed on retry (throttling, connection trouble), never bad data or config."""
-    try:
-        state.result()
-    except RetryableError:
-        return True
-    except Exception:
-        return False
-    return False
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ writes them again, into a new file. So every event ends in exactly one archive f
 
 from __future__ import annotations
 
-import gzip
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -25,12 +24,12 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from config.models import EventsConfig, Profile
-from tasks.etl import retry_transient
-from tasks.io.archive import hour_prefix
+from tasks.io.archive import event_file_key, write_event_file
 from tasks.io.broker import EventSource
 from tasks.io.event_store import ArticleDirectory, EventTable
 from tasks.io.objectstore import S3ObjectStore
 from tasks.resources import articles_for, event_source_for, event_table_for, object_store_for
+from tasks.retries import retry_transient
 from tasks.transforms.events import (
     Event,
     Message,
@@ -41,7 +40,6 @@ from tasks.transforms.events import (
     jsonl,
     parse_event,
 )
-from tasks.transforms.paths import join_under
 
 
 @dataclass
@@ -102,9 +100,9 @@ class EventSinks:
         out.duplicates += len(good) - len(fresh)
         batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         for hour, group in sorted(by_hour(fresh).items()):
-            key = join_under(hour_prefix(self.job.archive_prefix, hour).rstrip("/"), f"{batch_id}.jsonl.gz")
+            key = event_file_key(self.job.archive_prefix, hour, batch_id)
             self.table.put(group, key)  # items first: a crash now leaves them naming a file that is not there
-            self.store.put_bytes(_gzip(jsonl(e.as_json() for e in group)), key, "application/gzip")
+            write_event_file(self.store, self.job.archive_prefix, hour, batch_id, jsonl(e.as_json() for e in group))
             self._archive_exists[key] = True
             out.files.append(key)
         out.stored += len(fresh)
@@ -113,14 +111,9 @@ class EventSinks:
             rejected += [p.as_json() for p in poison]
             first = bad[0][0].received_at if bad else poison[0].message.received_at
             hour = first.replace(minute=0, second=0, microsecond=0)
-            key = join_under(hour_prefix(self.job.rejected_prefix, hour).rstrip("/"), f"{batch_id}.jsonl.gz")
-            self.store.put_bytes(_gzip(jsonl(rejected)), key, "application/gzip")
+            write_event_file(self.store, self.job.rejected_prefix, hour, batch_id, jsonl(rejected))
             out.rejected += len(bad)
         return out
-
-
-def _gzip(data: bytes) -> bytes:
-    return gzip.compress(data, compresslevel=6, mtime=0)
 
 
 def drain(

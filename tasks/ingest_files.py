@@ -14,9 +14,9 @@ from prefect import get_run_logger, task
 
 from config.errors import KeyFailedError
 from config.models import FileSourceConfig, Profile
-from tasks.etl import retry_transient
 from tasks.io.rds_writer import AlreadyLoaded, LedgerEntry, RdsWriter
 from tasks.resources import object_store_for, rds_writer_for
+from tasks.retries import retry_transient
 from tasks.transforms.paths import UnsafePathError, join_under
 from tasks.transforms.validate import BadFile, check_rows, decode, read_rows
 

@@ -12,9 +12,9 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from config.models import Profile, TrendConfig
-from tasks.etl import retry_transient
 from tasks.io.archive import archive_objects, event_reader, read_events
 from tasks.resources import object_store_for, trend_counts_for, trend_serving_for, users_for
+from tasks.retries import retry_transient
 from tasks.transforms.trends import (
     COUNT_INPUT_SCHEMA,
     RecountRange,

@@ -32,10 +32,15 @@ def hour_prefix(prefix: str, hour: datetime) -> str:
     return join_under(prefix, f"dt={hour:%Y-%m-%d}/hour={hour:%H}") + "/"
 
 
+def event_file_key(prefix: str, hour: datetime, name: str) -> str:
+    """The object key of the event file ``name`` of ``hour``."""
+    return join_under(hour_prefix(prefix, hour).rstrip("/"), f"{name}.jsonl.gz")
+
+
 def write_event_file(store: S3ObjectStore, prefix: str, hour: datetime, name: str, jsonl: bytes) -> str:
     """Store one gzip JSON lines file of events of ``hour`` under its partition; returns the object key."""
-    key = join_under(hour_prefix(prefix, hour).rstrip("/"), f"{name}.jsonl.gz")
-    store.put_bytes(gzip.compress(jsonl, compresslevel=6), key, "application/gzip")
+    key = event_file_key(prefix, hour, name)
+    store.put_bytes(gzip.compress(jsonl, compresslevel=6, mtime=0), key, "application/gzip")
     return key
 
 

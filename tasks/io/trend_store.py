@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any
 
 import psycopg2
-import psycopg2.extras
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -89,25 +88,6 @@ class TrendCounts:
 
         self._run(work)
         return data.num_rows
-
-    def upsert(self, counts: pa.Table) -> int:
-        """Write the counts of some windows, replacing those (window, audience, article) rows already stored."""
-        rows = [tuple(r.values()) for r in counts.select(COUNT_SCHEMA.names).to_pylist()]
-        if not rows:
-            return 0
-
-        def work(cur: Any) -> None:
-            psycopg2.extras.execute_values(
-                cur,
-                f"INSERT INTO {self.target} (window_start, gender, segment_id, article_id, impressions, clicks) "  # noqa: S608
-                "VALUES %s ON CONFLICT (window_start, gender, segment_id, article_id) DO UPDATE "
-                "SET impressions = EXCLUDED.impressions, clicks = EXCLUDED.clicks",
-                rows,
-                page_size=5000,
-            )
-
-        self._run(work)
-        return len(rows)
 
     def since(self, start: datetime, end: datetime | None = None) -> pa.Table:
         """Counts of the windows starting in ``[start, end)`` (no upper bound when ``end`` is None)."""

@@ -108,6 +108,19 @@ def queue_depth(ch: Any, queue: str) -> int:
     return int(ch.queue_declare(queue=queue, durable=True, passive=True).method.message_count)
 
 
+def crash_drain(job_path: str, profile_path: str, point: str) -> None:
+    """Drain in a separate process that dies (``os._exit``) at ``point``, as a killed worker would."""
+    crashed = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.crash_drain", job_path, profile_path, point],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == 17, crashed.stderr
+
+
 def wait_for_depth(ch: Any, queue: str, expected: int, seconds: float = 10) -> int:
     """The queue's ready messages once the broker has requeued a dead consumer's (it does so asynchronously)."""
     deadline = time.monotonic() + seconds
@@ -167,16 +180,7 @@ def test_a_crash_before_the_ack_stores_every_event_exactly_once(amqp: Any, setup
     job_path, profile_path, job, profile, sinks = setup
     bodies = [event(i) for i in range(230)]
     publish(amqp, job.source.queue, bodies)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    crashed = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.crash_drain", job_path, profile_path, point],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert crashed.returncode == 17, crashed.stderr
+    crash_drain(job_path, profile_path, point)
     # The broker requeues a dead consumer's unacknowledged messages: all of them, or all but the first batch
     # (before_archive dies on the second batch's archive file, after the first batch was acknowledged).
     expected = 230 if point == "before_ack" else 180

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +14,7 @@ from botocore.exceptions import ClientError
 from tasks.ingest import drain, sinks_for
 from tasks.io.aws import client
 from tasks.resources import event_source_for
-from tests.flows.test_ingest_events import archived, event, ingestion
+from tests.flows.test_ingest_events import archived, crash_drain, event, ingestion
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,16 +60,7 @@ def test_stream_resumes_from_checkpoints_and_poison_is_archived(setup: Any) -> N
 def test_a_crash_after_storing_resumes_without_loss_or_doubles(setup: Any) -> None:
     job_path, profile_path, job, profile, sinks, kinesis, stream = setup
     put(kinesis, stream, [event(i) for i in range(200)])
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    crashed = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.crash_drain", job_path, profile_path, "after_first_ack"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert crashed.returncode == 17, crashed.stderr
+    crash_drain(job_path, profile_path, "after_first_ack")
     partial = archived(profile, job)
     assert 40 < len(partial) < 200  # one batch acknowledged, a second stored but not checkpointed
     again = drain_all(job, profile)

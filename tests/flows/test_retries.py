@@ -6,7 +6,7 @@ import pytest
 from prefect import flow, task
 
 from config.errors import KeyFailedError, RetryableError
-from tasks.etl import retry_transient
+from tasks.retries import retry_transient
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -29,16 +29,17 @@ def counts(imps: int) -> pa.Table:
     )
 
 
-def test_upsert_is_idempotent_including_unknown_users(pg: Any, names: dict[str, str]) -> None:
+def test_rewriting_a_window_is_idempotent_including_unknown_users(pg: Any, names: dict[str, str]) -> None:
     store = TrendCounts(PG_URL, None, names["wh_schema"])
+    end = T0 + dt.timedelta(minutes=1)
     try:
         store.ensure()
         store.ensure()
-        assert store.upsert(counts(5)) == 2
-        store.upsert(counts(5))  # the same window again: replaced, not added
+        assert store.replace_windows(T0, end, counts(5)) == 2
+        store.replace_windows(T0, end, counts(5))  # the same window again: replaced, not added
         got = store.since(T0).sort_by([("gender", "ascending", "at_end")])
         assert got.to_pylist() == counts(5).to_pylist()
-        store.upsert(counts(9))  # a late correction of the window replaces it
+        store.replace_windows(T0, end, counts(9))  # a late correction of the window replaces it
         assert sorted(store.since(T0)["impressions"].to_pylist()) == [1, 9]
         assert store.since(T0 + dt.timedelta(minutes=1)).num_rows == 0
     finally:
