@@ -119,7 +119,7 @@ BENCH_RULES: list[dict[str, Any]] = [
 ]
 
 
-def write_config(folder: Path, endpoint: str) -> dict[str, Path]:
+def write_config(folder: Path, endpoint: str, parallel_keys: int = 2) -> dict[str, Path]:
     paths = {}
     for name, url in (
         ("pg", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{SRC_DB}"),
@@ -138,7 +138,9 @@ def write_config(folder: Path, endpoint: str) -> dict[str, Path]:
                     "prefix": "staging",
                     "kms_key_id": "alias/keyflow-bench",
                     "keys_table": "keyflow_bench_keys",
-                    "max_parallel_keys": 3,
+                    # On 2 cores a key's streaming work is CPU-bound: a third key at once adds its ~50 MB working
+                    # set for the same wall time (BENCHMARKS.md has both). `--parallel-keys 3` to compare.
+                    "max_parallel_keys": parallel_keys,
                     "source_max_connections": 3,
                     "secrets": {"email_salt": {"env": "KEYFLOW_EMAIL_SALT"}},
                 }
@@ -186,6 +188,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rebuild", action="store_true", help="rebuild the source tables")
     parser.add_argument("--skip", nargs="*", default=[], choices=["usual", "big", "mariadb"])
+    parser.add_argument("--parallel-keys", type=int, default=2, help="keyflow's max_parallel_keys (default 2)")
     args = parser.parse_args()
     python = sys.executable
     bindir = Path(python).parent
@@ -197,7 +200,7 @@ def main() -> None:
     tmp.mkdir(exist_ok=True)
     with moto_server(python) as endpoint, prefect_server(str(bindir / "prefect")) as api:
         os.environ.update(KEYFLOW_AWS_ENDPOINT_URL=endpoint)
-        paths = write_config(tmp, endpoint)
+        paths = write_config(tmp, endpoint, args.parallel_keys)
         seed_keys(paths["profile_pg"])
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEYFLOW_")} | {
             "PREFECT_API_URL": api,
@@ -305,6 +308,7 @@ def main() -> None:
                 flush=True,
             )
 
+    results["parallel_keys"] = args.parallel_keys
     report(results)
 
 
@@ -321,7 +325,10 @@ def report(r: dict[str, Any]) -> None:
         f"Python {platform.python_version()}, Prefect {prefect.__version__}, pyarrow {pyarrow.__version__}, "
         f"PostgreSQL {pg_exec('postgres', 'SHOW server_version')[0][0]}"
     )
-    print(f"workload: {len(column_names())} columns, {len(KEYS)} keys x {ROWS_PER_KEY:,} rows, keys in parallel")
+    print(
+        f"workload: {len(column_names())} columns, {len(KEYS)} keys x {ROWS_PER_KEY:,} rows; the limit and the usual "
+        f"script run every key at once, keyflow {r['parallel_keys']} keys at once (max_parallel_keys)"
+    )
     print(f"{'contender':<34}{'median s':>10}{'peak RSS MB':>13}")
     print(f"{'limit: COPY TO STDOUT | COPY FROM':<34}{limit_s:>10.2f}{limit_mb:>13.0f}")
     print(f"{'keyflow (flow, S3 staging, rules)':<34}{kf_s:>10.2f}{kf_mb:>13.0f}")
@@ -353,6 +360,7 @@ def report(r: dict[str, Any]) -> None:
         "peak_rss_mb": round(kf_mb),
         "big_key_rss_mb": round(r["big"][1]) if "big" in r else None,
         "overhead_s": round(overhead, 2),
+        "parallel_keys": r["parallel_keys"],
         "mariadb_keyflow_s": round(r["mariadb_keyflow"][0], 2) if "mariadb_keyflow" in r else None,
         "mariadb_ratio_to_limit": round(r["mariadb_keyflow"][0] / r["mariadb_limit"][0], 2)
         if "mariadb_keyflow" in r

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
+import threading
 from contextlib import suppress
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -679,14 +681,38 @@ def _bound_malloc_arenas() -> None:
             ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX = 2
 
 
+def _leave(code: int | str | None) -> NoReturn:
+    """Exit without tearing the interpreter down module by module (0.4 s of every command after a flow run).
+
+    What a normal exit does that matters still happens, in the same order: non-daemon threads are waited for and
+    threading's exit hooks run (Prefect drains its log and event workers to the API there), then the atexit hooks
+    (logging flushes its handlers), then stdout and stderr are flushed.
+    """
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    threading._shutdown()  # type: ignore[attr-defined]  # joins threads, runs threading's exit hooks (Prefect's drains)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(code or 0)
+
+
 def main() -> None:
     """Console-script entry point."""
     _bound_malloc_arenas()
+    code: int | str | None = 0
     try:
         app()
+    except SystemExit as exc:
+        code = exc.code
     except KeyflowError as exc:  # a user's mistake: one line each, no traceback
-        _fail(exc)
-    sys.exit(0)
+        try:
+            _fail(exc)
+        except typer.Exit as stop:
+            code = stop.exit_code
+    _leave(code)
 
 
 if __name__ == "__main__":

@@ -126,3 +126,59 @@ def test_demo_runs_with_no_servers_and_prints_a_clean_summary(tmp_path: Path) ->
     with duckdb.connect(str(tmp_path / "demo" / "warehouse.duckdb"), read_only=True) as db:
         counts = dict(db.execute("SELECT campaign_key, count(*) FROM analytics.campaign_facts GROUP BY 1").fetchall())
     assert set(counts) == {"MCS2017", "SPRING17", "VIP17"} and all(400 < n <= 500 for n in counts.values())
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_command_exits_at_once_yet_every_log_and_task_state_reaches_the_server(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    """`keyflow` skips the interpreter's module teardown on exit (~0.8 s a run): Prefect's log and event workers
+    must still be drained first, so the server has the run's last log line and every task run's final state."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.flows.test_rds_to_redshift import put_keys
+
+    create_pg_source(pg, names["src_table"], source_rows(["K1", "K2"], per_key=10))
+    try:
+        profile = make_profile()
+        put_keys(profile)
+        dataset = write_dataset(tmp_path, names)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        keyflow = str(Path(sys.executable).parent / "keyflow")
+        args = ["etl", "run", "-d", str(dataset), "-p", str(profile), "--date", D1.isoformat(), "--json"]
+        proc = subprocess.run([keyflow, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.rstrip().endswith("]")  # the JSON summary was flushed before the exit
+
+        async def read_back() -> tuple[Any, list[Any], list[Any]]:
+            async with get_client() as client:
+                run = (await client.read_flow_runs(limit=1, sort="START_TIME_DESC"))[0]  # type: ignore[arg-type]
+                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+                tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}))
+                return run, logs, tasks
+
+        run, logs, tasks = asyncio.run(read_back())
+        assert run.state is not None and run.state.is_completed()
+        assert any("Finished in state Completed" in log.message for log in logs), [log.message for log in logs]
+        assert any("Loaded key 'K2'" in log.message for log in logs) and any("'K1'" in log.message for log in logs)
+        assert {"stage-K1", "load-K1", "stage-K2", "load-K2"} <= {t.name for t in tasks}
+        assert all(t.state is not None and t.state.is_completed() for t in tasks), [(t.name, t.state) for t in tasks]
+
+        bad = subprocess.run(
+            [keyflow, "etl", "run", "-d", str(tmp_path / "missing.yaml"), "-p", str(profile)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
