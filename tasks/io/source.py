@@ -89,6 +89,35 @@ def translate_db_error(exc: Exception, what: str) -> Exception:
     return KeyFailedError(f"{what}: {first}")
 
 
+# Types connectorx reads from MySQL/MariaDB exactly as keyflow types them; any other column (DECIMAL, time zones,
+# booleans, bytes) keeps the table on the cursor path. connectorx is optional: without it every table does.
+_ARROW_NATIVE_MYSQL = (pa.types.is_integer, pa.types.is_floating, pa.types.is_string, pa.types.is_date32)
+
+
+def _exact_casts(got: pa.Schema, want: pa.Schema) -> bool:
+    """Does every column arrive as the wanted type, or as a narrower integer that widens without loss?"""
+    if got.names != want.names:
+        return False
+    for g, w in zip(got.types, want.types, strict=True):
+        if g == w or (pa.types.is_integer(g) and pa.types.is_integer(w) and g.bit_width <= w.bit_width):
+            continue
+        if pa.types.is_large_string(g) and pa.types.is_string(w):
+            continue
+        return False
+    return True
+
+
+def arrow_native_mysql(schema: pa.Schema | None) -> bool:
+    """Can a MySQL/MariaDB table of this Arrow schema be read through connectorx's Arrow stream?"""
+    if schema is None or not all(any(ok(f.type) for ok in _ARROW_NATIVE_MYSQL) for f in schema):
+        return False
+    try:
+        import connectorx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class SqlSource:
     """A source database reached through SQLAlchemy; rows stream with a server-side cursor."""
 
@@ -124,13 +153,24 @@ class SqlSource:
         """Yield the query's rows in Arrow tables of at most ``batch_rows`` rows.
 
         PostgreSQL sources with a known schema take the fast path: ``COPY (SELECT …) TO STDOUT`` parsed by Arrow's
-        CSV reader in C++, no Python object per value. Others stream through a server-side cursor.
+        CSV reader in C++, no Python object per value. MySQL/MariaDB tables of plain types (integers, doubles,
+        text, dates) are read by connectorx into Arrow. Others stream through a server-side cursor.
         """
         if self.dialect == "postgres" and schema is not None:
             for table in self._stream_copy(sql, params, schema):
                 for offset in range(0, table.num_rows, batch_rows):
                     yield table.slice(offset, batch_rows)  # zero-copy: at most batch_rows rows per batch
             return
+        if self.dialect == "mysql" and arrow_native_mysql(schema) and set(self.engine.url.query) <= {"charset"}:
+            assert schema is not None
+            yield from self._stream_mysql_arrow(sql, params, schema, batch_rows)
+            return
+        yield from self._stream_cursor(sql, params, schema, batch_rows)
+
+    def _stream_cursor(
+        self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
+    ) -> Iterator[pa.Table]:
+        """Any database: a server-side cursor, rows converted to Arrow in batches."""
         if schema is not None:
             # Rows arrive as Python objects here: bound a batch by cells, so a 600-column table stays small.
             batch_rows = max(100, min(batch_rows, MAX_BATCH_CELLS // max(len(schema), 1)))
@@ -189,6 +229,55 @@ class SqlSource:
                 raw.close()
         if failure:
             raise self._translate(failure[0]) from failure[0]
+
+    def _stream_mysql_arrow(
+        self, sql: str, params: Mapping[str, Any], schema: pa.Schema, batch_rows: int
+    ) -> Iterator[pa.Table]:
+        """MySQL/MariaDB: connectorx reads the rows into Arrow in Rust, streamed in batches; no Python per value.
+
+        The query's parameters are rendered into the SQL text by the driver's own escaping on a live connection
+        (connectorx takes no parameters); the password never appears in an error.
+        """
+        import connectorx
+
+        rows = max(100, min(batch_rows, MAX_BATCH_CELLS // max(len(schema), 1)))
+        compiled = str(sa.text(sql).compile(dialect=self.engine.dialect))
+        try:
+            raw = self.engine.raw_connection()
+            try:
+                cur: Any = raw.cursor()
+                query = cur.mogrify(compiled, dict(params))
+                cur.close()
+            finally:
+                raw.close()
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        url = self.engine.url.set(drivername="mysql", query={}).render_as_string(hide_password=False)
+        secret = self.engine.url.password or ""
+        fall_back = False
+        try:
+            reader = connectorx.read_sql(url, query, return_type="arrow_stream", batch_size=rows)
+            checked = False
+            for batch in reader:
+                if not checked and not _exact_casts(batch.schema, schema):
+                    # e.g. a FLOAT column arrives as float32: widening it would not give the cursor's values.
+                    fall_back = True
+                    break
+                checked = True
+                table = pa.Table.from_batches([batch])
+                yield table if table.schema == schema else table.cast(schema, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise KeyFailedError(f"extract from source: unreadable value: {str(exc).splitlines()[0]}") from None
+        except BaseException as exc:  # connectorx raises RuntimeError, or PanicException (a BaseException)
+            if isinstance(exc, GeneratorExit | KeyboardInterrupt | SystemExit):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first.replace(secret, "***") if secret else first
+            retry = any(word in first.lower() for word in ("timed out", "connection", "broken pipe", "too many"))
+            error = RetryableError if retry else KeyFailedError
+            raise error(f"extract from source: {first}") from None
+        if fall_back:  # nothing was yielded yet: the cursor path reads the key from the start
+            yield from self._stream_cursor(sql, params, schema, batch_rows)
 
     def _translate(self, exc: BaseException) -> Exception:
         """Wrap a raw driver error the way SQLAlchemy would, then map it to retry-or-fail."""

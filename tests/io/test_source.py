@@ -97,3 +97,96 @@ def test_mariadb_streams_exact_values(mysql: Any, names: dict[str, str]) -> None
     finally:
         with mysql.cursor() as cur:
             cur.execute(f"DROP TABLE {t}")
+
+
+NASTY = ["ü\t\n,\"'\\", "", "🙂 utf8mb4", "x'); DROP TABLE t; --", None, " lead/trail ", "NULL"]
+
+
+def test_mariadb_plain_tables_take_the_arrow_path_with_the_cursor_paths_values(
+    mysql: Any, names: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Integers, doubles, text and dates come through connectorx; every value equals what the cursor path gives."""
+    import connectorx
+
+    import tasks.io.source as source_module
+
+    t = names["src_table"]
+    with mysql.cursor() as cur:
+        cur.execute(
+            f"CREATE TABLE {t} (id BIGINT, k VARCHAR(40), i INT, s SMALLINT, ti TINYINT, d DATE, x DOUBLE, "
+            "note TEXT) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )
+        rows = [
+            (
+                [-(2**63), 2**63 - 1, 0, None][i % 4] if i < 8 else i,
+                "x'); DROP TABLE t; --" if i % 3 else "A",
+                [-(2**31), 2**31 - 1, None, 7][i % 4],
+                [-32768, 32767, None][i % 3],
+                [-128, 127, None][i % 3],
+                [dt.date(1000, 1, 1), dt.date(9999, 12, 31), None, dt.date(2020, 2, 29)][i % 4],
+                [0.1, -1e308, 5e-324, None, 1 / 3][i % 5],
+                NASTY[i % len(NASTY)],
+            )
+            for i in range(1500)
+        ]
+        cur.executemany(f"INSERT INTO {t} VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", rows)
+    calls = []
+    real = connectorx.read_sql
+    monkeypatch.setattr(connectorx, "read_sql", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    try:
+        src = SqlSource(MYSQL_URL)
+        schema = src.source_schema(SourceConfig(table=t, key_column="k"))
+        assert source_module.arrow_native_mysql(schema)
+        sql = f"SELECT * FROM `{t}` WHERE k = :key ORDER BY id"
+        for key in ("x'); DROP TABLE t; --", "A", "nobody"):
+            fast = list(src.stream(sql, {"key": key}, schema, 400))
+            cursor = list(src._stream_cursor(sql, {"key": key}, schema, 400))
+            assert all(b.num_rows <= 400 for b in fast) and all(b.schema == schema for b in fast)
+            got = pa.Table.from_batches([b for t_ in fast for b in t_.to_batches()], schema)
+            want = pa.Table.from_batches([b for t_ in cursor for b in t_.to_batches()], schema)
+            assert got.to_pylist() == want.to_pylist()
+            assert got.num_rows == sum(1 for r in rows if r[1] == key)
+        assert len(calls) == 3 and "DROP TABLE t" in calls[0]  # the key was escaped into the SQL, not run
+        with mysql.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM {t}")
+            assert cur.fetchone()[0] == 1500
+    finally:
+        with mysql.cursor() as cur:
+            cur.execute(f"DROP TABLE {t}")
+
+
+def test_mariadb_arrow_path_falls_back_to_the_cursor_for_float_columns(mysql: Any, names: dict[str, str]) -> None:
+    """A FLOAT arrives as float32: widening it would not give the cursor's values, so the key reads by cursor."""
+    t = names["src_table"]
+    with mysql.cursor() as cur:
+        cur.execute(f"CREATE TABLE {t} (id BIGINT, k VARCHAR(4), f FLOAT)")
+        cur.executemany(f"INSERT INTO {t} VALUES (%s,%s,%s)", [(i, "A", 0.1 * i) for i in range(50)])
+    try:
+        src = SqlSource(MYSQL_URL)
+        schema = src.source_schema(SourceConfig(table=t, key_column="k"))
+        sql = f"SELECT * FROM `{t}` WHERE k = :key ORDER BY id"
+        got = pa.concat_tables(list(src.stream(sql, {"key": "A"}, schema, 100)))
+        want = pa.concat_tables(list(src._stream_cursor(sql, {"key": "A"}, schema, 100)))
+        assert got.to_pylist() == want.to_pylist() and got.column("f")[1].as_py() == 0.1
+    finally:
+        with mysql.cursor() as cur:
+            cur.execute(f"DROP TABLE {t}")
+
+
+def test_mariadb_arrow_path_errors_fail_or_retry_without_the_password(mysql: Any, names: dict[str, str]) -> None:
+    t = names["src_table"]
+    with mysql.cursor() as cur:
+        cur.execute(f"CREATE TABLE {t} (id BIGINT, k VARCHAR(4))")
+    try:
+        src = SqlSource(MYSQL_URL)
+        schema = pa.schema([("id", pa.int64()), ("k", pa.string())])
+        with pytest.raises(KeyFailedError, match="extract from source: .*nope") as failed:
+            list(src.stream(f"SELECT nope, k FROM `{t}` WHERE k = :key", {"key": "A"}, schema, 100))
+        assert "Traceback" not in str(failed.value)
+        down = SqlSource("mysql+pymysql://root@127.0.0.1:1/test", password="s3cret-Sentinel")
+        with pytest.raises(RetryableError) as retry:
+            list(down.stream("SELECT 1 AS id, 'A' AS k WHERE :key = 'A'", {"key": "A"}, schema, 100))
+        assert "s3cret-Sentinel" not in str(retry.value)
+    finally:
+        with mysql.cursor() as cur:
+            cur.execute(f"DROP TABLE {t}")
