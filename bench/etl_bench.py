@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,25 @@ def write_config(folder: Path, endpoint: str, parallel_keys: int = 2) -> dict[st
     return paths
 
 
+_LOADED = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) .*Loaded key .*\((\d+\.\d+)s\)$")
+
+
+def keys_span(log: str) -> float:
+    """Seconds from the first key's extraction start to the last key's commit, from the flow's own log lines.
+
+    Each "Loaded key … (N s)" line is written when the key commits, N seconds after its extraction began.
+    keyflow's overhead is the run's wall time minus this span (keys may wait for a slot inside it).
+    """
+    starts, ends = [], []
+    for line in log.splitlines():
+        m = _LOADED.match(line.strip())
+        if m:
+            end = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+            starts.append(end - float(m[4]))
+            ends.append(end)
+    return max(ends) - min(starts) if ends else 0.0
+
+
 def seed_keys(profile: Path) -> None:
     from datetime import date
 
@@ -249,10 +269,10 @@ def main() -> None:
             rows = json.loads(next(ln for ln in reversed(out[0].splitlines()) if ln.startswith("[")))
             assert sum(r["rows_loaded"] for r in rows) == 3 * ROWS_PER_KEY, rows
             runs.append((wall, rss))
-            key_seconds.append(max(r["seconds"] for r in rows))
+            key_seconds.append(keys_span(out[0]))
             print("  per key (stage s, load s):", [(r["stage_seconds"], r["load_seconds"]) for r in rows], flush=True)
         results["keyflow"] = summarize(runs)
-        results["keyflow_slowest_key_s"] = sorted(key_seconds)[len(key_seconds) // 2]
+        results["keyflow_keys_span_s"] = sorted(key_seconds)[len(key_seconds) // 2]
         print(f"keyflow    {results['keyflow'][0]:7.2f} s  {results['keyflow'][1]:7.0f} MB", flush=True)
         startup, _, _ = run_side_by_side([[python, "-c", "import flows.rds_to_redshift"]], env=env)
         results["startup_s"] = startup
@@ -341,11 +361,11 @@ def report(r: dict[str, Any]) -> None:
             f"{'MariaDB limit: mysql --quick | COPY':<34}{r['mariadb_limit'][0]:>10.2f}{r['mariadb_limit'][1]:>13.0f}"
         )
         print(f"{'keyflow, MariaDB source':<34}{r['mariadb_keyflow'][0]:>10.2f}{r['mariadb_keyflow'][1]:>13.0f}")
-    overhead = kf_s - r["keyflow_slowest_key_s"]
+    overhead = kf_s - r["keyflow_keys_span_s"]
     print(
         f"keyflow overhead (process start {r['startup_s']:.1f} s, Prefect runs, key lookup, manifests): "
         f"{overhead:.2f} s "
-        f"of {kf_s:.2f} s; slowest key {r['keyflow_slowest_key_s']:.2f} s"
+        f"of {kf_s:.2f} s; first key's start to last key's commit {r['keyflow_keys_span_s']:.2f} s"
     )
     print(
         f"ratio keyflow/limit {kf_s / limit_s:.2f}"
