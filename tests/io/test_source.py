@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +15,23 @@ from config.errors import ConfigError, KeyFailedError, RetryableError
 from config.models import SourceConfig
 from tasks.io.source import SqlSource
 from tests.conftest import MYSQL_URL, PG_URL
+
+
+@contextmanager
+def mysql_table(
+    mysql: Any, name: str, columns: str, rows: Sequence[Sequence[Any]] = (), options: str = ""
+) -> Iterator[str]:
+    """A MariaDB table for one test, with its rows; dropped afterwards whatever the test did."""
+    with mysql.cursor() as cur:
+        cur.execute(f"CREATE TABLE {name} ({columns}) {options}")
+        if rows:
+            marks = ",".join(["%s"] * len(rows[0]))
+            cur.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
+    try:
+        yield name
+    finally:
+        with mysql.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 @pytest.fixture()
@@ -73,20 +92,12 @@ def test_missing_table_and_columns_are_config_errors(pg_table: str) -> None:
 
 
 def test_mariadb_streams_exact_values(mysql: Any, names: dict[str, str]) -> None:
-    t = names["src_table"]
-    with mysql.cursor() as cur:
-        cur.execute(
-            f"CREATE TABLE {t} (id BIGINT, k VARCHAR(10), amount DECIMAL(38,10), d DATE, note TEXT) "
-            "CHARACTER SET utf8mb4"
-        )
-        cur.executemany(
-            f"INSERT INTO {t} VALUES (%s,%s,%s,%s,%s)",
-            [
-                (i, "A", Decimal("12345678901234567890.0123456789"), dt.date(2020, 1, i % 28 + 1), 'ü\t\n,"')
-                for i in range(1, 1201)
-            ],
-        )
-    try:
+    rows = [
+        (i, "A", Decimal("12345678901234567890.0123456789"), dt.date(2020, 1, i % 28 + 1), 'ü\t\n,"')
+        for i in range(1, 1201)
+    ]
+    columns = "id BIGINT, k VARCHAR(10), amount DECIMAL(38,10), d DATE, note TEXT"
+    with mysql_table(mysql, names["src_table"], columns, rows, "CHARACTER SET utf8mb4") as t:
         src = SqlSource(MYSQL_URL)
         schema = src.source_schema(SourceConfig(table=t, key_column="k"))
         assert schema is not None and str(schema.field("amount").type) == "decimal128(38, 10)"
@@ -94,9 +105,6 @@ def test_mariadb_streams_exact_values(mysql: Any, names: dict[str, str]) -> None
         assert [b.num_rows for b in batches] == [500, 500, 200]
         row = batches[0].slice(0, 1).to_pylist()[0]
         assert row["amount"] == Decimal("12345678901234567890.0123456789") and row["note"] == 'ü\t\n,"'
-    finally:
-        with mysql.cursor() as cur:
-            cur.execute(f"DROP TABLE {t}")
 
 
 NASTY = ["ü\t\n,\"'\\", "", "🙂 utf8mb4", "x'); DROP TABLE t; --", None, " lead/trail ", "NULL"]
@@ -110,30 +118,25 @@ def test_mariadb_plain_tables_take_the_arrow_path_with_the_cursor_paths_values(
 
     import tasks.io.source as source_module
 
-    t = names["src_table"]
-    with mysql.cursor() as cur:
-        cur.execute(
-            f"CREATE TABLE {t} (id BIGINT, k VARCHAR(40), i INT, s SMALLINT, ti TINYINT, d DATE, x DOUBLE, "
-            "note TEXT) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    rows = [
+        (
+            [-(2**63), 2**63 - 1, 0, None][i % 4] if i < 8 else i,
+            "x'); DROP TABLE t; --" if i % 3 else "A",
+            [-(2**31), 2**31 - 1, None, 7][i % 4],
+            [-32768, 32767, None][i % 3],
+            [-128, 127, None][i % 3],
+            [dt.date(1000, 1, 1), dt.date(9999, 12, 31), None, dt.date(2020, 2, 29)][i % 4],
+            [0.1, -1e308, 5e-324, None, 1 / 3][i % 5],
+            NASTY[i % len(NASTY)],
         )
-        rows = [
-            (
-                [-(2**63), 2**63 - 1, 0, None][i % 4] if i < 8 else i,
-                "x'); DROP TABLE t; --" if i % 3 else "A",
-                [-(2**31), 2**31 - 1, None, 7][i % 4],
-                [-32768, 32767, None][i % 3],
-                [-128, 127, None][i % 3],
-                [dt.date(1000, 1, 1), dt.date(9999, 12, 31), None, dt.date(2020, 2, 29)][i % 4],
-                [0.1, -1e308, 5e-324, None, 1 / 3][i % 5],
-                NASTY[i % len(NASTY)],
-            )
-            for i in range(1500)
-        ]
-        cur.executemany(f"INSERT INTO {t} VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", rows)
+        for i in range(1500)
+    ]
     calls = []
     real = connectorx.read_sql
     monkeypatch.setattr(connectorx, "read_sql", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
-    try:
+    columns = "id BIGINT, k VARCHAR(40), i INT, s SMALLINT, ti TINYINT, d DATE, x DOUBLE, note TEXT"
+    options = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    with mysql_table(mysql, names["src_table"], columns, rows, options) as t:
         src = SqlSource(MYSQL_URL)
         schema = src.source_schema(SourceConfig(table=t, key_column="k"))
         assert source_module.arrow_native_mysql(schema)
@@ -150,34 +153,22 @@ def test_mariadb_plain_tables_take_the_arrow_path_with_the_cursor_paths_values(
         with mysql.cursor() as cur:
             cur.execute(f"SELECT count(*) FROM {t}")
             assert cur.fetchone()[0] == 1500
-    finally:
-        with mysql.cursor() as cur:
-            cur.execute(f"DROP TABLE {t}")
 
 
 def test_mariadb_arrow_path_falls_back_to_the_cursor_for_float_columns(mysql: Any, names: dict[str, str]) -> None:
     """A FLOAT arrives as float32: widening it would not give the cursor's values, so the key reads by cursor."""
-    t = names["src_table"]
-    with mysql.cursor() as cur:
-        cur.execute(f"CREATE TABLE {t} (id BIGINT, k VARCHAR(4), f FLOAT)")
-        cur.executemany(f"INSERT INTO {t} VALUES (%s,%s,%s)", [(i, "A", 0.1 * i) for i in range(50)])
-    try:
+    rows = [(i, "A", 0.1 * i) for i in range(50)]
+    with mysql_table(mysql, names["src_table"], "id BIGINT, k VARCHAR(4), f FLOAT", rows) as t:
         src = SqlSource(MYSQL_URL)
         schema = src.source_schema(SourceConfig(table=t, key_column="k"))
         sql = f"SELECT * FROM `{t}` WHERE k = :key ORDER BY id"
         got = pa.concat_tables(list(src.stream(sql, {"key": "A"}, schema, 100)))
         want = pa.concat_tables(list(src._stream_cursor(sql, {"key": "A"}, schema, 100)))
         assert got.to_pylist() == want.to_pylist() and got.column("f")[1].as_py() == 0.1
-    finally:
-        with mysql.cursor() as cur:
-            cur.execute(f"DROP TABLE {t}")
 
 
 def test_mariadb_arrow_path_errors_fail_or_retry_without_the_password(mysql: Any, names: dict[str, str]) -> None:
-    t = names["src_table"]
-    with mysql.cursor() as cur:
-        cur.execute(f"CREATE TABLE {t} (id BIGINT, k VARCHAR(4))")
-    try:
+    with mysql_table(mysql, names["src_table"], "id BIGINT, k VARCHAR(4)") as t:
         src = SqlSource(MYSQL_URL)
         schema = pa.schema([("id", pa.int64()), ("k", pa.string())])
         with pytest.raises(KeyFailedError, match="extract from source: .*nope") as failed:
@@ -187,6 +178,3 @@ def test_mariadb_arrow_path_errors_fail_or_retry_without_the_password(mysql: Any
         with pytest.raises(RetryableError) as retry:
             list(down.stream("SELECT 1 AS id, 'A' AS k WHERE :key = 'A'", {"key": "A"}, schema, 100))
         assert "s3cret-Sentinel" not in str(retry.value)
-    finally:
-        with mysql.cursor() as cur:
-            cur.execute(f"DROP TABLE {t}")
