@@ -1,0 +1,115 @@
+"""``config/datasets/*.yaml``: one key-driven ETL from a source table or query, through rules, to a warehouse table."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from config.models.common import Ident, TypeName, _FileModel, _Model
+from config.models.rules import Rule, secret_names
+
+
+class SourceConfig(_Model):
+    """Where a key's rows come from: a table filtered on the key column, or a query with bound parameters."""
+
+    table: Ident | None = Field(None, description="source table; rows are selected WHERE key_column = :key")
+    db_schema: Ident | None = Field(None, alias="schema", description="schema (PostgreSQL) or database (MySQL)")
+    key_column: Ident = Field(description="column holding the key (campaign code)")
+    columns: list[Ident] | None = Field(None, description="columns to read; all when omitted")
+    date_column: Ident | None = Field(
+        None, description="optional: also keep only rows whose date is within the key's start and end dates"
+    )
+    query: str | None = Field(
+        None,
+        max_length=100_000,
+        description="SQL with bound parameters :key, :start_date, :end_date, :run_date and :<param>",
+    )
+    batch_rows: int = Field(20_000, ge=100, le=1_000_000, description="rows per streamed batch")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SourceConfig:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' or 'query'")
+        if self.query is not None and ":key" not in self.query:
+            raise ValueError("'query' must filter on the bound parameter :key")
+        return self
+
+
+class TargetColumn(_Model):
+    """One column of the target table."""
+
+    name: Ident
+    type: TypeName
+    nullable: bool = True
+
+
+class TargetConfig(_Model):
+    """The warehouse table: created when missing; one key's slice is replaced per load."""
+
+    db_schema: Ident = Field("public", alias="schema")
+    table: Ident
+    key_column: Ident | None = Field(None, description="column holding the key; default: source.key_column")
+    columns: list[TargetColumn] | None = Field(
+        None, description="columns and types; derived from the source and rules when omitted"
+    )
+    distkey: Ident | None = Field(None, description="Redshift DISTKEY")
+    sortkey: list[Ident] = Field(default_factory=list, description="Redshift compound SORTKEY")
+    load_mode: Literal["replace_key", "replace_table"] = Field(
+        "replace_key",
+        description="replace_key: replace each active key's rows; replace_table: also remove keys no longer active",
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _unique(self) -> TargetConfig:
+        if self.columns:
+            names = [c.name.lower() for c in self.columns]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"duplicate column names: {', '.join(dup)}")
+            for name in [self.distkey, *self.sortkey]:
+                if name and name.lower() not in names:
+                    raise ValueError(f"distkey/sortkey column {name!r} is not among the target columns")
+        return self
+
+
+class StagingConfig(_Model):
+    """How staged files are written."""
+
+    compression: Literal["zstd", "gzip", "none"] = "zstd"
+    level: int = Field(1, ge=1, le=19, description="compression level (gzip: 1-9)")
+    part_rows: int = Field(250_000, ge=1_000, le=50_000_000, description="rows per staged part file")
+
+
+class DatasetConfig(_FileModel):
+    """One key-driven ETL: source, rules, staging and target."""
+
+    name: Ident
+    description: str = ""
+    source: SourceConfig
+    rules: list[Rule] = Field(default_factory=list)
+    staging: StagingConfig = Field(default_factory=StagingConfig)  # type: ignore[arg-type]
+    target: TargetConfig
+
+    @model_validator(mode="after")
+    def _query_needs_columns(self) -> DatasetConfig:
+        if self.source.query is not None and not self.target.columns:
+            raise ValueError("a 'query' source needs target.columns (types cannot be read from the table)")
+        return self
+
+    @property
+    def target_key_column(self) -> str:
+        """The target's key column: ``target.key_column``, else the source's."""
+        return self.target.key_column or self.source.key_column
+
+    def secret_names(self) -> set[str]:
+        """Names of the profile ``secrets`` the rules use (hash salts)."""
+        return set(secret_names(self.rules).secrets)
+
+    def encryption_key_names(self) -> set[str]:
+        """Names of the profile ``encryption_keys`` the rules' ``encrypt`` actions use."""
+        return set(secret_names(self.rules).encryption_keys)
