@@ -11,10 +11,17 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from config.errors import ConfigError
-from config.models import DatasetConfig, EventsConfig, FileSourceConfig, Profile, TrendConfig
+from config.models import (
+    ENV_PREFIX,
+    DatasetConfig,
+    EventsConfig,
+    FileSourceConfig,
+    Profile,
+    ProfileEnvSource,
+    TrendConfig,
+)
 
 M = TypeVar("M", bound=BaseModel)
-ENV_PREFIX = "KEYFLOW_"
 MAX_YAML_BYTES = 1_000_000
 
 
@@ -158,33 +165,14 @@ def load_file_source(name_or_path: str | Path) -> FileSourceConfig:
     return _load_job("sources", FileSourceConfig, name_or_path)
 
 
-# Structured fields: secrets are named in YAML, their values come from where the reference points.
-_NOT_FROM_ENV = {"secrets", "source_password", "warehouse_password", "trends_password", "encryption_keys"}
-
-
-def profile_env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Profile fields set by ``KEYFLOW_<FIELD>`` environment variables, read now (not at import)."""
-    env = os.environ if environ is None else environ
-    out = {}
-    for name in Profile.model_fields:
-        var = ENV_PREFIX + name.upper()
-        if var in env and name not in _NOT_FROM_ENV:
-            out[name] = var
-    return out
-
-
 def load_profile(name_or_path: str | Path, environ: Mapping[str, str] | None = None) -> Profile:
-    """Load ``config/profiles/<name>.yaml`` and apply ``KEYFLOW_<FIELD>`` environment overrides."""
-    env = os.environ if environ is None else environ
+    """Load ``config/profiles/<name>.yaml``; ``KEYFLOW_<FIELD>`` variables (of ``environ``, read now) win over it."""
     path = _resolve("profiles", name_or_path)
     data = read_yaml(path)
-    overrides = profile_env_overrides(env)
+    overrides = ProfileEnvSource(Profile, environ)()
     if isinstance(data, dict):
-        data = dict(data)
-        for name, var in overrides.items():
-            value: Any = env[var]
-            data[name] = None if value == "" and name != "source_url" else value
-    return _validate(Profile, data, display_path(path), overrides)
+        data = {**data, **overrides}
+    return _validate(Profile, data, display_path(path), {name: ENV_PREFIX + name.upper() for name in overrides})
 
 
 def validate_tree(root: Path | None = None) -> tuple[int, list[str]]:

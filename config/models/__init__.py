@@ -4,15 +4,15 @@
 - :mod:`config.models.rules`: a dataset's rules, and :func:`secret_names`, the profile entries rules name.
 - :mod:`config.models.dataset` (``datasets/``), :mod:`config.models.sources` (``sources/``),
   :mod:`config.models.events` (``events/``), :mod:`config.models.trends` (``trends/``),
-  :mod:`config.models.profile` (``profiles/``).
+  :mod:`config.models.profile` (``profiles/``, with the ``KEYFLOW_<FIELD>`` overrides).
 """
 
 from __future__ import annotations
 
-from config.models.common import IDENT_RE, Ident, SecretRef, TypeName
+from config.models.common import ENV_PREFIX, IDENT_RE, Ident, SecretRef, TypeName
 from config.models.dataset import DatasetConfig, SourceConfig, StagingConfig, TargetColumn, TargetConfig
 from config.models.events import EventsConfig, KinesisSourceConfig, RabbitMQSourceConfig, ReferenceConfig
-from config.models.profile import EncryptionKey, Profile
+from config.models.profile import EncryptionKey, Profile, ProfileEnvSource
 from config.models.rules import (
     FILTER_OPS,
     RULE_NAMES,
@@ -29,6 +29,7 @@ from config.models.sources import CsvOptions, FileColumn, FileSourceConfig, File
 from config.models.trends import ScoringConfig, TrendConfig
 
 __all__ = [
+    "ENV_PREFIX",
     "FILTER_OPS",
     "IDENT_RE",
     "RULE_NAMES",
@@ -47,6 +48,7 @@ __all__ = [
     "KinesisSourceConfig",
     "Privacy",
     "Profile",
+    "ProfileEnvSource",
     "RabbitMQSourceConfig",
     "ReferenceConfig",
     "Rule",

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from config.types import parse_type
 
+ENV_PREFIX = "KEYFLOW_"  # the one prefix of keyflow's environment variables
 IDENT_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,62}\Z")  # \Z: "$" would accept a trailing newline
 
 

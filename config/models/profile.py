@@ -1,13 +1,18 @@
-"""``config/profiles/*.yaml``: where keyflow runs: source database, warehouse, AWS, bucket, keys table, parallelism."""
+"""``config/profiles/*.yaml``: where keyflow runs, and its ``KEYFLOW_<FIELD>`` overrides (pydantic-settings)."""
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Literal
+from collections.abc import Mapping
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from config.models.common import Ident, SecretRef, _exactly_one, _Model
+from config.models.common import ENV_PREFIX, Ident, SecretRef, _exactly_one, _Model
 
 
 class EncryptionKey(_Model):
@@ -23,8 +28,45 @@ class EncryptionKey(_Model):
         return self
 
 
-class Profile(_Model):
+def _is_scalar(annotation: Any) -> bool:
+    """A str, int, float, bool or Literal field, optionally None: what one environment variable can hold."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return all(m is type(None) or m in (str, int, float, bool) or get_origin(m) is Literal for m in members)
+
+
+class ProfileEnvSource(EnvSettingsSource):
+    """``KEYFLOW_<FIELD>`` variables for a profile's scalar fields, read from ``environ`` when the source is built.
+
+    Only the capitalised spelling counts. Secret references and maps are never read from the environment: a profile
+    names where a secret comes from in YAML. An empty variable unsets an optional field (``source_url`` keeps ``""``).
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # The mapping given (`keyflow validate` passes an empty one), not always os.environ; lower-cased for matching.
+        return {name.lower(): value for name, value in self._environ.items() if name.isupper()}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """The variable's text for a scalar field; nothing for a structured one."""
+        if not _is_scalar(field.annotation):
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        """``{field: value}`` for every field a variable sets."""
+        return {
+            name: None if value == "" and name != "source_url" else value for name, value in super().__call__().items()
+        }
+
+
+class Profile(BaseSettings):
     """Where keyflow runs: source database, warehouse, AWS endpoint, bucket, keys table, parallelism."""
+
+    # extra/frozen/validate_default as every other model (BaseSettings would validate defaults).
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=False, env_prefix=ENV_PREFIX)
 
     name: str = "local"
     source_url: str = Field(description="SQLAlchemy URL of the source database, without password")
@@ -78,3 +120,15 @@ class Profile(_Model):
         if self.warehouse_kind == "redshift" and not self.redshift_iam_role:
             raise ValueError("warehouse_kind 'redshift' needs redshift_iam_role (COPY runs with an IAM role)")
         return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """``KEYFLOW_<FIELD>`` variables win over the values given (the YAML); no ``.env`` file, no secrets folder."""
+        return ProfileEnvSource(settings_cls), init_settings
