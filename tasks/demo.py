@@ -10,6 +10,7 @@ from pathlib import Path
 
 from config.models import Profile
 from tasks.io.aws import client
+from tasks.io.emulator import EmbeddedAWS
 from tasks.resources import key_store_for, object_store_for
 from tasks.transforms.keys import CampaignKey
 
@@ -23,6 +24,11 @@ CAMPAIGNS = [
     ("PAUSED17", date(2017, 3, 1), date(2017, 3, 31), False),
 ]
 CHANNELS = [" Web", "EMAIL ", "social", None, "Web"]
+
+
+def embedded_aws() -> EmbeddedAWS:
+    """DynamoDB, S3 and KMS emulated in this process on a free loopback port; a context manager (start, stop)."""
+    return EmbeddedAWS()
 
 
 def create_kms_key(profile: Profile) -> str:

@@ -33,6 +33,11 @@ def window_spec(job: TrendConfig) -> WindowSpec:
     return WindowSpec(width=timedelta(seconds=job.window_seconds), lateness=timedelta(seconds=job.lateness_seconds))
 
 
+def check_counts_store(profile: Profile, job: TrendConfig) -> None:
+    """Raise ``ConfigError`` now, before a run starts, when the profile has nowhere to keep the job's counts."""
+    trend_counts_for(profile, job)
+
+
 @dataclass(frozen=True)
 class CountSummary:
     """What one counting pass read and wrote; ``events = counted + late + invalid + outside``."""

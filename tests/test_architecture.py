@@ -55,3 +55,21 @@ def test_adapters_do_not_import_prefect_or_flows(path: Path) -> None:
 @pytest.mark.parametrize("path", [p for p in files("tasks") if "io" not in p.parts], ids=lambda p: p.name)
 def test_only_adapters_import_sdks(path: Path) -> None:
     assert not imports(path) & SDKS
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Full module names, counting ``from tasks import resources`` as ``tasks.resources``."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+@pytest.mark.parametrize("path", files("flows/cli"), ids=lambda p: p.name)
+def test_the_cli_calls_tasks_and_flows_not_adapters(path: Path) -> None:
+    adapters = {m for m in imported_modules(path) if m.split(".")[:2] in (["tasks", "io"], ["tasks", "resources"])}
+    assert not adapters

@@ -12,9 +12,11 @@ readable after rotation. The column name is bound as associated data: a value mo
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
+import io
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -22,12 +24,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tasks.transforms.exports import spreadsheet_safe
+
 PREFIX = "kf1"
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
 class DecryptError(ValueError):
     """A value cannot be decrypted (no key for its key id, wrong key, tampered, or not keyflow ciphertext)."""
+
+
+class CellDecryptError(DecryptError):
+    """A cell of a CSV cannot be decrypted; the message names its row (1 is the first after the header) and column."""
+
+
+class MissingColumnError(ValueError):
+    """A column asked for is not in the CSV's header row."""
 
 
 def _b64(data: bytes) -> str:
@@ -42,6 +54,16 @@ def fingerprint(public_key: rsa.RSAPublicKey) -> str:
     """Key id of a public key: the first 16 hex digits of the SHA-256 of its DER encoding."""
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()[:16]
+
+
+def generate_key_pair(bits: int = 3072) -> tuple[bytes, bytes]:
+    """A new RSA key pair as PEM: the private key (PKCS#8, unencrypted) and the public key (SubjectPublicKeyInfo)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public
 
 
 def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
@@ -149,3 +171,38 @@ def decrypt_columns(
             new[c] = decrypt_value(row.get(c), c, unwrap, cache)
         out.append(new)
     return out
+
+
+def _take(buffer: io.StringIO) -> str:
+    text = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return text
+
+
+def decrypt_csv(lines: Iterable[str], columns: Sequence[str], unwrap: Unwrap, raw: bool = False) -> Iterator[str]:
+    """Decrypt the named columns of CSV text (header row first), yielding the CSV out a row at a time.
+
+    An empty cell is a null and stays empty. Unless ``raw``, a decrypted value that a spreadsheet would run as a
+    formula gets a leading single quote. Raises :class:`MissingColumnError` before yielding anything when a column is
+    not in the header, and :class:`CellDecryptError` (naming row and column) at the first cell that does not decrypt.
+    """
+    reader = csv.DictReader(lines)
+    fieldnames = list(reader.fieldnames or [])
+    missing = [c for c in columns if c not in fieldnames]
+    if missing:
+        raise MissingColumnError(f"no column {', '.join(missing)}")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames)
+    writer.writeheader()
+    yield _take(buffer)
+    cache: dict[bytes, bytes] = {}
+    for n, row in enumerate(reader, start=1):
+        for c in columns:
+            try:
+                plain = decrypt_value(row[c] or None, c, unwrap, cache) or ""
+            except DecryptError as exc:
+                raise CellDecryptError(f"row {n}, column {c!r}: {exc}") from None
+            row[c] = plain if raw else spreadsheet_safe(plain)
+        writer.writerow(row)
+        yield _take(buffer)

@@ -8,11 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.transforms.crypto import (
+    CellDecryptError,
     DecryptError,
+    MissingColumnError,
     decrypt_columns,
+    decrypt_csv,
     decrypt_value,
     encrypt_values,
     fingerprint,
+    generate_key_pair,
+    load_private_key,
+    load_public_key,
     rsa_data_keys,
     rsa_unwrapper,
 )
@@ -61,3 +67,53 @@ def test_tampering_and_column_swaps_are_detected() -> None:
         decrypt_value(flipped, "phone", unwrap)
     with pytest.raises(DecryptError, match="not keyflow ciphertext"):
         decrypt_value("+33612345678", "phone", unwrap)
+
+
+def test_generated_key_pair_round_trips() -> None:
+    private_pem, public_pem = generate_key_pair(2048)
+    assert private_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert public_pem.startswith(b"-----BEGIN PUBLIC KEY-----")
+    private, public = load_private_key(private_pem), load_public_key(public_pem)
+    assert private.key_size == 2048 and fingerprint(private.public_key()) == fingerprint(public)
+    (value,) = encrypt_values(["+33612345678"], "phone", rsa_data_keys(public)())
+    assert decrypt_value(value, "phone", rsa_unwrapper([private])) == "+33612345678"
+    assert generate_key_pair(2048)[1] != public_pem
+
+
+def encrypted_csv(rows: list[tuple[str, str | None, str]]) -> list[str]:
+    """A CSV export (id, phone, note) with phone encrypted under NEW; None is a NULL (an empty cell)."""
+    data_key = rsa_data_keys(NEW.public_key())()
+    phones = encrypt_values([phone for _, phone, _ in rows], "phone", data_key)
+    lines = ["id,phone,note\r\n"]
+    lines += [f"{i},{phone or ''},{note}\r\n" for (i, _, note), phone in zip(rows, phones, strict=True)]
+    return lines
+
+
+def test_decrypt_csv_decrypts_the_chosen_columns_only() -> None:
+    lines = encrypted_csv([("1", "+33612345678", "kept"), ("2", None, "=1+1"), ("3", "plain", "x")])
+    out = "".join(decrypt_csv(lines, ["phone"], rsa_unwrapper([NEW])))
+    # The decrypted "+336…" would run as a spreadsheet formula: guarded; an empty cell stays empty; note untouched.
+    assert out == "id,phone,note\r\n1,'+33612345678,kept\r\n2,,=1+1\r\n3,plain,x\r\n"
+    raw = "".join(decrypt_csv(lines, ["phone"], rsa_unwrapper([NEW]), raw=True))
+    assert raw.splitlines()[1] == "1,+33612345678,kept"
+
+
+def test_decrypt_csv_names_the_row_and_column_that_fail() -> None:
+    lines = encrypted_csv([("1", "a", "x"), ("2", "b", "y")])
+    lines[2] = lines[2].replace(",y", ",not-ciphertext")
+    out = decrypt_csv(lines, ["phone", "note"], rsa_unwrapper([NEW]), raw=True)
+    assert next(out) == "id,phone,note\r\n"
+    with pytest.raises(CellDecryptError, match=r"^row 1, column 'note': not keyflow ciphertext"):
+        next(out)
+    with pytest.raises(
+        CellDecryptError, match=f"^row 1, column 'phone': no private key for key id {fingerprint(NEW.public_key())}"
+    ):
+        list(decrypt_csv(lines, ["phone"], rsa_unwrapper([OLD])))
+
+
+def test_decrypt_csv_refuses_a_missing_column_before_writing_anything() -> None:
+    out = decrypt_csv(["id,phone\r\n", "1,x\r\n"], ["phone", "email", "ssn"], rsa_unwrapper([NEW]))
+    with pytest.raises(MissingColumnError, match="^no column email, ssn$"):
+        next(out)
+    with pytest.raises(MissingColumnError, match="^no column phone$"):
+        next(decrypt_csv([], ["phone"], rsa_unwrapper([NEW])))

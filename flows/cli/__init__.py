@@ -1,0 +1,88 @@
+"""The ``keyflow`` command: run the ETL, manage keys, validate YAML, run the embedded demo.
+
+One module per command group (``etl``, ``keys``, ``trends``, ``events``, ``files``, ``security``, ``control``,
+``demo``); :mod:`flows.cli.output` prints everything and maps errors and flow states to exit codes
+(0 ok, 1 a key or file failed, 2 a config or usage problem, 3 paused). Commands call tasks and flows, never adapters.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+from contextlib import suppress
+from typing import NoReturn
+
+import typer
+
+from config.errors import KeyflowError
+from flows.cli import control, demo, security
+from flows.cli.etl import etl_app
+from flows.cli.events import events_app
+from flows.cli.files import files_app
+from flows.cli.keys import keys_app
+from flows.cli.output import fail_with
+from flows.cli.trends import trends_app
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="keyflow: key-driven ETL from RDS to Redshift through S3, as Prefect flows.", no_args_is_help=True
+)
+app.add_typer(etl_app, name="etl")
+app.add_typer(keys_app, name="keys")
+app.add_typer(trends_app, name="trends")
+app.add_typer(events_app, name="events")
+app.add_typer(files_app, name="files")
+app.command("serve")(control.serve_cmd)
+app.command("pause")(control.pause_cmd)
+app.command("resume")(control.resume_cmd)
+app.command("validate")(control.validate)
+app.command("demo")(demo.demo)
+app.command("keygen")(security.keygen)
+app.command("decrypt")(security.decrypt)
+app.command("audit")(security.audit_cmd)
+
+
+def _bound_malloc_arenas() -> None:
+    """glibc gives each thread its own malloc arena; with parallel keys that inflates RSS for nothing."""
+    if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
+        import ctypes
+
+        with suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX = 2
+
+
+def _leave(code: int | str | None) -> NoReturn:
+    """Exit without tearing the interpreter down module by module (0.4 s of every command after a flow run).
+
+    What a normal exit does that matters still happens, in the same order: non-daemon threads are waited for and
+    threading's exit hooks run (Prefect drains its log and event workers to the API there), then the atexit hooks
+    (logging flushes its handlers), then stdout and stderr are flushed.
+    """
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    threading._shutdown()  # type: ignore[attr-defined]  # joins threads, runs threading's exit hooks (Prefect's drains)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(code or 0)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _bound_malloc_arenas()
+    code: int | str | None = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+    except KeyflowError as exc:  # a user's mistake: one line each, no traceback
+        try:
+            fail_with(exc)
+        except typer.Exit as stop:
+            code = stop.exit_code
+    _leave(code)

@@ -1,0 +1,60 @@
+"""What the commands share: the common options, reading dates, and checking YAML before Prefect starts."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, date, datetime
+from typing import Annotated
+
+import typer
+
+from flows.cli.output import fail
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="profile name or path (config/profiles/)")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name or path (config/datasets/)")]
+JobOpt = Annotated[str, typer.Option("--job", "-j", help="trend job name or path (config/trends/)")]
+
+
+def quiet_prefect() -> None:
+    """Offline-friendly Prefect defaults, set before Prefect is imported (a user's own settings win)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+
+
+def parse_date(text: str, option: str) -> date:
+    """A YYYY-MM-DD option value, or the command ends with exit code 2."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        fail(f"{option}: {text!r} is not a date (YYYY-MM-DD)")
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """An ISO date or date-time; UTC unless it names its offset."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"{option}: {text!r} is not a date or time (YYYY-MM-DD[THH:MM[:SS]][+00:00])")
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def check_config(profile: str, kind: str, name: str) -> None:
+    """Load the profile and a job's YAML before Prefect starts, so a user's mistake is a ``ConfigError``, not a trace.
+
+    Args:
+        profile: profile name or path.
+        kind: the job's folder under config/: datasets, events, sources or trends.
+        name: the job's name or path.
+    """
+    from config import loader
+
+    load = {
+        "datasets": loader.load_dataset,
+        "events": loader.load_events,
+        "sources": loader.load_file_source,
+        "trends": loader.load_trends,
+    }[kind]
+    loader.load_profile(profile)
+    load(name)
+    quiet_prefect()

@@ -1,0 +1,202 @@
+"""Everything the commands print: error lines, tables, JSON, and the exit code a flow's final state maps to.
+
+Exit codes: 0 ok, 1 a key or file failed, 2 a config or usage problem, 3 the flow family is paused.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from config.errors import ConfigError, KeyflowError
+
+if TYPE_CHECKING:
+    from prefect.states import State
+
+    from tasks.audit import Finding
+    from tasks.transforms.keys import CampaignKey
+
+OK, FAILED, CONFIG, PAUSED = 0, 1, 2, 3
+
+out = Console()
+err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def error(line: str) -> None:
+    """Print one ``error:`` line on standard error (every error a command reports goes through here)."""
+    err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+
+
+def fail(*lines: str, code: int = CONFIG) -> NoReturn:
+    """Print each line as an error and end the command with ``code`` (2, a usage or config problem, unless told)."""
+    for line in lines:
+        error(line)
+    raise typer.Exit(code) from None
+
+
+def exit_code(exc: BaseException) -> int:
+    """2 for a config problem, 1 for any other error."""
+    return CONFIG if isinstance(exc, ConfigError) else FAILED
+
+
+def fail_with(exc: KeyflowError) -> NoReturn:
+    """A user's mistake or a failed call: one line per problem, no traceback, its exit code."""
+    fail(*(exc.problems if isinstance(exc, ConfigError) else [str(exc)]), code=exit_code(exc))
+
+
+def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a command so that a ``KeyflowError`` it raises is printed by :func:`fail_with` and sets the exit code."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except KeyflowError as exc:
+            fail_with(exc)
+
+    return run
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A flow run that went to its end: what it returned and the exit code (0 completed, 1 a key or file failed)."""
+
+    data: Any
+    code: int
+
+
+def finish(
+    state: State[Any],
+    family: str,
+    resume_hint: str = "switches them back on",
+    on_paused: Callable[[Any], None] | None = None,
+) -> Outcome:
+    """Turn a flow's final state into its data and exit code.
+
+    A run that ended in an error prints it (one line each) and exits 1, or 2 for a config error; a run cancelled by
+    the kill switch prints how to resume the family, calls ``on_paused`` with what the run returned, and exits 3.
+    """
+    result: Any = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        fail(*(str(result).strip() or type(result).__name__).splitlines(), code=exit_code(result))
+    if state.is_cancelled():
+        err.print(f"[yellow]{state.message}[/yellow] (`keyflow resume {family}` {resume_hint})")
+        if on_paused is not None:
+            on_paused(result)
+        raise typer.Exit(PAUSED)
+    return Outcome(result, OK if state.is_completed() else FAILED)
+
+
+def print_json(data: Any) -> None:
+    """The command's data as one JSON line on standard output (for scripts)."""
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+
+
+def print_summary(rows: list[dict[str, Any]], title: str) -> None:
+    """The per-key summary table."""
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("key", "left"), ("status", "left"), ("rows", "right"), ("bytes staged", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("seconds", justify="right")
+    table.add_column("detail", overflow="fold")
+    for r in rows:
+        ok = r["status"] == "loaded"
+        table.add_row(
+            r["key"],
+            f"[green]{r['status']}[/green]" if ok else f"[red]{r['status']}[/red]",
+            f"{r['rows_loaded']:,}" if ok else f"{r['rows_extracted']:,} extracted",
+            f"{r['bytes_staged']:,}",
+            f"{r['seconds']:.2f}",
+            (
+                f"extracted {r['rows_extracted']:,}, filtered {r['rows_filtered']:,}, loaded {r['rows_loaded']:,}"
+                if ok
+                else r["error"]
+            ),
+        )
+    out.print(table)
+
+
+def print_dates(results: Iterable[Any], title: str) -> None:
+    """One row per run date of an ETL backfill."""
+    table = Table(title=title, title_justify="left")
+    for col in ("date", "status", "keys", "detail"):
+        table.add_column(col)
+    for r in results:
+        color = {"loaded": "green", "skipped": "cyan", "nothing": "cyan", "paused": "yellow"}.get(r.status, "red")
+        table.add_row(str(r.run_date), f"[{color}]{r.status}[/{color}]", str(r.keys), r.message)
+    out.print(table)
+
+
+def print_hours(rows: Iterable[dict[str, Any]], title: str) -> None:
+    """One row per hour of a trends backfill."""
+    table = Table(title=title, title_justify="left")
+    for col in ("hour", "files", "events", "counted", "late", "invalid", "rows"):
+        table.add_column(col, justify="left" if col == "hour" else "right")
+    for r in rows:
+        table.add_row(
+            str(r["start"])[:16].replace("T", " "),
+            *(f"{r[c]:,}" for c in ("files", "events", "counted", "late", "invalid", "rows")),
+        )
+    out.print(table)
+
+
+def print_ranking(ranking: Iterable[dict[str, Any]], title: str) -> None:
+    """The top articles of one audience, best first."""
+    table = Table(title=title, title_justify="left")
+    for col in ("rank", "article", "score", "ctr", "impressions", "clicks", "velocity", "age min"):
+        table.add_column(col, justify="left" if col == "article" else "right")
+    for i, r in enumerate(ranking, 1):
+        table.add_row(
+            str(i),
+            str(r["article_id"]),
+            f"{r['score']:.4f}",
+            f"{r['ctr']:.4f}",
+            f"{r['impressions']:,}",
+            f"{r['clicks']:,}",
+            f"{r['velocity']:.2f}",
+            f"{r['age_minutes']:.0f}",
+        )
+    out.print(table)
+
+
+def print_files(rows: Iterable[dict[str, Any]], title: str) -> None:
+    """One row per landing file of an ingestion run."""
+    table = Table(title=title, title_justify="left")
+    for col in ("file", "status", "rows in", "loaded", "rejected", "reason"):
+        table.add_column(col, justify="right" if col in ("rows in", "loaded", "rejected") else "left", overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["file"],
+            r["status"],
+            f"{r['rows_in']:,}",
+            f"{r['rows_loaded']:,}",
+            f"{r['rows_rejected']:,}",
+            r["reason"],
+        )
+    out.print(table)
+
+
+def print_keys(keys: Iterable[CampaignKey]) -> None:
+    """The keys of a dataset."""
+    table = Table("key", "start", "end", "enabled", "params")
+    for k in keys:
+        table.add_row(k.key, str(k.start_date), str(k.end_date), "yes" if k.enabled else "no", json.dumps(k.params))
+    out.print(table)
+
+
+def print_findings(findings: Iterable[Finding]) -> None:
+    """One greppable line per audit finding."""
+    for f in findings:
+        mark = "[green]ok  [/green]" if f.ok else "[red]FAIL[/red]"
+        out.print(f"{mark} {f.check}: {f.target}: {f.detail}", highlight=False, soft_wrap=True)
