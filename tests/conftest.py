@@ -18,6 +18,20 @@ from tests.helpers.services import PG_DSN, PG_URL, require_service, unique  # no
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+# A test needs a service when it uses one of these fixtures (directly or through another fixture), or when it lives in
+# a tier that runs against the real thing: adapters in tests/io, flows end to end in tests/flows (see DEVELOPERS.md).
+SERVICE_FIXTURES = frozenset({"pg", "mysql", "aws_endpoint", "prefect_harness"})
+SERVICE_TIERS = tuple(Path(__file__).parent / tier for tier in ("io", "flows"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark with ``services`` every test that needs PostgreSQL, MariaDB, RabbitMQ, moto or a Prefect server."""
+    for item in items:
+        in_tier = any(item.path.is_relative_to(tier) for tier in SERVICE_TIERS)
+        if in_tier or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+
 
 @pytest.fixture(scope="session")
 def aws_endpoint() -> Iterator[str]:
