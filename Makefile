@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format services clean bench bench-trends bench-ingest
+.PHONY: install run test test-fast lint format services clean bench bench-trends bench-ingest
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ run: $(STAMP) ## the main job on embedded defaults: no servers, no AWS account
 
 test: $(STAMP) services ## the test suite (PostgreSQL, MariaDB and RabbitMQ on 127.0.0.1, started when down)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## the tests that need no service (config, transforms, architecture), in seconds
+	$(BIN)/python -m pytest -m "not services"
 
 lint: $(STAMP) ## ruff (check + format) and mypy
 	$(BIN)/ruff check .

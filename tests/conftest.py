@@ -4,28 +4,33 @@ and a Prefect test harness. A missing service is a failure with a clear message,
 from __future__ import annotations
 
 import os
-import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
-import yaml
+
+pytest.register_assert_rewrite("tests.helpers")  # before any test module imports them: helpers' asserts explain too
+
+from tests.helpers.config_files import write_yaml  # noqa: E402
+from tests.helpers.services import PG_DSN, PG_URL, require_service, unique  # noqa: E402
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-PG_URL = os.environ.get("KEYFLOW_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-PG_DSN = os.environ.get("KEYFLOW_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
-MYSQL_URL = os.environ.get("KEYFLOW_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+# A test needs a service when it uses one of these fixtures (directly or through another fixture), or when it lives in
+# a tier that runs against the real thing: adapters in tests/io, flows end to end in tests/flows (see DEVELOPERS.md).
+SERVICE_FIXTURES = frozenset({"pg", "mysql", "aws_endpoint", "prefect_harness"})
+SERVICE_TIERS = tuple(Path(__file__).parent / tier for tier in ("io", "flows"))
 
 
-def _require(port: int, what: str) -> None:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except OSError:
-        pytest.fail(f"{what} is not reachable on 127.0.0.1:{port}; start it with `make services`", pytrace=False)
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark with ``services`` every test that needs PostgreSQL, MariaDB, RabbitMQ, moto or a Prefect server."""
+    for item in items:
+        in_tier = any(item.path.is_relative_to(tier) for tier in SERVICE_TIERS)
+        if in_tier or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +64,7 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def pg() -> Iterator[Any]:
     """An autocommit psycopg2 connection to the PostgreSQL test database."""
-    _require(5432, "PostgreSQL")
+    require_service(5432, "PostgreSQL")
     conn = psycopg2.connect(PG_DSN)
     conn.autocommit = True
     yield conn
@@ -71,14 +76,10 @@ def mysql() -> Iterator[Any]:
     """An autocommit PyMySQL connection to the MariaDB test database."""
     import pymysql
 
-    _require(3306, "MariaDB")
+    require_service(3306, "MariaDB")
     conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test", autocommit=True)
     yield conn
     conn.close()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture()
@@ -90,12 +91,6 @@ def names() -> dict[str, str]:
         "bucket": unique("kf").replace("_", "-"),
         "keys_table": unique("keys"),
     }
-
-
-def write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 @pytest.fixture()
@@ -135,10 +130,3 @@ def _clean_keyflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
         if var.startswith("KEYFLOW_") and not var.startswith("KEYFLOW_TEST_"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("KEYFLOW_EMAIL_SALT", "s3nt1nel-salt-never-logged")
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (yet)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

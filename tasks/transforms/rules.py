@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from config.models import Condition, Derive, Expr, Privacy, Rule
+from config.models import Condition, Dedupe, Derive, Expr, Privacy, Rule
 from tasks.transforms.crypto import DataKey, DataKeySource, encrypt_values
 from tasks.transforms.types import arrow_type
 
@@ -57,6 +57,12 @@ def _require_string(table: pa.Table, name: str, path: str) -> pa.ChunkedArray:
     return col
 
 
+def _map_text(table: pa.Table, columns: Sequence[str], fn: Callable[[Any], Any], path: str) -> pa.Table:
+    for c in columns:
+        table = _set(table, c, fn(_require_string(table, c, f"{path}.{c}")))
+    return table
+
+
 class RuleEngine:
     """Applies rules in order to successive batches of one key (dedupe remembers rows across batches)."""
 
@@ -94,51 +100,59 @@ class RuleEngine:
     def _apply_one(self, i: int, rule: Rule, t: pa.Table) -> pa.Table:
         name = rule.name
         path = f"rules[{i}].{name}"
-        if rule.select is not None:
-            for c in rule.select:
-                _col(t, c, path)
-            return t.select(rule.select)
-        if rule.drop is not None:
-            for c in rule.drop:
-                _col(t, c, path)
-            return t.drop_columns(rule.drop)
-        if rule.rename is not None:
-            for old in rule.rename:
-                _col(t, old, f"{path}.{old}")
-            names = [rule.rename.get(c, c) for c in t.column_names]
-            dup = sorted(n for n, count in Counter(names).items() if count > 1)
-            if dup:
-                raise RuleError(path, f"renaming would give two columns named {', '.join(dup)}")
-            return t.rename_columns(names)
-        if rule.cast is not None:
-            for c, ty in rule.cast.items():
-                t = _set(t, c, _cast(_col(t, c, f"{path}.{c}"), arrow_type(ty), f"{path}.{c}"))
-            return t
-        if rule.trim is not None or rule.lower is not None or rule.upper is not None:
-            fn = {"trim": pc.utf8_trim_whitespace, "lower": pc.utf8_lower, "upper": pc.utf8_upper}[name]
-            for c in getattr(rule, name):
-                t = _set(t, c, fn(_require_string(t, c, f"{path}.{c}")))
-            return t
-        if rule.fill is not None:
-            for c, v in rule.fill.items():
-                col = _col(t, c, f"{path}.{c}")
-                t = _set(t, c, pc.fill_null(col, _cast(pa.scalar(v), col.type, f"{path}.{c}")))
-            return t
-        if rule.filter is not None:
-            mask = None
-            for j, cond in enumerate(rule.filter):
-                m = self._condition(t, cond, f"{path}[{j}]")
-                mask = m if mask is None else pc.and_kleene(mask, m)
-            if mask is None or (mask.null_count == 0 and pc.all(mask).as_py() is not False):
-                return t  # every row passes: no copy of the whole batch
-            return t.filter(mask, null_selection_behavior="drop")
-        if rule.derive is not None:
-            return self._derive(t, rule.derive, path)
-        if rule.dedupe is not None:
-            return self._dedupe(i, t, rule.dedupe.on, path)
-        if rule.privacy is not None:
-            return self._privacy(t, rule.privacy, path)
-        raise RuleError(path, "empty rule")  # pragma: no cover - the model forbids it
+        spec = getattr(rule, name)
+        if spec is None:  # `- select:` with no value: the one key is there, its value is not
+            raise RuleError(path, "empty rule")
+        return self._APPLY[name](self, i, t, spec, path)
+
+    # One handler per rule kind, (engine, i, table, the rule's value, path) -> table; ``_APPLY`` maps names to them.
+    def _select(self, i: int, t: pa.Table, columns: list[str], path: str) -> pa.Table:
+        for c in columns:
+            _col(t, c, path)
+        return t.select(columns)
+
+    def _drop(self, i: int, t: pa.Table, columns: list[str], path: str) -> pa.Table:
+        for c in columns:
+            _col(t, c, path)
+        return t.drop_columns(columns)
+
+    def _rename(self, i: int, t: pa.Table, renames: dict[str, str], path: str) -> pa.Table:
+        for old in renames:
+            _col(t, old, f"{path}.{old}")
+        names = [renames.get(c, c) for c in t.column_names]
+        dup = sorted(n for n, count in Counter(names).items() if count > 1)
+        if dup:
+            raise RuleError(path, f"renaming would give two columns named {', '.join(dup)}")
+        return t.rename_columns(names)
+
+    def _cast_columns(self, i: int, t: pa.Table, types: dict[str, str], path: str) -> pa.Table:
+        for c, ty in types.items():
+            t = _set(t, c, _cast(_col(t, c, f"{path}.{c}"), arrow_type(ty), f"{path}.{c}"))
+        return t
+
+    def _trim(self, i: int, t: pa.Table, columns: list[str], path: str) -> pa.Table:
+        return _map_text(t, columns, pc.utf8_trim_whitespace, path)
+
+    def _lower(self, i: int, t: pa.Table, columns: list[str], path: str) -> pa.Table:
+        return _map_text(t, columns, pc.utf8_lower, path)
+
+    def _upper(self, i: int, t: pa.Table, columns: list[str], path: str) -> pa.Table:
+        return _map_text(t, columns, pc.utf8_upper, path)
+
+    def _fill(self, i: int, t: pa.Table, values: dict[str, Any], path: str) -> pa.Table:
+        for c, v in values.items():
+            col = _col(t, c, f"{path}.{c}")
+            t = _set(t, c, pc.fill_null(col, _cast(pa.scalar(v), col.type, f"{path}.{c}")))
+        return t
+
+    def _filter(self, i: int, t: pa.Table, conditions: list[Condition], path: str) -> pa.Table:
+        mask = None
+        for j, cond in enumerate(conditions):
+            m = self._condition(t, cond, f"{path}[{j}]")
+            mask = m if mask is None else pc.and_kleene(mask, m)
+        if mask is None or (mask.null_count == 0 and pc.all(mask).as_py() is not False):
+            return t  # every row passes: no copy of the whole batch
+        return t.filter(mask, null_selection_behavior="drop")
 
     # -- filter
     def _condition(self, t: pa.Table, cond: Condition, path: str) -> Any:
@@ -163,7 +177,7 @@ class RuleEngine:
         return fn(col, value)
 
     # -- derive
-    def _derive(self, t: pa.Table, d: Derive, path: str) -> pa.Table:
+    def _derive(self, i: int, t: pa.Table, d: Derive, path: str) -> pa.Table:
         out = self._eval(t, d.expr, f"{path}.expr")
         if isinstance(out, pa.Scalar):
             out = pa.repeat(out, t.num_rows)
@@ -206,8 +220,8 @@ class RuleEngine:
             raise RuleError(here, str(exc).splitlines()[0]) from None
 
     # -- dedupe
-    def _dedupe(self, i: int, t: pa.Table, on: Sequence[str], path: str) -> pa.Table:
-        cols = [_col(t, c, f"{path}.on").to_pylist() for c in on]
+    def _dedupe(self, i: int, t: pa.Table, d: Dedupe, path: str) -> pa.Table:
+        cols = [_col(t, c, f"{path}.on").to_pylist() for c in d.on]
         seen = self._seen.setdefault(i, set())
         keep = []
         for row, k in enumerate(zip(*cols, strict=True)):
@@ -217,7 +231,7 @@ class RuleEngine:
         return t.take(pa.array(keep, pa.int64())) if len(keep) != t.num_rows else t
 
     # -- privacy
-    def _privacy(self, t: pa.Table, p: Privacy, path: str) -> pa.Table:
+    def _privacy(self, i: int, t: pa.Table, p: Privacy, path: str) -> pa.Table:
         col = _col(t, p.column, f"{path}.column")
         if p.action == "drop":
             return t.drop_columns([p.column])
@@ -247,6 +261,21 @@ class RuleEngine:
             for v in text.to_pylist()
         ]
         return _set(t, p.column, pa.array(hashed, pa.string()))
+
+    _APPLY: ClassVar[dict[str, Callable[[RuleEngine, int, pa.Table, Any, str], pa.Table]]] = {
+        "select": _select,
+        "drop": _drop,
+        "rename": _rename,
+        "cast": _cast_columns,
+        "trim": _trim,
+        "lower": _lower,
+        "upper": _upper,
+        "fill": _fill,
+        "filter": _filter,
+        "derive": _derive,
+        "dedupe": _dedupe,
+        "privacy": _privacy,
+    }
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.flows.test_rds_to_redshift import create_pg_source, put_keys, run, source_rows, write_dataset
+from tests.helpers.etl import create_pg_source, put_keys, run, source_rows, write_dataset
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 runner = CliRunner()

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.flows.test_rds_to_redshift import D1, EVIL, create_pg_source, source_rows, write_dataset
+from tests.helpers.etl import D1, EVIL, create_pg_source, source_rows, write_dataset
 
 runner = CliRunner()
 
@@ -140,7 +140,7 @@ def test_the_command_exits_at_once_yet_every_log_and_task_state_reaches_the_serv
     from prefect.client.schemas.filters import FlowRunFilter, LogFilter, LogFilterFlowRunId
     from prefect.settings import PREFECT_API_URL
 
-    from tests.flows.test_rds_to_redshift import put_keys
+    from tests.helpers.etl import put_keys
 
     create_pg_source(pg, names["src_table"], source_rows(["K1", "K2"], per_key=10))
     try:

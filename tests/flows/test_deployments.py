@@ -12,7 +12,7 @@ import pytest
 
 from config.errors import ConfigError
 from flows.serve import deployment_specs, load_flow
-from tests.conftest import write_yaml
+from tests.helpers.config_files import write_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 FILE = ROOT / "deployments" / "prefect.yaml"

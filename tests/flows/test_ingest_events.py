@@ -8,9 +8,7 @@ import contextlib
 import datetime as dt
 import gzip
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,43 +17,21 @@ import pika
 import pytest
 from botocore.exceptions import ClientError
 
-from config.loader import load_events, load_profile
 from flows.ingest_events import ingest_events
 from tasks.ingest import drain, sinks_for
 from tasks.resources import event_source_for, object_store_for
-from tests.conftest import _require, write_yaml
-
-ROOT = Path(__file__).resolve().parents[2]
-T0 = dt.datetime(2026, 11, 27, 9, 58, tzinfo=dt.UTC)
+from tests.helpers.config_files import write_yaml
+from tests.helpers.events import archived, crash_drain, event, ingestion
+from tests.helpers.services import require_service
 
 
 @pytest.fixture()
 def amqp() -> Any:
-    _require(5672, "RabbitMQ")
+    require_service(5672, "RabbitMQ")
     conn = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F"))
     yield conn.channel()
     with contextlib.suppress(pika.exceptions.AMQPError):  # a broker restart in a test closes it
         conn.close()
-
-
-def ingestion(
-    tmp_path: Path, names: dict[str, str], profile_path: Path, source: dict[str, Any], batch_size: int
-) -> Any:
-    """An event ingestion job YAML of fresh tables for this test, loaded, with its sinks created."""
-    job_path = write_yaml(
-        tmp_path / "events" / "job.yaml",
-        {
-            "name": "pytest_events",
-            "source": source,
-            "reference": {"table": names["keys_table"] + "_articles"},
-            "events_table": names["keys_table"] + "_events",
-            "batch_size": batch_size,
-            "max_seconds": 60,
-            "idle_seconds": 1,
-        },
-    )
-    job, profile = load_events(job_path), load_profile(profile_path, environ={})
-    return str(job_path), str(profile_path), job, profile, sinks_for(job, profile)
 
 
 @pytest.fixture()
@@ -80,45 +56,8 @@ def publish(ch: Any, queue: str, bodies: list[bytes], message_ids: list[str | No
         ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2, message_id=mid))
 
 
-def event(i: int, article: str = "a1", **extra: Any) -> bytes:
-    ts = (T0 + dt.timedelta(seconds=i)).isoformat()
-    return json.dumps(
-        {
-            "event_id": f"e{i}",
-            "ts": ts,
-            "article_id": article,
-            "user_id": f"u{i % 7}",
-            "action": "click" if i % 9 == 0 else "impression",
-            **extra,
-        }
-    ).encode()
-
-
-def archived(profile: Any, job: Any) -> collections.Counter[str]:
-    """Every event id in the archive, with how many times it appears."""
-    store = object_store_for(profile)
-    ids: collections.Counter[str] = collections.Counter()
-    for key in store.list_keys(job.archive_prefix + "/"):
-        for line in gzip.decompress(store.get_bytes(key)).splitlines():
-            ids[json.loads(line)["event_id"]] += 1
-    return ids
-
-
 def queue_depth(ch: Any, queue: str) -> int:
     return int(ch.queue_declare(queue=queue, durable=True, passive=True).method.message_count)
-
-
-def crash_drain(job_path: str, profile_path: str, point: str) -> None:
-    """Drain in a separate process that dies (``os._exit``) at ``point``, as a killed worker would."""
-    crashed = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.crash_drain", job_path, profile_path, point],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert crashed.returncode == 17, crashed.stderr
 
 
 def wait_for_depth(ch: Any, queue: str, expected: int, seconds: float = 10) -> int:
@@ -285,7 +224,7 @@ def test_a_broker_restart_mid_drain_loses_and_doubles_nothing(amqp: Any, setup: 
     assert len(calls) == 3
 
     # What the task's retry does: a new connection; the broker redelivers the unacknowledged batch.
-    _require(5672, "RabbitMQ")
+    require_service(5672, "RabbitMQ")
     deadline = time.monotonic() + 60
     while True:
         try:

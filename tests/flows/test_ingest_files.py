@@ -17,7 +17,8 @@ import pytest
 from config.loader import load_file_source, load_profile
 from flows.ingest_files import ingest_files
 from tasks.resources import object_store_for
-from tests.conftest import MYSQL_URL, PG_URL, write_yaml
+from tests.helpers.config_files import write_yaml
+from tests.helpers.services import MYSQL_URL, PG_URL
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from tasks.ingest import drain, sinks_for
 from tasks.io.aws import client
 from tasks.resources import event_source_for
-from tests.flows.test_ingest_events import archived, crash_drain, event, ingestion
+from tests.helpers.events import archived, crash_drain, event, ingestion
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,126 +6,30 @@ import datetime as dt
 import io
 import json
 import logging
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zstandard
 
-from flows.rds_to_redshift import rds_to_redshift
-from tests.conftest import MYSQL_URL, write_yaml
+from tests.helpers.config_files import write_yaml
+from tests.helpers.etl import (
+    COLUMNS,
+    D1,
+    D2,
+    EVIL,
+    KEYS,
+    create_pg_source,
+    expected,
+    put_keys,
+    run,
+    source_rows,
+    warehouse,
+    write_dataset,
+)
+from tests.helpers.services import MYSQL_URL
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-D1 = dt.date(2017, 3, 20)  # K1, K2 and EVIL active
-D2 = dt.date(2017, 3, 28)  # K1 and K2 active
-EVIL = "x'); drop table t; --"
-KEYS = [
-    ("K1", "2017-03-01", "2017-03-31", True),
-    ("K2", "2017-03-15", "2017-04-15", True),
-    (EVIL, "2017-03-10", "2017-03-25", True),
-    ("OLD", "2016-01-01", "2016-12-31", True),
-    ("OFF", "2017-03-01", "2017-03-31", False),
-]
-AWKWARD = [
-    None,
-    "",
-    "a,b",
-    'say "hi"',
-    "tab\there",
-    "line\nbreak",
-    "cr\r\nlf",
-    "back\\slash",
-    "ünïcødé ✓ 日本 🎉",
-    EVIL,
-    "\\N",
-    "NULL",
-    " padded ",
-]
-COLUMNS = "id, campaign_key, event_date, label, amount, ratio, flag, created_at, phone"
-
-
-def source_rows(key_names: list[str], per_key: int = 40) -> list[tuple[Any, ...]]:
-    rows = []
-    n = 0
-    for key in key_names:
-        for i in range(per_key):
-            n += 1
-            rows.append(
-                (
-                    n,
-                    key,
-                    dt.date(2017, 3, 1) + dt.timedelta(days=i % 28),
-                    AWKWARD[i % len(AWKWARD)],
-                    [
-                        Decimal("1234567890123456789012345678.1234567890"),
-                        Decimal("-0.0000000001"),
-                        None,
-                        Decimal("42"),
-                    ][i % 4],
-                    [0.1, 1e300, -2.5e-300, None, 3.0][i % 5],
-                    [True, False, None][i % 3],
-                    dt.datetime(2017, 3, 1, 12, 30, 45, 123456) + dt.timedelta(hours=i),
-                    None if i % 7 == 0 else f"+3361234{n:04d}",
-                )
-            )
-    return rows
-
-
-def masked(phone: str | None) -> str | None:
-    return None if phone is None else "*" * max(len(phone) - 2, 0) + phone[-2:]
-
-
-def expected(rows: list[tuple[Any, ...]], keys: set[str]) -> list[tuple[Any, ...]]:
-    return [(*r[:8], masked(r[8])) for r in rows if r[1] in keys]
-
-
-def create_pg_source(pg: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
-    with pg.cursor() as cur:
-        cur.execute(
-            f"""CREATE TABLE {table} (id bigint primary key, campaign_key text not null, event_date date,
-                label text, amount numeric(38,10), ratio double precision, flag boolean,
-                created_at timestamp(6), phone text)"""
-        )
-        cur.executemany(f"INSERT INTO {table} VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", rows)
-
-
-def write_dataset(tmp_path: Path, names: dict[str, str], **target: Any) -> Path:
-    return write_yaml(
-        tmp_path / "datasets" / "facts.yaml",
-        {
-            "name": "facts",
-            "source": {"table": names["src_table"], "key_column": "campaign_key", "batch_rows": 100},
-            "rules": [
-                {"rename": {"label": "title"}},
-                {"privacy": {"column": "phone", "action": "mask", "keep_last": 2}},
-            ],
-            "staging": {"compression": "zstd", "part_rows": 1000},
-            "target": {"schema": names["wh_schema"], "table": "facts", "distkey": "campaign_key", **target},
-        },
-    )
-
-
-def put_keys(profile_path: Path, dataset: str = "facts") -> None:
-    from config.loader import load_profile
-    from tasks.resources import key_store_for
-    from tasks.transforms.keys import CampaignKey
-
-    store = key_store_for(load_profile(profile_path, environ={}))
-    for key, start, end, enabled in KEYS:
-        store.put_key(CampaignKey(dataset, key, dt.date.fromisoformat(start), dt.date.fromisoformat(end), enabled))
-
-
-def warehouse(pg: Any, names: dict[str, str]) -> list[tuple[Any, ...]]:
-    with pg.cursor() as cur:
-        cur.execute(f"SELECT {COLUMNS.replace('label', 'title')} FROM {names['wh_schema']}.facts ORDER BY id")
-        return [tuple(r) for r in cur.fetchall()]
-
-
-def run(dataset: Path, profile: Path, day: dt.date) -> tuple[Any, list[dict[str, Any]]]:
-    state = rds_to_redshift(dataset=str(dataset), run_date=day, profile=str(profile), return_state=True)
-    return state, state.result(raise_on_failure=False)
 
 
 @pytest.fixture()

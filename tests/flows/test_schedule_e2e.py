@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import write_yaml
-from tests.flows.test_rds_to_redshift import (
+from tests.helpers.config_files import write_yaml
+from tests.helpers.etl import (
     D1,
     EVIL,
     create_pg_source,

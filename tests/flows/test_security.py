@@ -14,8 +14,8 @@ import zstandard
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.conftest import write_yaml
-from tests.flows.test_rds_to_redshift import D1, EVIL, create_pg_source, put_keys, run, source_rows, write_dataset
+from tests.helpers.config_files import write_yaml
+from tests.helpers.etl import D1, EVIL, create_pg_source, put_keys, run, source_rows, write_dataset
 
 runner = CliRunner()
 

@@ -20,7 +20,7 @@ from flows.cli import app
 from flows.trend_scoring import trend_scoring
 from tasks.io.archive import hour_prefix, write_event_file
 from tasks.resources import object_store_for, trend_counts_for
-from tests.conftest import write_yaml
+from tests.helpers.config_files import write_yaml
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 runner = CliRunner()

@@ -1,0 +1,1 @@
+"""Builders shared by several test modules; test modules import from here, never from each other or conftest."""

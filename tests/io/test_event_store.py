@@ -10,7 +10,7 @@ import pytest
 from config.errors import RetryableError
 from tasks.io.event_store import ArticleDirectory
 from tasks.transforms.events import TTLCache
-from tests.conftest import free_port
+from tests.helpers.services import free_port
 
 
 def test_lookup_retries_unprocessed_keys_and_caches_answers(aws_endpoint: str, names: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ import pytest
 from config.errors import ConfigError, KeyFailedError, RetryableError
 from config.models import SourceConfig
 from tasks.io.source import SqlSource
-from tests.conftest import MYSQL_URL, PG_URL
+from tests.helpers.services import MYSQL_URL, PG_URL
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import pytest
 
 from tasks.io.trend_store import TrendCounts, TrendServing
 from tasks.transforms.trends import COUNT_SCHEMA
-from tests.conftest import PG_URL
+from tests.helpers.services import PG_URL
 
 T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
 
