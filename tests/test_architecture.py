@@ -55,3 +55,23 @@ def test_adapters_do_not_import_prefect_or_flows(path: Path) -> None:
 @pytest.mark.parametrize("path", [p for p in files("tasks") if "io" not in p.parts], ids=lambda p: p.name)
 def test_only_adapters_import_sdks(path: Path) -> None:
     assert not imports(path) & SDKS
+
+
+def test_only_the_composition_root_resolves_secrets() -> None:
+    """Tasks get secrets through their run's Resources (tasks/resources.py), which resolves each one once."""
+    users = {
+        p.relative_to(ROOT).as_posix() for d in ("flows", "tasks") for p in files(d) if "tasks.io.secrets" in imports(p)
+    }
+    assert users == {"tasks/resources.py"}
+
+
+def test_database_connections_are_opened_in_one_module() -> None:
+    """Engines and psycopg2 connections are made in tasks/io/databases.py, with its error mapping."""
+    openers = ("psycopg2.connect(", "create_engine(")
+    found = {
+        p.relative_to(ROOT).as_posix()
+        for d in ("flows", "tasks", "config")
+        for p in files(d)
+        if any(o in p.read_text() for o in openers)
+    }
+    assert found == {"tasks/io/databases.py"}
