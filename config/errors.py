@@ -44,3 +44,16 @@ class ConfigError(KeyflowError):
 
 class PausedError(KeyflowError):
     """The flow family is paused (kill switch): the key was not started."""
+
+
+def first_line(error: BaseException | str, default: str | None = None) -> str:
+    """The first line of an error's message (drivers add hints and context on further lines).
+
+    An empty message gives ``default``, else the exception's class name (``""`` for an empty string).
+    """
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0]
+    if default is not None:
+        return default
+    return type(error).__name__ if isinstance(error, BaseException) else ""

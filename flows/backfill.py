@@ -10,6 +10,7 @@ from datetime import date, timedelta
 from config.loader import load_dataset, load_profile
 from flows.rds_to_redshift import for_profile
 from tasks.etl import pending_keys
+from tasks.resources import resources_for
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class DateResult:
 
 
 def dates_between(start: date, end: date) -> list[date]:
+    """Every date from ``start`` to ``end``, both included."""
     if end < start:
         raise ValueError(f"--to {end} is before --from {start}")
     return [start + timedelta(days=n) for n in range((end - start).days + 1)]
@@ -41,11 +43,11 @@ def backfill(
 
     The ledger row of a key is committed with its rows, so an interrupted backfill resumes where it stopped.
     """
-    ds, prof = load_dataset(dataset), load_profile(profile)
+    ds, resources = load_dataset(dataset), resources_for(load_profile(profile))
     flow = for_profile(profile)
 
     def one(day: date) -> DateResult:
-        active, pending = pending_keys(ds, prof, day)
+        active, pending = pending_keys(ds, resources, day)
         if not active:
             result = DateResult(day, "nothing", 0, "no key active")
         elif not pending and not force:

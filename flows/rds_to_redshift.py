@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, date, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Completed, Failed, State
+from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from config.errors import PausedError
+from config.errors import PausedError, first_line
 from config.loader import load_dataset, load_profile
-from tasks.control import is_paused
+from config.models import DatasetConfig
+from flows.common import artifact_key, final_state, gather, refuse_if_paused, settled
 from tasks.etl import KeyResult, list_active_keys, load_key, prepare_target, remove_inactive_keys, stage_key
+from tasks.resources import Resources, resources_for
+from tasks.transforms.keys import CampaignKey
+from tasks.transforms.sql import TableSpec
+from tasks.transforms.staging import StagedKey
 
-
-def _run_id(run_date: date) -> str:
-    run = str(flow_run.get_id() or "local")[:8]
-    return f"{run_date.isoformat()}-{datetime.now(UTC):%H%M%S}-{run}"
-
-
-def _failure(key: str, state: State[Any]) -> KeyResult:
-    exc = state.result(raise_on_failure=False)
-    message = str(exc) if isinstance(exc, BaseException) else (state.message or state.name or "failed")
-    status = "paused" if isinstance(exc, PausedError) else "failed"
-    return KeyResult(key=key, status=status, error=message.splitlines()[0] if message else status)
-
-
-def _artifact_key(dataset: str) -> str:
-    return re.sub(r"[^a-z0-9-]", "-", f"{dataset.lower()}-run-summary")
+PAUSED = "The etl flows are paused: nothing started (`keyflow resume etl` switches them back on)"
 
 
 @flow(
@@ -48,63 +39,80 @@ def rds_to_redshift(
     fails the run after the other keys have loaded.
     """
     logger = get_run_logger()
-    prof = load_profile(profile)
-    ds = load_dataset(dataset)
+    prof, ds = load_profile(profile), load_dataset(dataset)
     day = run_date or datetime.now(UTC).date()
-    if is_paused("etl"):
-        logger.warning("The etl flows are paused: nothing started (`keyflow resume etl` switches them back on)")
-        return Cancelled(message="paused: the etl flows are switched off", data=[])
+    if refused := refuse_if_paused("etl", data=[], warning=PAUSED):
+        return refused
     run_id = _run_id(day)
     logger.info("Run %s: dataset %s, run date %s, profile %s", run_id, ds.name, day, prof.name)
 
-    spec = prepare_target(ds, prof)
-    keys = list_active_keys(ds.name, day, prof)
+    resources = resources_for(prof)
+    spec = prepare_target(ds, resources)
+    keys = list_active_keys(ds.name, day, resources)
     if not keys:
         logger.info("Nothing to do: no key of %s is active on %s", ds.name, day)
         return Completed(message="nothing to do", data=[])
+    results = _load_keys(keys, ds, resources, spec, run_id, day)
+    if ds.target.load_mode == "replace_table" and all(r.status == "loaded" for r in results):
+        remove_inactive_keys(resources, spec, [k.key for k in keys])
+    _publish_summary(ds.name, day, run_id, results)
+    return _final_state(results)
 
-    staged = stage_key.map(keys, unmapped(ds), unmapped(prof), unmapped(spec), unmapped(run_id), unmapped(day))
-    loaded = load_key.map(staged, unmapped(ds), unmapped(prof), unmapped(spec))
 
-    results: list[KeyResult] = []
-    for key, stage_future, load_future in zip(keys, staged, loaded, strict=True):
-        stage_future.wait()
-        if not stage_future.state.is_completed():
-            results.append(_failure(key.key, stage_future.state))
-            continue
-        load_future.wait()
-        if load_future.state.is_completed():
-            results.append(load_future.result())
-        else:
-            failed = _failure(key.key, load_future.state)
-            s = stage_future.result()
-            results.append(
-                KeyResult(**{**failed.as_row(), "rows_extracted": s.rows_extracted, "rows_staged": s.rows_staged})
-            )
+def _run_id(run_date: date) -> str:
+    run = str(flow_run.get_id() or "local")[:8]
+    return f"{run_date.isoformat()}-{datetime.now(UTC):%H%M%S}-{run}"
 
-    failed_keys = [r.key for r in results if r.status == "failed"]
-    paused_keys = [r.key for r in results if r.status == "paused"]
-    if ds.target.load_mode == "replace_table" and not failed_keys and not paused_keys:
-        remove_inactive_keys(prof, spec, [k.key for k in keys])
 
-    create_table_artifact(
-        key=_artifact_key(ds.name),
-        table=[r.as_row() for r in results],
-        description=f"{ds.name} on {day}: {len(results) - len(failed_keys) - len(paused_keys)} of {len(results)} "
-        "key(s) loaded "
-        f"(run {run_id})",
+def _load_keys(
+    keys: list[CampaignKey], ds: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, day: date
+) -> list[KeyResult]:
+    """Stage then load every key, one parallel branch per key; each key's result, a failed branch's included."""
+    staged = stage_key.map(keys, unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day))
+    loaded = load_key.map(staged, unmapped(ds), unmapped(resources), unmapped(spec))
+    return gather(list(zip(keys, staged, strict=True)), loaded, _branch_failure)
+
+
+def _branch_failure(branch: tuple[CampaignKey, PrefectFuture[StagedKey]], load: State[Any]) -> KeyResult:
+    """The row of a key whose branch failed: at its stage, or at its load (with the counts it staged)."""
+    key, stage = branch
+    if not settled(stage).is_completed():
+        return _failure(key.key, stage.state)
+    s = stage.result()
+    return KeyResult(
+        **{**_failure(key.key, load).as_row(), "rows_extracted": s.rows_extracted, "rows_staged": s.rows_staged}
     )
-    rows = [r.as_row() for r in results]
-    if failed_keys:
-        for r in results:
-            if r.status == "failed":
-                logger.error("Key %r failed: %s", r.key, r.error)
-        return Failed(
-            message=f"{len(failed_keys)} of {len(results)} key(s) failed: {', '.join(failed_keys)}", data=rows
-        )
-    if paused_keys:
-        return Cancelled(message=f"paused: {len(paused_keys)} of {len(results)} key(s) not started", data=rows)
-    return Completed(message=f"{len(results)} key(s) loaded", data=rows)
+
+
+def _failure(key: str, state: State[Any]) -> KeyResult:
+    exc = state.result(raise_on_failure=False)
+    message = str(exc) if isinstance(exc, BaseException) else (state.message or state.name or "failed")
+    status = "paused" if isinstance(exc, PausedError) else "failed"
+    return KeyResult(key=key, status=status, error=first_line(message, default=status))
+
+
+def _publish_summary(dataset: str, day: date, run_id: str, results: list[KeyResult]) -> None:
+    loaded = sum(r.status not in ("failed", "paused") for r in results)
+    create_table_artifact(
+        key=artifact_key(dataset, "run-summary"),
+        table=[r.as_row() for r in results],
+        description=f"{dataset} on {day}: {loaded} of {len(results)} key(s) loaded (run {run_id})",
+    )
+
+
+def _final_state(results: list[KeyResult]) -> State[Any]:
+    """Failed when a key failed (each failure logged), else Cancelled when a key was paused, else Completed."""
+    failed = [r for r in results if r.status == "failed"]
+    paused = [r for r in results if r.status == "paused"]
+    for r in failed:
+        get_run_logger().error("Key %r failed: %s", r.key, r.error)
+    n = len(results)
+    return final_state(
+        [r.as_row() for r in results],
+        done=f"{n} key(s) loaded",
+        failed=f"{len(failed)} of {n} key(s) failed: {', '.join(r.key for r in failed)}" if failed else None,
+        paused=f"paused: {len(paused)} of {n} key(s) not started" if paused else None,
+    )
 
 
 def for_profile(profile: str) -> Any:

@@ -5,16 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.states import Cancelled, Completed, State
+from prefect.states import Completed, State
 
 from config.loader import load_profile, load_trends
-from tasks.control import is_paused
+from flows.common import artifact_key, refuse_if_paused
+from tasks.resources import resources_for
 from tasks.transforms.trends import floor_time
 from tasks.trends import CountSummary, advance_watermark, count_windows, plan_windows, score_trends, window_spec
 
 ARTIFACT_ROWS = 200  # of the published rankings, shown in the run's table artifact
+PAUSED = "The trends flows are paused: nothing started (`keyflow resume trends`)"
 
 
 def _utc(t: datetime | None) -> datetime:
@@ -40,26 +42,26 @@ def trend_scoring(job: str = "trending", profile: str = "local", end: datetime |
     ``end`` (default: now) is rounded down to a window boundary; the ranking is computed as of that instant, so
     re-running with the same ``end`` writes identical counts and rankings.
     """
-    logger = get_run_logger()
     prof, cfg = load_profile(profile), load_trends(job)
-    if is_paused("trends"):
-        logger.warning("The trends flows are paused: nothing started (`keyflow resume trends`)")
-        return Cancelled(message="paused: the trends flows are switched off", data={})
+    if refused := refuse_if_paused("trends", data={}, warning=PAUSED):
+        return refused
+    resources = resources_for(prof)
     until = floor_time(_utc(end), window_spec(cfg).width)
-    planned = plan_windows(cfg, prof, until)
+    planned = plan_windows(cfg, resources, until)
     # Catch-up after downtime may span hours: count an hour at a time, so memory follows an hour's groups.
-    summaries: list[CountSummary] = [count_windows(cfg, prof, a, b) for a, b in _hours(planned.start, planned.end)]
-    scored = score_trends(cfg, prof, until)
-    advance_watermark(cfg, prof, until)
+    hours = _hours(planned.start, planned.end)
+    summaries: list[CountSummary] = [count_windows(cfg, resources, a, b) for a, b in hours]
+    scored = score_trends(cfg, resources, until)
+    advance_watermark(cfg, resources, until)
 
     totals = {k: sum(getattr(s, k) for s in summaries) for k in ("files", "events", "counted", "late", "invalid")}
     create_table_artifact(
-        key=f"{cfg.name.replace('_', '-').lower()}-top-articles",
+        key=artifact_key(cfg.name, "top-articles"),
         table=scored.top[:ARTIFACT_ROWS],
         description=f"Top {cfg.top_n} articles per (gender, segment) at {until.isoformat()}",
     )
     create_markdown_artifact(
-        key=f"{cfg.name.replace('_', '-').lower()}-windows",
+        key=artifact_key(cfg.name, "windows"),
         markdown=(
             f"### {cfg.name}: windows {planned.start:%Y-%m-%d %H:%M} to {planned.end:%H:%M} UTC\n\n"
             "| files | events | counted | late | invalid | audiences | prior |\n|---|---|---|---|---|---|---|\n"
@@ -86,12 +88,11 @@ def trend_backfill(job: str, start: datetime, end: datetime, profile: str = "loc
     a, b = floor_time(_utc(start), width), floor_time(_utc(end), width)
     if b <= a:
         raise ValueError(f"end {b.isoformat()} is not after start {a.isoformat()}")
-    if is_paused("trends"):
-        return Cancelled(message="paused: the trends flows are switched off", data=[])
-    summaries = [count_windows(cfg, prof, x, y) for x, y in _hours(a, b)]
+    if refused := refuse_if_paused("trends", data=[]):
+        return refused
+    resources = resources_for(prof)
+    summaries = [count_windows(cfg, resources, x, y) for x, y in _hours(a, b)]
     rows = [s.as_row() for s in summaries]
-    create_table_artifact(
-        key=f"{cfg.name.replace('_', '-').lower()}-backfill", table=rows, description=f"{cfg.name} backfill"
-    )
+    create_table_artifact(key=artifact_key(cfg.name, "backfill"), table=rows, description=f"{cfg.name} backfill")
     counted = sum(s.counted for s in summaries)
     return Completed(message=f"{len(summaries)} hour(s) recounted, {counted} event(s) counted", data=rows)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from config.errors import KeyflowError
 from config.models import Profile
-from tasks.resources import key_store_for, object_store_for
+from tasks.resources import resources_for
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class Finding:
 def audit(profile: Profile, max_age: timedelta = timedelta(hours=24), now: datetime | None = None) -> list[Finding]:
     """Bucket default encryption, key-table SSE, and every staged object's SSE and age."""
     findings: list[Finding] = []
-    store = object_store_for(profile)
+    resources = resources_for(profile)
+    store = resources.object_store()
     bucket = f"s3://{profile.bucket}"
     try:
         rule = store.default_encryption()
@@ -43,7 +44,7 @@ def audit(profile: Profile, max_age: timedelta = timedelta(hours=24), now: datet
 
     table = f"dynamodb:{profile.keys_table}"
     try:
-        status = key_store_for(profile).sse_status()
+        status = resources.key_store().sse_status()
         findings.append(
             Finding("table encryption", table, status in ("ENABLED", "ENABLING", "UPDATING"), f"SSE {status or 'off'}")
         )

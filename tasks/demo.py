@@ -11,7 +11,7 @@ from pathlib import Path
 from config.models import Profile
 from tasks.io.aws import client
 from tasks.io.emulator import EmbeddedAWS
-from tasks.resources import key_store_for, object_store_for
+from tasks.resources import resources_for
 from tasks.transforms.keys import CampaignKey
 
 DEMO_DATE = date(2017, 3, 20)
@@ -78,8 +78,9 @@ def seed_source(path: Path, rows_per_key: int = 2000, seed: int = 7) -> int:
 
 def seed_aws(profile: Profile, dataset: str = "campaign_facts") -> None:
     """Create the key table (with the demo campaigns) and the staging bucket."""
-    keys = key_store_for(profile)
+    resources = resources_for(profile)
+    keys = resources.key_store()
     keys.ensure_table()
     for key, start, end, enabled in CAMPAIGNS:
         keys.put_key(CampaignKey(dataset, key, start, end, enabled, {"owner": "marketing"}))
-    object_store_for(profile).ensure_bucket()
+    resources.object_store().ensure_bucket()

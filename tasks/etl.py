@@ -11,18 +11,11 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from config.errors import KeyFailedError, KeyflowError, PausedError
-from config.models import DatasetConfig, Profile
+from config.models import DatasetConfig
 from tasks.control import ensure_limit, is_paused, source_slot
 from tasks.io.stager import PartWriter
-from tasks.resources import (
-    data_keys_for,
-    key_store_for,
-    object_store_for,
-    salts_for,
-    source_for,
-    warehouse_for,
-)
-from tasks.retries import retry_transient
+from tasks.resources import Resources
+from tasks.retries import KEY_IO, LISTING_IO, SETUP_IO
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.plan import arrow_schema, plan_table
 from tasks.transforms.rules import RuleEngine, RuleError, as_text, conform, passthrough_columns
@@ -60,14 +53,15 @@ class KeyResult:
         return asdict(self)
 
 
-@task(name="prepare_target", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
-def prepare_target(dataset: DatasetConfig, profile: Profile) -> TableSpec:
+@task(name="prepare_target", **SETUP_IO)
+def prepare_target(dataset: DatasetConfig, resources: Resources) -> TableSpec:
     """Plan the target table from the source schema and rules; create it when missing."""
     logger = get_run_logger()
+    profile = resources.profile
     if profile.source_concurrency_limit:
         ensure_limit(profile.source_concurrency_limit, profile.source_max_connections)
-    spec = plan_table(dataset, source_for(profile).source_schema(dataset.source), dataset.file)
-    warehouse_for(profile).prepare(spec)
+    spec = plan_table(dataset, resources.source().source_schema(dataset.source), dataset.file)
+    resources.warehouse().prepare(spec)
     logger.info(
         "Target %s.%s ready on %s (%d columns)",
         spec.schema,
@@ -78,10 +72,10 @@ def prepare_target(dataset: DatasetConfig, profile: Profile) -> TableSpec:
     return spec
 
 
-@task(name="list_active_keys", retries=3, retry_delay_seconds=[1, 4, 10], retry_condition_fn=retry_transient)
-def list_active_keys(dataset: str, run_date: date, profile: Profile) -> list[CampaignKey]:
+@task(name="list_active_keys", **LISTING_IO)
+def list_active_keys(dataset: str, run_date: date, resources: Resources) -> list[CampaignKey]:
     """Query the DynamoDB key table for the keys of ``dataset`` active on ``run_date``."""
-    keys = key_store_for(profile).active_keys(dataset, run_date)
+    keys = resources.key_store().active_keys(dataset, run_date)
     get_run_logger().info(
         "%d key(s) of %s active on %s: %s",
         len(keys),
@@ -93,16 +87,17 @@ def list_active_keys(dataset: str, run_date: date, profile: Profile) -> list[Cam
 
 
 def stage_rows(
-    key: CampaignKey, dataset: DatasetConfig, profile: Profile, spec: TableSpec, run_id: str, run_date: date
+    key: CampaignKey, dataset: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, run_date: date
 ) -> StagedKey:
     """Stream one key's rows from the source through the rules into compressed, encrypted S3 parts."""
     started = time.perf_counter()
-    source = source_for(profile)
-    store = object_store_for(profile)
+    profile = resources.profile
+    source = resources.source()
+    store = resources.object_store()
     engine = RuleEngine(
         dataset.rules,
-        salts_for(profile, dataset.secret_names()),
-        data_keys_for(profile, dataset.encryption_key_names()),
+        resources.salts(dataset.secret_names()),
+        resources.data_keys(dataset.encryption_key_names()),
     )
     schema_in = source.source_schema(dataset.source)
     target_schema = arrow_schema(spec)
@@ -164,25 +159,16 @@ def stage_rows(
     return StagedKey(**{**asdict(staged), "parts": staged.parts, "seconds": time.perf_counter() - started})
 
 
-# Per-key I/O tasks: two retries with jittered backoff, for transient errors only.
-_KEY_TASK: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": [2, 10],
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": retry_transient,
-}
-
-
-@task(name="stage_key", task_run_name="stage-{key.key}", **_KEY_TASK)
+@task(name="stage_key", task_run_name="stage-{key.key}", **KEY_IO)
 def stage_key(
-    key: CampaignKey, dataset: DatasetConfig, profile: Profile, spec: TableSpec, run_id: str, run_date: date
+    key: CampaignKey, dataset: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, run_date: date
 ) -> StagedKey:
     """Extract, transform and stage one key; at most ``max_parallel_keys`` keys at once."""
     logger = get_run_logger()
-    with _limit(f"keys:{dataset.name}", profile.max_parallel_keys):
+    with _limit(f"keys:{dataset.name}", resources.profile.max_parallel_keys):
         if is_paused("etl"):  # checked once the key has a slot: a paused family starts no new key
             raise PausedError(f"key {key.key!r} not started: the etl flows are paused (`keyflow resume etl`)")
-        staged = stage_rows(key, dataset, profile, spec, run_id, run_date)
+        staged = stage_rows(key, dataset, resources, spec, run_id, run_date)
     logger.info(
         "Staged key %r of %s (run %s): %d rows extracted, %d filtered by rules, %d staged in %d part(s), "
         "%d bytes, %.2fs",
@@ -199,14 +185,14 @@ def stage_key(
     return staged
 
 
-@task(name="load_key", task_run_name="load-{staged.key}", **_KEY_TASK)
-def load_key(staged: StagedKey, dataset: DatasetConfig, profile: Profile, spec: TableSpec) -> KeyResult:
+@task(name="load_key", task_run_name="load-{staged.key}", **KEY_IO)
+def load_key(staged: StagedKey, dataset: DatasetConfig, resources: Resources, spec: TableSpec) -> KeyResult:
     """Replace the key's slice in the warehouse in one transaction, reconcile counts, then drop staged files."""
     logger = get_run_logger()
     started = time.perf_counter()
-    store = object_store_for(profile)
-    loaded = warehouse_for(profile).load_key(spec, staged, store)
-    if not profile.keep_staged:
+    store = resources.object_store()
+    loaded = resources.warehouse().load_key(spec, staged, store)
+    if not resources.profile.keep_staged:
         try:
             store.delete_prefix(staged.prefix)
         except KeyflowError as exc:  # the key is committed: a cleanup failure must not fail (or retry) it
@@ -237,16 +223,16 @@ def load_key(staged: StagedKey, dataset: DatasetConfig, profile: Profile, spec: 
     )
 
 
-@task(name="remove_inactive_keys", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
-def remove_inactive_keys(profile: Profile, spec: TableSpec, keep: list[str]) -> int:
+@task(name="remove_inactive_keys", **SETUP_IO)
+def remove_inactive_keys(resources: Resources, spec: TableSpec, keep: list[str]) -> int:
     """replace_table mode: after every active key loaded, delete the rows of keys no longer active."""
-    removed = warehouse_for(profile).delete_other_keys(spec, keep)
+    removed = resources.warehouse().delete_other_keys(spec, keep)
     get_run_logger().info("Removed %d row(s) of keys no longer active from %s.%s", removed, spec.schema, spec.table)
     return removed
 
 
-def pending_keys(dataset: DatasetConfig, profile: Profile, run_date: date) -> tuple[list[str], list[str]]:
+def pending_keys(dataset: DatasetConfig, resources: Resources, run_date: date) -> tuple[list[str], list[str]]:
     """(keys active on ``run_date``, those of them without a committed, reconciled load for that date)."""
-    active = [k.key for k in key_store_for(profile).active_keys(dataset.name, run_date)]
-    done = warehouse_for(profile).loaded_keys(dataset.target.db_schema, dataset.name, run_date.isoformat())
+    active = [k.key for k in resources.key_store().active_keys(dataset.name, run_date)]
+    done = resources.warehouse().loaded_keys(dataset.target.db_schema, dataset.name, run_date.isoformat())
     return active, [k for k in active if k not in done]

@@ -27,9 +27,9 @@ from config.models import EventsConfig, Profile
 from tasks.io.archive import event_file_key, write_event_file
 from tasks.io.broker import EventSource
 from tasks.io.event_store import ArticleDirectory, EventTable
-from tasks.io.objectstore import S3ObjectStore
-from tasks.resources import articles_for, event_source_for, event_table_for, object_store_for
-from tasks.retries import retry_transient
+from tasks.io.objectstore import ObjectStore
+from tasks.resources import Resources, resources_for
+from tasks.retries import DRAIN_IO
 from tasks.transforms.events import (
     Event,
     Message,
@@ -69,7 +69,7 @@ class DrainSummary:
 class EventSinks:
     """The events table, the article lookup and the archive bucket of one ingestion."""
 
-    def __init__(self, job: EventsConfig, table: EventTable, articles: ArticleDirectory, store: S3ObjectStore) -> None:
+    def __init__(self, job: EventsConfig, table: EventTable, articles: ArticleDirectory, store: ObjectStore) -> None:
         self.job = job
         self.table = table
         self.articles = articles
@@ -130,21 +130,26 @@ def drain(
     return total
 
 
-def sinks_for(job: EventsConfig, profile: Profile) -> EventSinks:
+def open_sinks(job: EventsConfig, resources: Resources) -> EventSinks:
     """The sinks of an ingestion, their tables created when missing."""
-    table = event_table_for(profile, job)
+    table = resources.event_table(job)
     table.ensure()
-    articles = articles_for(profile, job)
+    articles = resources.articles(job)
     articles.ensure()
-    return EventSinks(job, table, articles, object_store_for(profile))
+    return EventSinks(job, table, articles, resources.object_store())
 
 
-@task(name="drain_events", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_transient)
-def drain_events(job: EventsConfig, profile: Profile, max_events: int, max_seconds: float) -> DrainSummary:
+def sinks_for(job: EventsConfig, profile: Profile) -> EventSinks:
+    """The sinks of an ingestion from a bare profile (scripts and tests; the flow passes its run's resources)."""
+    return open_sinks(job, resources_for(profile))
+
+
+@task(name="drain_events", **DRAIN_IO)
+def drain_events(job: EventsConfig, resources: Resources, max_events: int, max_seconds: float) -> DrainSummary:
     """Drain up to ``max_events`` messages or ``max_seconds`` from the broker into DynamoDB and the archive."""
     logger = get_run_logger()
-    sinks = sinks_for(job, profile)
-    source = event_source_for(profile, job)
+    sinks = open_sinks(job, resources)
+    source = resources.open_event_source(job)
     try:
         summary = drain(job, sinks, source, max_events, max_seconds)
     finally:

@@ -13,10 +13,11 @@ import pyarrow.csv as pacsv
 from prefect import get_run_logger, task
 
 from config.errors import KeyFailedError
-from config.models import FileSourceConfig, Profile
+from config.models import FileSourceConfig
+from tasks.io.objectstore import ObjectStore
 from tasks.io.rds_writer import AlreadyLoaded, LedgerEntry, RdsWriter
-from tasks.resources import object_store_for, rds_writer_for
-from tasks.retries import retry_transient
+from tasks.resources import Resources
+from tasks.retries import BATCH_IO, SETUP_IO
 from tasks.transforms.paths import UnsafePathError, join_under
 from tasks.transforms.validate import BadFile, check_rows, decode, read_rows
 
@@ -41,16 +42,16 @@ def relative_name(source: FileSourceConfig, key: str) -> str:
     return key[len(source.landing_prefix) :].lstrip("/")
 
 
-@task(name="prepare_file_target", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
-def prepare_file_target(source: FileSourceConfig, profile: Profile) -> None:
+@task(name="prepare_file_target", **SETUP_IO)
+def prepare_file_target(source: FileSourceConfig, resources: Resources) -> None:
     """Create the target table and the file ledger when missing."""
-    rds_writer_for(profile).prepare(source)
+    resources.rds_writer().prepare(source)
 
 
-@task(name="list_landing_files", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
-def list_landing_files(source: FileSourceConfig, profile: Profile) -> list[str]:
+@task(name="list_landing_files", **SETUP_IO)
+def list_landing_files(source: FileSourceConfig, resources: Resources) -> list[str]:
     """Object keys under the landing prefix whose name matches the source's pattern, oldest name first."""
-    store = object_store_for(profile)
+    store = resources.object_store()
     keys = [
         k
         for k in store.list_keys(source.landing_prefix + "/")
@@ -68,11 +69,9 @@ def _rejected_csv(table: Any) -> bytes:
     return buf.getvalue()
 
 
-def ingest_one(source: FileSourceConfig, profile: Profile, key: str, writer: RdsWriter | None = None) -> FileResult:
+def ingest_one(source: FileSourceConfig, key: str, store: ObjectStore, writer: RdsWriter) -> FileResult:
     """Load one landing file: skip it when its content was loaded before, quarantine it when unreadable."""
     started = time.perf_counter()
-    store = object_store_for(profile)
-    writer = writer or rds_writer_for(profile)
     name = relative_name(source, key)
     size = int(store.head(key).get("ContentLength", 0))
     if size > source.max_file_bytes:
@@ -127,10 +126,10 @@ def ingest_one(source: FileSourceConfig, profile: Profile, key: str, writer: Rds
     )
 
 
-@task(name="ingest_file", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
-def ingest_file(source: FileSourceConfig, profile: Profile, key: str) -> FileResult:
+@task(name="ingest_file", **BATCH_IO)
+def ingest_file(source: FileSourceConfig, resources: Resources, key: str) -> FileResult:
     """Check one file's rows, upsert the good ones with the file's ledger row, and set the rest aside."""
-    result = ingest_one(source, profile, key)
+    result = ingest_one(source, key, resources.object_store(), resources.rds_writer())
     logger = get_run_logger()
     if result.status == "quarantined":
         logger.warning("Quarantined %s: %s", key, result.reason)

@@ -13,8 +13,8 @@ from prefect import get_run_logger, task
 
 from config.models import Profile, TrendConfig
 from tasks.io.archive import archive_objects, event_reader, read_events
-from tasks.resources import object_store_for, trend_counts_for, trend_serving_for, users_for
-from tasks.retries import retry_transient
+from tasks.resources import Resources, trend_counts_for
+from tasks.retries import BATCH_IO, SETUP_IO
 from tasks.transforms.trends import (
     COUNT_INPUT_SCHEMA,
     RecountRange,
@@ -58,10 +58,10 @@ class CountSummary:
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
 
 
-@task(name="plan_windows", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
-def plan_windows(job: TrendConfig, profile: Profile, end: datetime) -> RecountRange:
+@task(name="plan_windows", **SETUP_IO)
+def plan_windows(job: TrendConfig, resources: Resources, end: datetime) -> RecountRange:
     """The windows this run recounts: those still open to late events, plus any missed since the last run."""
-    store = trend_counts_for(profile, job)
+    store = resources.trend_counts(job)
     store.ensure()
     last = store.last_end(job.name)
     planned = recount_range(last, end, window_spec(job), timedelta(minutes=job.max_catch_up_minutes))
@@ -77,19 +77,19 @@ def plan_windows(job: TrendConfig, profile: Profile, end: datetime) -> RecountRa
     return planned
 
 
-def count_range(job: TrendConfig, profile: Profile, start: datetime, end: datetime) -> CountSummary:
+def count_range(job: TrendConfig, resources: Resources, start: datetime, end: datetime) -> CountSummary:
     """Count every window in ``[start, end)`` from the archive and replace those windows in the warehouse."""
     started = time.perf_counter()
-    store = object_store_for(profile)
+    store = resources.object_store()
     objects = archive_objects(store, job.archive_prefix, start, end)
-    users = users_for(profile, job).table()
+    users = resources.users(job).table()
 
     def opener(key: str, arrived: datetime | None) -> Callable[[], Iterator[pa.Table]]:
         return lambda: read_events(store, key, arrived=arrived, schema=COUNT_INPUT_SCHEMA)
 
     reader = event_reader([opener(o["Key"], o.get("LastModified")) for o in objects], job.parallel_files)
     counts, events = count_stream(reader, users, window_spec(job), start, end)
-    counts_store = trend_counts_for(profile, job)
+    counts_store = resources.trend_counts(job)
     counts_store.ensure()
     rows = counts_store.replace_windows(start, end, counts.counts)
     return CountSummary(
@@ -106,10 +106,10 @@ def count_range(job: TrendConfig, profile: Profile, start: datetime, end: dateti
     )
 
 
-@task(name="count_windows", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
-def count_windows(job: TrendConfig, profile: Profile, start: datetime, end: datetime) -> CountSummary:
+@task(name="count_windows", **BATCH_IO)
+def count_windows(job: TrendConfig, resources: Resources, start: datetime, end: datetime) -> CountSummary:
     """Count the windows in ``[start, end)`` from the event archive into the warehouse (idempotent)."""
-    summary = count_range(job, profile, start, end)
+    summary = count_range(job, resources, start, end)
     logger = get_run_logger()
     logger.info(
         "Windows %s to %s: %d file(s), %d event(s): %d counted, %d late, %d invalid, %d outside; %d count row(s)",
@@ -163,14 +163,14 @@ class ScoreSummary:
     top: list[dict[str, Any]]
 
 
-@task(name="score_trends", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
-def score_trends(job: TrendConfig, profile: Profile, now: datetime) -> ScoreSummary:
+@task(name="score_trends", **BATCH_IO)
+def score_trends(job: TrendConfig, resources: Resources, now: datetime) -> ScoreSummary:
     """Score the fresh articles from the stored windows and publish the top-N per audience to DynamoDB."""
-    counts = trend_counts_for(profile, job).since(now - timedelta(minutes=job.scoring.max_age_minutes), now)
+    counts = resources.trend_counts(job).since(now - timedelta(minutes=job.scoring.max_age_minutes), now)
     params = score_params(job, counts)
     scored = score_articles(counts, now, params, spec=window_spec(job), per_audience=job.top_n)
     best = top_n(scored, job.top_n)
-    serving = trend_serving_for(profile, job)
+    serving = resources.trend_serving(job)
     serving.ensure()
     slim = {
         audience: [
@@ -195,7 +195,7 @@ def score_trends(job: TrendConfig, profile: Profile, now: datetime) -> ScoreSumm
     return ScoreSummary(now, params.alpha, params.beta, len(scored), len(best), top)
 
 
-@task(name="advance_watermark", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_transient)
-def advance_watermark(job: TrendConfig, profile: Profile, end: datetime) -> None:
+@task(name="advance_watermark", **SETUP_IO)
+def advance_watermark(job: TrendConfig, resources: Resources, end: datetime) -> None:
     """Record that every window before ``end`` has been counted (the next run's catch-up starts there)."""
-    trend_counts_for(profile, job).advance(job.name, end)
+    resources.trend_counts(job).advance(job.name, end)

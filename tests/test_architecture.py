@@ -73,3 +73,23 @@ def imported_modules(path: Path) -> set[str]:
 def test_the_cli_calls_tasks_and_flows_not_adapters(path: Path) -> None:
     adapters = {m for m in imported_modules(path) if m.split(".")[:2] in (["tasks", "io"], ["tasks", "resources"])}
     assert not adapters
+
+
+def test_only_the_composition_root_resolves_secrets() -> None:
+    """Tasks get secrets through their run's Resources (tasks/resources.py), which resolves each one once."""
+    users = {
+        p.relative_to(ROOT).as_posix() for d in ("flows", "tasks") for p in files(d) if "tasks.io.secrets" in imports(p)
+    }
+    assert users == {"tasks/resources.py"}
+
+
+def test_database_connections_are_opened_in_one_module() -> None:
+    """Engines and psycopg2 connections are made in tasks/io/databases.py, with its error mapping."""
+    openers = ("psycopg2.connect(", "create_engine(")
+    found = {
+        p.relative_to(ROOT).as_posix()
+        for d in ("flows", "tasks", "config")
+        for p in files(d)
+        if any(o in p.read_text() for o in openers)
+    }
+    assert found == {"tasks/io/databases.py"}

@@ -21,8 +21,8 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from config.errors import KeyFailedError
-from tasks.io.objectstore import S3ObjectStore
+from config.errors import KeyFailedError, first_line
+from tasks.io.objectstore import ObjectStore
 from tasks.transforms.paths import join_under
 from tasks.transforms.trends import COUNT_INPUT_SCHEMA, EVENT_SCHEMA, USER_SCHEMA, conform_events, with_arrival
 
@@ -37,7 +37,7 @@ def event_file_key(prefix: str, hour: datetime, name: str) -> str:
     return join_under(hour_prefix(prefix, hour).rstrip("/"), f"{name}.jsonl.gz")
 
 
-def write_event_file(store: S3ObjectStore, prefix: str, hour: datetime, name: str, jsonl: bytes) -> str:
+def write_event_file(store: ObjectStore, prefix: str, hour: datetime, name: str, jsonl: bytes) -> str:
     """Store one gzip JSON lines file of events of ``hour`` under its partition; returns the object key."""
     key = event_file_key(prefix, hour, name)
     store.put_bytes(gzip.compress(jsonl, compresslevel=6, mtime=0), key, "application/gzip")
@@ -57,7 +57,7 @@ def hours_between(start: datetime, end: datetime) -> list[datetime]:
 EVENT_FILE_SUFFIXES = (".jsonl.gz", ".parquet")
 
 
-def archive_objects(store: S3ObjectStore, prefix: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+def archive_objects(store: ObjectStore, prefix: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
     """The event files (``Key``, ``Size``, ``LastModified``) of the hours overlapping ``[start, end)``, by key."""
     found: list[dict[str, Any]] = []
     for hour in hours_between(start, end):
@@ -66,7 +66,7 @@ def archive_objects(store: S3ObjectStore, prefix: str, start: datetime, end: dat
     return found
 
 
-def archive_files(store: S3ObjectStore, prefix: str, start: datetime, end: datetime) -> list[str]:
+def archive_files(store: ObjectStore, prefix: str, start: datetime, end: datetime) -> list[str]:
     """Object keys of the event files of the hours overlapping ``[start, end)``, in key order."""
     return [o["Key"] for o in archive_objects(store, prefix, start, end)]
 
@@ -84,7 +84,7 @@ def read_jsonl_gz(raw: Any, block_size: int = 1 << 20, schema: pa.Schema = EVENT
 
 
 def read_events(
-    store: S3ObjectStore,
+    store: ObjectStore,
     key: str,
     block_size: int = 1 << 20,
     arrived: datetime | None = None,
@@ -98,7 +98,7 @@ def read_events(
         yield with_arrival(table, arrived)
 
 
-def _read_events(store: S3ObjectStore, key: str, block_size: int, schema: pa.Schema) -> Iterator[pa.Table]:
+def _read_events(store: ObjectStore, key: str, block_size: int, schema: pa.Schema) -> Iterator[pa.Table]:
     try:
         if key.endswith(".parquet"):
             parquet = pq.ParquetFile(pa.BufferReader(store.get_bytes(key)))
@@ -109,7 +109,7 @@ def _read_events(store: S3ObjectStore, key: str, block_size: int, schema: pa.Sch
         with store.open(key) as raw:
             yield from read_jsonl_gz(raw, block_size, schema)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise KeyFailedError(f"event file s3://{store.bucket}/{key}: {str(exc).splitlines()[0]}") from None
+        raise KeyFailedError(f"event file s3://{store.bucket}/{key}: {first_line(exc)}") from None
 
 
 def event_reader(
@@ -181,7 +181,7 @@ def event_reader(
 class UserDirectory:
     """The user reference CSV (``user_id,gender,segment_id``), cached until the object's ETag changes."""
 
-    def __init__(self, store: S3ObjectStore, key: str) -> None:
+    def __init__(self, store: ObjectStore, key: str) -> None:
         self.store = store
         self.key = key
         self._lock = threading.Lock()
@@ -203,9 +203,7 @@ class UserDirectory:
                         ),
                     )
                 except pa.ArrowInvalid as exc:
-                    raise KeyFailedError(
-                        f"user file s3://{self.store.bucket}/{self.key}: {str(exc).splitlines()[0]}"
-                    ) from None
+                    raise KeyFailedError(f"user file s3://{self.store.bucket}/{self.key}: {first_line(exc)}") from None
                 self._table, self._etag = table.select(USER_SCHEMA.names), etag
                 self.reads += 1
             return self._table

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.errors import KeyFailedError
-from tasks.io.aws import client, ensure_dynamodb_table, translate
+from tasks.io.aws import DynamoTable, translate
 from tasks.transforms.keys import CampaignKey, active_keys, validate_key
 
 
@@ -18,6 +18,7 @@ class KeyStore(Protocol):
     """Where a dataset's keys live."""
 
     def ensure_table(self) -> None: ...
+    def sse_status(self) -> str | None: ...
     def put_key(self, key: CampaignKey) -> None: ...
     def list_keys(self, dataset: str) -> list[CampaignKey]: ...
     def active_keys(self, dataset: str, on: date) -> list[CampaignKey]: ...
@@ -34,8 +35,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class DynamoKeyStore:
+class DynamoKeyStore(DynamoTable):
     """Keys in a DynamoDB table, reached through boto3 (a moto server or real AWS)."""
+
+    key_schema = (("dataset", "HASH"), ("key", "RANGE"))
 
     def __init__(
         self,
@@ -45,14 +48,12 @@ class DynamoKeyStore:
         kms_key_id: str | None = None,
         page_size: int | None = None,
     ) -> None:
-        self.table = table
-        self.kms_key_id = kms_key_id
+        super().__init__(table, region, endpoint_url, kms_key_id)
         self.page_size = page_size
-        self._ddb = client("dynamodb", region, endpoint_url)
 
     def ensure_table(self) -> None:
         """Create the table (on-demand, SSE with KMS) when it does not exist."""
-        ensure_dynamodb_table(self._ddb, self.table, [("dataset", "HASH"), ("key", "RANGE")], self.kms_key_id)
+        self.ensure()
 
     def sse_status(self) -> str | None:
         """The table's server-side encryption status (``ENABLED``…), or None when not encrypted with KMS."""

@@ -8,6 +8,7 @@ before the commit leaves neither rows nor mark.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlalchemy.dialects import mysql, postgresql
 
 from config.models import FileSourceConfig
 from config.types import parse_type
-from tasks.io.source import dialect_of, engine_for, translate_db_error
+from tasks.io.databases import dialect_of, engine_for, translate_db_error
 
 LEDGER = "keyflow_file_ledger"
 
@@ -46,34 +47,40 @@ class AlreadyLoaded(Exception):
 
 
 class RdsWriter:
-    """The RDS database that landing files are loaded into."""
+    """The RDS database that landing files are loaded into (one writer may serve a run's parallel files)."""
 
     def __init__(self, url: str, password: str | None = None) -> None:
         self.engine = engine_for(url, password)
         self.dialect = dialect_of(self.engine)
         self._meta = sa.MetaData()
+        self._meta_lock = threading.Lock()  # two threads defining the same table would collide in the MetaData
 
     def _table(self, source: FileSourceConfig) -> sa.Table:
         keys = {k.lower() for k in source.primary_key}
         name = source.target.table
         schema = source.target.db_schema
         key = f"{schema}.{name}" if schema else name
-        if key in self._meta.tables:
-            return self._meta.tables[key]
-        return sa.Table(
-            name,
-            self._meta,
-            *[
-                sa.Column(c.name, _sa_type(c.type, c.name.lower() in keys), primary_key=c.name.lower() in keys)
-                for c in source.columns
-            ],
-            schema=schema,
-        )
+        with self._meta_lock:
+            if key in self._meta.tables:
+                return self._meta.tables[key]
+            return sa.Table(
+                name,
+                self._meta,
+                *[
+                    sa.Column(c.name, _sa_type(c.type, c.name.lower() in keys), primary_key=c.name.lower() in keys)
+                    for c in source.columns
+                ],
+                schema=schema,
+            )
 
     def _ledger(self, schema: str | None) -> sa.Table:
         key = f"{schema}.{LEDGER}" if schema else LEDGER
-        if key in self._meta.tables:
-            return self._meta.tables[key]
+        with self._meta_lock:
+            if key in self._meta.tables:
+                return self._meta.tables[key]
+            return self._define_ledger(schema)
+
+    def _define_ledger(self, schema: str | None) -> sa.Table:
         return sa.Table(
             LEDGER,
             self._meta,

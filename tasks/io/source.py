@@ -12,15 +12,14 @@ import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from config.errors import ConfigError, KeyFailedError, RetryableError
+from config.errors import ConfigError, KeyFailedError, RetryableError, first_line
 from config.models import SourceConfig
 from config.types import ColumnType
+from tasks.io.databases import dialect_of, engine_for, translate_db_error
 from tasks.transforms.arrow import csv_read_options, rows_to_table
 from tasks.transforms.types import arrow_type
 
 MAX_BATCH_CELLS = 500_000
-_lock = threading.Lock()
-_engines: dict[str, sa.Engine] = {}
 
 
 class SourceDatabase(Protocol):
@@ -33,28 +32,6 @@ class SourceDatabase(Protocol):
     def stream(
         self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
     ) -> Iterator[pa.Table]: ...
-
-
-def engine_for(url: str, password: str | None = None, pool_size: int = 4) -> sa.Engine:
-    """One SQLAlchemy engine per URL, made once per process (engines pool connections and are thread-safe)."""
-    u = sa.make_url(url)
-    if password:
-        u = u.set(password=password)
-    if u.get_backend_name() in ("mysql", "mariadb") and "charset" not in u.query:
-        u = u.update_query_dict({"charset": "utf8mb4"})
-    cache_key = u.render_as_string(hide_password=False)
-    with _lock:
-        if cache_key not in _engines:
-            kwargs: dict[str, Any] = {"pool_pre_ping": True}
-            if u.get_backend_name() != "sqlite":
-                kwargs.update(pool_size=max(pool_size, 1), max_overflow=2)
-            _engines[cache_key] = sa.create_engine(u, **kwargs)
-        return _engines[cache_key]
-
-
-def dialect_of(engine: sa.Engine) -> str:
-    name = engine.dialect.name
-    return {"postgresql": "postgres", "mariadb": "mysql"}.get(name, name)
 
 
 def column_type(t: Any) -> ColumnType:
@@ -79,14 +56,6 @@ def column_type(t: Any) -> ColumnType:
     if isinstance(t, sa.Date):
         return ColumnType("date")
     return ColumnType("text")
-
-
-def translate_db_error(exc: Exception, what: str) -> Exception:
-    """Connection trouble retries; anything else fails the key with the database's own first line."""
-    first = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.DisconnectionError | sa_exc.TimeoutError):
-        return RetryableError(f"{what}: {first}")
-    return KeyFailedError(f"{what}: {first}")
 
 
 # Types connectorx reads from MySQL/MariaDB exactly as keyflow types them; any other column (DECIMAL, time zones,
@@ -219,7 +188,7 @@ class SqlSource:
             producer.join()
             if failure:
                 raise self._translate(failure[0]) from failure[0]
-            raise KeyFailedError(f"extract from source: unreadable value: {str(exc).splitlines()[0]}") from None
+            raise KeyFailedError(f"extract from source: unreadable value: {first_line(exc)}") from None
         finally:
             source.close()
             producer.join()
@@ -267,11 +236,11 @@ class SqlSource:
                 table = pa.Table.from_batches([batch])
                 yield table if table.schema == schema else table.cast(schema, safe=True)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise KeyFailedError(f"extract from source: unreadable value: {str(exc).splitlines()[0]}") from None
+            raise KeyFailedError(f"extract from source: unreadable value: {first_line(exc)}") from None
         except BaseException as exc:  # connectorx raises RuntimeError, or PanicException (a BaseException)
             if isinstance(exc, GeneratorExit | KeyboardInterrupt | SystemExit):
                 raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             first = first.replace(secret, "***") if secret else first
             retry = any(word in first.lower() for word in ("timed out", "connection", "broken pipe", "too many"))
             error = RetryableError if retry else KeyFailedError

@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from config.errors import RetryableError
 from tasks.io.aws import DynamoTable, translate
-from tasks.io.warehouse import pg_dsn
+from tasks.io.databases import pg_connect, pg_dsn, pg_error
 from tasks.transforms.sql import qualified
 from tasks.transforms.trends import COUNT_SCHEMA
 
@@ -36,18 +36,16 @@ class TrendCounts:
         self.runs = qualified(schema, "keyflow_trend_runs", "postgres")
 
     def _connect(self) -> Any:
-        try:
-            return psycopg2.connect(**self._dsn)
-        except psycopg2.OperationalError as exc:
-            raise RetryableError(f"connect to warehouse: {str(exc).strip().splitlines()[0]}") from None
+        return pg_connect(self._dsn)
 
     def _run(self, work: Any) -> Any:
+        """``work(cursor)`` in one transaction; connection trouble is a :class:`RetryableError`."""
         conn = self._connect()
         try:
             with conn, conn.cursor() as cur:
                 return work(cur)
         except psycopg2.OperationalError as exc:
-            raise RetryableError(f"warehouse: {str(exc).strip().splitlines()[0]}") from None
+            raise pg_error(exc, "warehouse") from None
         finally:
             conn.close()
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gzip
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -19,10 +19,10 @@ import psycopg2
 import psycopg2.errors
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import sqlalchemy as sa
 import zstandard
 
-from config.errors import ConfigError, KeyFailedError, ReconciliationError, RetryableError
+from config.errors import ConfigError, KeyFailedError, ReconciliationError, RetryableError, first_line
+from tasks.io.databases import CREATE_RACES, pg_connection, pg_dsn, pg_error
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.arrow import csv_read_options
 from tasks.transforms.sql import (
@@ -74,30 +74,6 @@ def _check_columns(spec: TableSpec, existing: list[str], where: str) -> None:
         )
 
 
-# Concurrent "CREATE … IF NOT EXISTS" can still collide in PostgreSQL's catalogs.
-_CREATE_RACES = (
-    psycopg2.errors.UniqueViolation,
-    psycopg2.errors.DuplicateObject,
-    psycopg2.errors.DuplicateSchema,
-    psycopg2.errors.DuplicateTable,
-)
-
-
-def pg_dsn(url: str, password: str | None = None, application: str = "keyflow") -> dict[str, Any]:
-    """psycopg2 connection arguments from a SQLAlchemy-style URL (the password comes from a secret, not the URL)."""
-    u = sa.make_url(url)
-    dsn = {
-        "host": u.host or None,
-        "port": u.port or None,
-        "dbname": u.database,
-        "user": u.username,
-        "password": password or u.password,
-        "connect_timeout": 10,
-        "application_name": application,
-    }
-    return {k: v for k, v in dsn.items() if v is not None}
-
-
 class _PsycopgWarehouse:
     """Shared transaction logic of PostgreSQL and Redshift (both speak the PostgreSQL protocol)."""
 
@@ -106,16 +82,9 @@ class _PsycopgWarehouse:
     def __init__(self, url: str, password: str | None = None) -> None:
         self._dsn = pg_dsn(url, password)
 
-    @contextmanager
-    def connect(self) -> Iterator[Any]:
-        try:
-            conn = psycopg2.connect(**self._dsn)
-        except psycopg2.OperationalError as exc:
-            raise RetryableError(f"connect to warehouse: {str(exc).strip().splitlines()[0]}") from None
-        try:
-            yield conn
-        finally:
-            conn.close()
+    def connect(self) -> AbstractContextManager[Any]:
+        """A connection for one unit of work (refused: :class:`RetryableError`), closed after it."""
+        return pg_connection(self._dsn)
 
     def prepare(self, spec: TableSpec) -> None:
         """Create schema and table when missing; refuse a table whose columns differ."""
@@ -135,7 +104,7 @@ class _PsycopgWarehouse:
                 try:
                     cur.execute(ddl)
                     conn.commit()
-                except _CREATE_RACES:
+                except CREATE_RACES:
                     conn.rollback()  # another run created it at the same moment: theirs is as good
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
@@ -158,13 +127,10 @@ class _PsycopgWarehouse:
             except ReconciliationError:
                 conn.rollback()
                 raise
-            except psycopg2.OperationalError as exc:
-                conn.rollback()
-                raise RetryableError(f"key {staged.key!r}: load: {_first_line(exc)}") from None
             except psycopg2.Error as exc:
                 conn.rollback()
-                raise KeyFailedError(
-                    f"key {staged.key!r}: load failed, previous rows kept: {_first_line(exc)}"
+                raise pg_error(
+                    exc, f"key {staged.key!r}: load", failed=f"key {staged.key!r}: load failed, previous rows kept"
                 ) from None
             except BaseException:
                 conn.rollback()
@@ -199,11 +165,6 @@ def _record_load(cur: Any, spec: TableSpec, staged: StagedKey, loaded: int, dial
         render_ledger_insert(spec.schema, dialect).replace("%s", mark),
         (*args, staged.run_id, loaded, datetime.now(UTC)),
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class PostgresWarehouse(_PsycopgWarehouse):
@@ -321,7 +282,7 @@ class DuckDBWarehouse:
                 if isinstance(exc, KeyFailedError | RetryableError):
                     raise
                 raise KeyFailedError(
-                    f"key {staged.key!r}: load failed, previous rows kept: {_first_line(exc)}"
+                    f"key {staged.key!r}: load failed, previous rows kept: {first_line(exc)}"
                 ) from None
 
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
@@ -350,6 +311,3 @@ class DuckDBWarehouse:
         """Run a read-only query (for the demo summary and tests)."""
         with self.connect() as conn:
             return [tuple(r) for r in conn.execute(sql, list(params)).fetchall()]
-
-
-WarehouseFactory = Callable[[], Warehouse]
