@@ -193,6 +193,4 @@ def test_a_drain_gives_up_within_its_max_seconds(
     started = time.monotonic()
     refused = drain("amqp://guest@127.0.0.1:5672/%2F", 5)
     assert time.monotonic() - started < 3
-    assert str(raised(refused)).endswith(
-        "ACCESS_REFUSED: the broker refused the user name or password"
-    )
+    assert str(raised(refused)).endswith("ACCESS_REFUSED: the broker refused the user name or password")
