@@ -77,6 +77,10 @@ class _Checker:
             self.problems.append(Problem(self.in_file(file, first_line(exc))))
         return None
 
+    def found(self) -> list[Problem]:
+        """The problems, each once (a secret two resources need is reported by the first that asks)."""
+        return list(dict.fromkeys(self.problems))
+
     def mark(self, what: str) -> None:
         """Note that ``what`` was looked at (``keyflow check`` lists them)."""
         if what not in self.checked:
@@ -346,7 +350,7 @@ def preflight(job: Job | None, resources: Resources) -> list[Problem]:
     """Every problem that would fail a run of ``job`` (the profile alone when None), found before it starts."""
     c = _Checker(resources)
     _run_checks(c, job)
-    return c.problems
+    return c.found()
 
 
 def _run_checks(c: _Checker, job: Job | None) -> None:
@@ -427,7 +431,7 @@ def check_jobs(profile: Profile, jobs: list[Job]) -> list[CheckReport]:
                 kind=KINDS[type(job)] if job is not None else "profile",
                 name=job.name if job is not None else profile.name,
                 file=job.file if job is not None else profile.file,
-                problems=tuple(p.line for p in c.problems),
+                problems=tuple(p.line for p in c.found()),
                 checked=tuple(c.checked),
                 seconds=time.perf_counter() - started,
             )

@@ -412,3 +412,16 @@ def test_the_pg_url_of_the_readme_works(source: str, tmp_path: Path, names: dict
     dataset = write_dataset(tmp_path, names)
     result = runner.invoke(app, ["check", "-p", str(profile), "-d", str(dataset)])
     assert result.exit_code == 0, result.output
+
+
+def test_a_missing_password_is_reported_once(
+    source: str, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    profile = make_profile(source_password={"env": "PREFLIGHT_NO_SUCH_PW"})
+    dataset = write_dataset(tmp_path, names)
+    result = runner.invoke(app, ["check", "-p", str(profile), "-d", str(dataset)])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        f"error: {profile}: source_password: environment variable PREFLIGHT_NO_SUCH_PW is not set",
+        "1 problem(s) found; nothing was run.",
+    ]
