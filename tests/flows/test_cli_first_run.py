@@ -105,7 +105,10 @@ def test_a_key_put_with_the_dataset_path_is_the_key_etl_run_loads(
         (["delete", "-d", "nosuch", "-k", "K1"], "datasets/nosuch.yaml: no such file (known datasets: campaign_facts)"),
         (["enable", "-d", "nosuch", "-k", "K1"], "datasets/nosuch.yaml: no such file (known datasets: campaign_facts)"),
         (["put", "-d", "campaign_facts", "-k", ""], "error: --key: a key may not be empty"),
-        (["put", "-d", "campaign_facts", "-k", "   "], "error: --key: a key may not be blank (only whitespace), got '   '"),
+        (
+            ["put", "-d", "campaign_facts", "-k", "   "],
+            "error: --key: a key may not be blank (only whitespace), got '   '",
+        ),
         (
             ["put", "-d", "campaign_facts", "-k", " MCS2017"],
             "error: --key: a key may not start or end with whitespace, got ' MCS2017'",
@@ -117,8 +120,18 @@ def test_a_key_put_with_the_dataset_path_is_the_key_etl_run_loads(
         (["put", "-d", "campaign_facts", "-k", BIG], f"error: --key: a key is 1 to 256 characters, got {BIG_SHOWN}"),
         (["delete", "-d", "campaign_facts", "-k", ""], "error: --key: a key may not be empty"),
     ],
-    ids=["put-unknown", "list-unknown", "delete-unknown", "enable-unknown", "empty", "blank", "edge", "tab", "10kb",
-         "delete-empty"],
+    ids=[
+        "put-unknown",
+        "list-unknown",
+        "delete-unknown",
+        "enable-unknown",
+        "empty",
+        "blank",
+        "edge",
+        "tab",
+        "10kb",
+        "delete-empty",
+    ],
 )
 def test_unknown_datasets_and_bad_keys_are_refused_in_one_line(
     make_profile: Any, args: list[str], message: str
@@ -154,12 +167,21 @@ def test_keys_delete_removes_a_key_and_names_a_missing_one(make_profile: Any) ->
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["keys", "put", "-d", "campaign_facts", "-k", "K1", "--start", "2017-03-01", "--end", "2017-03-31"], 1,
-         "error: describe table down_keys: Could not connect to the endpoint URL: "),
-        (["keys", "disable", "-d", "campaign_facts", "-k", "K1"], 1,
-         "error: update key 'K1' of 'campaign_facts': Could not connect to the endpoint URL: "),
-        (["keys", "delete", "-d", "campaign_facts", "-k", "K1"], 1,
-         "error: delete key 'K1' of 'campaign_facts': Could not connect to the endpoint URL: "),
+        (
+            ["keys", "put", "-d", "campaign_facts", "-k", "K1", "--start", "2017-03-01", "--end", "2017-03-31"],
+            1,
+            "error: describe table down_keys: Could not connect to the endpoint URL: ",
+        ),
+        (
+            ["keys", "disable", "-d", "campaign_facts", "-k", "K1"],
+            1,
+            "error: update key 'K1' of 'campaign_facts': Could not connect to the endpoint URL: ",
+        ),
+        (
+            ["keys", "delete", "-d", "campaign_facts", "-k", "K1"],
+            1,
+            "error: delete key 'K1' of 'campaign_facts': Could not connect to the endpoint URL: ",
+        ),
         (["audit"], 1, "error: get encryption of bucket down-bucket: Could not connect to the endpoint URL: "),
     ],
     ids=["keys-put", "keys-disable", "keys-delete", "audit"],
@@ -253,8 +275,11 @@ def private_key(tmp_path_factory: pytest.TempPathFactory) -> str:
         (None, 2, "{csv}: no such file"),
         ("folder", 2, "{csv}: is a folder, not a file"),
         (b"id,phone\n\xff,\n", 2, "{csv}: not UTF-8 text (byte 0xff is invalid start byte)"),
-        (b'id,phone\n1,\n2,"never closed\n3,\n', 2,
-         "{csv}: row 2 (line 3): a quoted field is never closed (unexpected end of file)"),
+        (
+            b'id,phone\n1,\n2,"never closed\n3,\n',
+            2,
+            "{csv}: row 2 (line 3): a quoted field is never closed (unexpected end of file)",
+        ),
         (b"id,phone\n1,,3\n", 2, "{csv}: row 1 (line 2): 3 fields, the header has 2"),
         (b"id,note\n1,x\n", 2, "{csv}: no column phone"),
     ],
@@ -341,8 +366,7 @@ def test_a_drain_warns_once_when_the_article_table_is_empty_or_knows_no_event(
     assert "120 received: 0 stored, 0 duplicate(s), 120 rejected, 0 dead-lettered" in empty.output
     warned = [line for line in empty.output.splitlines() if line.startswith("warning:")]
     assert warned == [
-        f"warning: the article table {table} is empty: every event is rejected as an unknown article until it is "
-        "filled"
+        f"warning: the article table {table} is empty: every event is rejected as an unknown article until it is filled"
     ]
     logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "article table" in r.getMessage()]
     assert logged == [warned[0].removeprefix("warning: ")]
