@@ -76,7 +76,7 @@ def read_yaml(path: Path) -> Any:
     """Parse one YAML file strictly; raise :class:`ConfigError` naming the file and line."""
     shown = clip(display_path(path))
     if not _is_file(path):
-        raise ConfigError(f"{shown}: no such file")
+        raise ConfigError(f"{shown}: {'not a file' if path.is_dir() else 'no such file'}")
     raw = path.read_bytes()
     if len(raw) > MAX_YAML_BYTES:
         raise ConfigError(f"{shown}: file is {len(raw)} bytes; keyflow YAML is at most {MAX_YAML_BYTES}")

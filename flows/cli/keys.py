@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from config.errors import quoted
 from flows.cli.common import DatasetOpt, ProfileOpt, dataset_name, parse_date
 from flows.cli.output import fail, out, print_keys, reports_errors
 
@@ -45,6 +46,12 @@ def keys_put(
         fail(f"--params: not JSON: {exc}")
     if not isinstance(extra, dict):
         fail("--params: expected a JSON object")
+    for name, value in extra.items():  # each is bound as one query parameter (:name): no lists or objects
+        if isinstance(value, list | dict):
+            fail(
+                f"--params: {quoted(name)} is a JSON {type(value).__name__}; a parameter is a string, number, "
+                "true/false or null"
+            )
     prof = load_profile(profile)
     name = dataset_name(dataset)
     first, last = parse_date(start, "--start"), parse_date(end, "--end")

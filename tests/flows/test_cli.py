@@ -66,6 +66,10 @@ def test_keys_put_list_disable(make_profile: Any) -> None:
             ["--start", "2017-03-01", "--end", "2017-03-02", "--params", "[1]"],
             "error: --params: expected a JSON object",
         ),
+        (
+            ["--start", "2017-03-01", "--end", "2017-03-02", "--params", '{"regions": ["eu"]}'],
+            "error: --params: 'regions' is a JSON list; a parameter is a string, number, true/false or null",
+        ),
     ],
 )
 @pytest.mark.usefixtures("facts_dataset")

@@ -231,6 +231,12 @@ def test_debug_sets_prefects_log_level(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert os.environ["PREFECT_LOGGING_LEVEL"] == "DEBUG"
 
 
+def test_demo_into_a_folder_it_cannot_make_is_one_line() -> None:
+    result = runner.invoke(app, ["demo", "--dir", "/proc/keyflow-demo", "--rows", "10"])
+    assert result.exit_code == 2
+    assert one_line(result.output) == "error: --dir: cannot make /proc/keyflow-demo: No such file or directory"
+
+
 def test_pause_with_the_prefect_api_down_is_one_line() -> None:
     url = f"http://127.0.0.1:{free_port()}/api"
     result = keyflow("pause", "etl", env={"PREFECT_API_URL": url})
@@ -325,6 +331,9 @@ def test_validate_refuses_a_folder_that_is_not_a_config_folder(tmp_path: Path) -
     (tmp_path / "file").write_text("x")
     not_dir = runner.invoke(app, ["validate", "--config-dir", str(tmp_path / "file")])
     assert not_dir.exit_code == 2 and one_line(not_dir.output) == f"error: {tmp_path / 'file'}: not a folder"
+    (tmp_path / "odd" / "datasets" / "x.yaml").mkdir(parents=True)  # a folder where a YAML file should be
+    odd = runner.invoke(app, ["validate", "--config-dir", str(tmp_path / "odd")])
+    assert odd.exit_code == 2 and f"{tmp_path / 'odd' / 'datasets' / 'x.yaml'}: not a file" in odd.output
     shipped = runner.invoke(app, ["validate", "--config-dir", str(ROOT / "config")])
     assert shipped.exit_code == 0 and "file(s) valid" in shipped.output
 
