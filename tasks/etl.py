@@ -50,6 +50,7 @@ class KeyResult:
     error: str = ""
 
     def as_row(self) -> dict[str, Any]:
+        """The result as one summary-table row."""
         return asdict(self)
 
 

@@ -56,11 +56,13 @@ class DrainSummary:
     seconds: float = 0.0
 
     def add(self, other: DrainSummary) -> None:
+        """Add another drain's counts and files to this one."""
         for name in ("received", "stored", "duplicates", "rejected", "dead_lettered", "batches"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.files += other.files
 
     def as_row(self) -> dict[str, Any]:
+        """The summary as one table row, with the number of files instead of their names."""
         row = asdict(self)
         row["files"] = len(self.files)
         return row

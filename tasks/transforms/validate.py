@@ -47,6 +47,7 @@ class Checked:
 
     @property
     def rows_in(self) -> int:
+        """Rows read from the file, good and rejected."""
         return self.good.num_rows + self.rejected.num_rows
 
 
