@@ -57,6 +57,8 @@ def final_state(data: Any, done: str, failed: str | None = None, paused: str | N
 
 
 def artifact_key(name: str, kind: str) -> str:
-    """The key of a flow's ``kind`` of artifact for ``name``: lower case, dashes (``campaign_facts`` →
-    ``campaign-facts-run-summary``), the only characters Prefect allows in a key."""
+    """The key of a flow's ``kind`` of artifact for ``name``, in the only characters Prefect allows in a key.
+
+    Lower case and dashes: ``campaign_facts`` → ``campaign-facts-run-summary``.
+    """
     return re.sub(r"[^a-z0-9-]", "-", f"{name}-{kind}".lower())

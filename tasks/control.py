@@ -23,6 +23,7 @@ FAMILIES = ("etl", "trends", "ingest")
 
 
 def switch_name(family: str) -> str:
+    """The name of the global concurrency limit that switches ``family`` on and off."""
     return f"keyflow-{family}-switch"
 
 

@@ -33,8 +33,10 @@ def key_pair_paths(out: str | Path) -> tuple[Path, Path]:
 
 
 def write_key_pair(out: str | Path, bits: int = 3072) -> tuple[Path, Path, str]:
-    """Write the private key (mode 0600) and the public key where :func:`key_pair_paths` says; returns both paths
-    and the key id.
+    """Write the private key (mode 0600) and the public key where :func:`key_pair_paths` says.
+
+    Returns:
+        The private key's path, the public key's path and the key id.
 
     Raises:
         FileExistsError: either file exists (a key is never overwritten).

@@ -58,14 +58,14 @@ class DrainSummary:
     warnings: list[str] = field(default_factory=list)
 
     def add(self, other: DrainSummary) -> None:
-        """Add another summary's counts (one batch's) to this one."""
+        """Add another drain's counts and files to this one."""
         counts = ("received", "stored", "duplicates", "rejected", "dead_lettered", "batches", "unknown_only_batches")
         for name in counts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.files += other.files
 
     def as_row(self) -> dict[str, Any]:
-        """The summary as one flat row (the flow's result and artifact): file and warning lists become text."""
+        """The summary as one table row: the number of files instead of their names, the warnings as one text."""
         row = asdict(self)
         row["files"] = len(self.files)
         row["warnings"] = "; ".join(self.warnings)

@@ -22,7 +22,7 @@ from flows.cli.etl import etl_app
 from flows.cli.events import events_app
 from flows.cli.files import files_app
 from flows.cli.keys import keys_app
-from flows.cli.output import fail_with, set_debug
+from flows.cli.output import err, fail_with, set_debug
 from flows.cli.trends import trends_app
 
 __all__ = ["app", "main"]
@@ -64,7 +64,7 @@ app.command("audit")(security.audit_cmd)
 
 
 def _bound_malloc_arenas() -> None:
-    """glibc gives each thread its own malloc arena; with parallel keys that inflates RSS for nothing."""
+    """Bound malloc arenas: glibc gives each thread its own, and with parallel keys that inflates RSS for nothing."""
     if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
         import ctypes
 
@@ -80,7 +80,7 @@ def _leave(code: int | str | None) -> NoReturn:
     (logging flushes its handlers), then stdout and stderr are flushed.
     """
     if isinstance(code, str):
-        print(code, file=sys.stderr)
+        err.print(code, markup=False, highlight=False, emoji=False, soft_wrap=True)  # as the interpreter prints it
         code = 1
     threading._shutdown()  # type: ignore[attr-defined]  # joins threads, runs threading's exit hooks (Prefect's drains)
     atexit._run_exitfuncs()

@@ -24,12 +24,17 @@ from tasks.transforms.events import Message
 class EventSource(Protocol):
     """Where events come from: batches of messages, acknowledged after they are stored."""
 
-    def batches(
-        self, size: int, max_events: int, max_seconds: float, idle_seconds: float
-    ) -> Iterator[list[Message]]: ...
-    def ack(self, batch: list[Message]) -> None: ...
-    def dead_letter(self, message: Message, reason: str) -> bool: ...
-    def close(self) -> None: ...
+    def batches(self, size: int, max_events: int, max_seconds: float, idle_seconds: float) -> Iterator[list[Message]]:
+        """Yield batches of up to ``size`` messages until a limit on events, time or idleness is reached."""
+
+    def ack(self, batch: list[Message]) -> None:
+        """Acknowledge a stored batch so that the broker drops it."""
+
+    def dead_letter(self, message: Message, reason: str) -> bool:
+        """Move one message to the dead-letter queue with ``reason``; whether it was moved."""
+
+    def close(self) -> None:
+        """Close the connection."""
 
 
 class RabbitMQSource:
@@ -107,6 +112,7 @@ class RabbitMQSource:
         return True
 
     def close(self) -> None:
+        """Close the connection, ignoring a broker that is already gone."""
         with contextlib.suppress(pika.exceptions.AMQPError):
             self._conn.close()
 

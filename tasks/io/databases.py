@@ -45,7 +45,7 @@ def engine_for(url: str, password: str | None = None, pool_size: int = 4) -> sa.
 
 
 def dialect_of(engine: sa.Engine) -> str:
-    """keyflow's dialect name of an engine (``postgres``, ``mysql``, ``sqlite``…)."""
+    """The keyflow dialect name of an engine (``postgres``, ``mysql``, ``sqlite``…)."""
     name = engine.dialect.name
     return {"postgresql": "postgres", "mariadb": "mysql"}.get(name, name)
 
@@ -83,8 +83,10 @@ def pg_dsn(url: str, password: str | None = None, application: str = "keyflow") 
 
 
 def pg_error(exc: psycopg2.Error, what: str, failed: str | None = None) -> KeyflowError:
-    """A psycopg2 error as keyflow's: connection trouble retries (``what: …``), anything else fails the key
-    (``failed: …``, ``what`` when not given), each with the database's first line."""
+    """A psycopg2 error as keyflow's, with the database's first line.
+
+    Connection trouble retries (``what: …``), anything else fails the key (``failed: …``, ``what`` when not given).
+    """
     if isinstance(exc, psycopg2.OperationalError):
         return RetryableError(f"{what}: {first_line(exc)}")
     return KeyFailedError(f"{failed or what}: {first_line(exc)}")

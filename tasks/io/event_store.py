@@ -68,8 +68,11 @@ def batch_get(ddb: Any, table: str, key: str, ids: Iterable[str], attributes: li
 
 
 def batch_put(ddb: Any, table: str, items: list[dict[str, Any]], parallel: int = 4) -> int:
-    """Write items 25 at a time, ``parallel`` requests in flight, retrying unprocessed items with jittered
-    backoff; returns how many. Raises when any chunk cannot be written (the caller does not acknowledge)."""
+    """Write items 25 at a time, ``parallel`` requests in flight; returns how many.
+
+    Unprocessed items are retried with jittered backoff. Raises when any chunk cannot be written (the caller does not
+    acknowledge).
+    """
 
     def one(chunk: list[dict[str, Any]]) -> None:
         pending: dict[str, Any] = {table: [{"PutRequest": {"Item": it}} for it in chunk]}

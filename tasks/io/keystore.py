@@ -17,13 +17,26 @@ from tasks.transforms.keys import CampaignKey, active_keys, validate_key
 class KeyStore(Protocol):
     """Where a dataset's keys live."""
 
-    def ensure_table(self) -> None: ...
-    def sse_status(self) -> str | None: ...
-    def put_key(self, key: CampaignKey) -> None: ...
-    def list_keys(self, dataset: str) -> list[CampaignKey]: ...
-    def active_keys(self, dataset: str, on: date) -> list[CampaignKey]: ...
-    def set_enabled(self, dataset: str, key: str, enabled: bool) -> None: ...
-    def delete_key(self, dataset: str, key: str) -> None: ...
+    def ensure_table(self) -> None:
+        """Create the key table when it does not exist."""
+
+    def sse_status(self) -> str | None:
+        """The table's server-side encryption status (``ENABLED``…), or None when not encrypted with KMS."""
+
+    def put_key(self, key: CampaignKey) -> None:
+        """Insert or replace one key."""
+
+    def list_keys(self, dataset: str) -> list[CampaignKey]:
+        """Every key of a dataset, sorted by key."""
+
+    def active_keys(self, dataset: str, on: date) -> list[CampaignKey]:
+        """The keys of ``dataset`` active on ``on``."""
+
+    def set_enabled(self, dataset: str, key: str, enabled: bool) -> None:
+        """Enable or disable a key; a missing key is an error, not a silent insert."""
+
+    def delete_key(self, dataset: str, key: str) -> None:
+        """Remove a key; a missing key is an error, so a typo never passes for a deletion."""
 
 
 def _plain(value: Any) -> Any:

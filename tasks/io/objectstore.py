@@ -21,17 +21,38 @@ class ObjectStore(Protocol):
 
     bucket: str
 
-    def ensure_bucket(self) -> None: ...
-    def put_file(self, path: Path, key: str) -> None: ...
-    def put_bytes(self, data: bytes, key: str, content_type: str = ...) -> None: ...
-    def open(self, key: str) -> IO[bytes]: ...
-    def get_bytes(self, key: str) -> bytes: ...
-    def exists(self, key: str) -> bool: ...
-    def list_keys(self, prefix: str) -> Iterator[str]: ...
-    def default_encryption(self) -> dict[str, Any] | None: ...
-    def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]: ...
-    def delete_prefix(self, prefix: str) -> int: ...
-    def head(self, key: str) -> dict[str, Any]: ...
+    def ensure_bucket(self) -> None:
+        """Create the bucket with default encryption when missing."""
+
+    def put_file(self, path: Path, key: str) -> None:
+        """Upload a local file to ``key``."""
+
+    def put_bytes(self, data: bytes, key: str, content_type: str = ...) -> None:
+        """Write ``data`` to ``key``."""
+
+    def open(self, key: str) -> IO[bytes]:
+        """A streaming, file-like reader of one object."""
+
+    def get_bytes(self, key: str) -> bytes:
+        """The whole content of one object."""
+
+    def exists(self, key: str) -> bool:
+        """Whether the object is there."""
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """The keys of the objects under ``prefix``."""
+
+    def default_encryption(self) -> dict[str, Any] | None:
+        """The bucket's default encryption rule, or None when it has none."""
+
+    def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Objects under ``prefix`` with their key, size and last-modified time."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many."""
+
+    def head(self, key: str) -> dict[str, Any]:
+        """The object's metadata (size, encryption…) without its content."""
 
 
 class S3ObjectStore:
@@ -47,6 +68,7 @@ class S3ObjectStore:
 
     @property
     def sse_args(self) -> dict[str, str]:
+        """The server-side encryption arguments of every write: SSE-KMS with the key id, else SSE-S3."""
         if self.kms_key_id:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         return {"ServerSideEncryption": "AES256"}
@@ -82,6 +104,7 @@ class S3ObjectStore:
             raise translate(exc, f"upload s3://{self.bucket}/{key}") from exc
 
     def put_bytes(self, data: bytes, key: str, content_type: str = "application/octet-stream") -> None:
+        """Write ``data`` to ``key`` in one request, with SSE."""
         try:
             self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **self.sse_args)
         except (ClientError, BotoCoreError) as exc:
@@ -95,10 +118,12 @@ class S3ObjectStore:
             raise translate(exc, f"read s3://{self.bucket}/{key}") from exc
 
     def get_bytes(self, key: str) -> bytes:
+        """The whole content of one object, read into memory."""
         with self.open(key) as body:
             return body.read()
 
     def head(self, key: str) -> dict[str, Any]:
+        """The object's metadata (size, encryption…) without its content."""
         try:
             return self._s3.head_object(Bucket=self.bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
@@ -117,6 +142,7 @@ class S3ObjectStore:
             raise translate(exc, f"head s3://{self.bucket}/{key}") from exc
 
     def list_keys(self, prefix: str) -> Iterator[str]:
+        """The keys of the objects under ``prefix``, page by page."""
         paginator = self._s3.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):

@@ -28,14 +28,17 @@ class SourceDatabase(Protocol):
     dialect: str
     text_native: bool
 
-    def source_schema(self, source: SourceConfig) -> pa.Schema | None: ...
+    def source_schema(self, source: SourceConfig) -> pa.Schema | None:
+        """Arrow schema of the source table (``None`` for a query source: types come from target.columns)."""
+
     def stream(
         self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
-    ) -> Iterator[pa.Table]: ...
+    ) -> Iterator[pa.Table]:
+        """Run ``sql`` with bound ``params`` and yield the rows as Arrow tables of at most ``batch_rows``."""
 
 
 def column_type(t: Any) -> ColumnType:
-    """keyflow type of a reflected SQLAlchemy column type."""
+    """The keyflow type of a reflected SQLAlchemy column type."""
     name = type(t).__name__.upper()
     if isinstance(t, sa.Boolean):
         return ColumnType("boolean")

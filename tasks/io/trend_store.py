@@ -142,6 +142,7 @@ class TrendServing(DynamoTable):
 
     @staticmethod
     def audience(gender: str | None, segment: str | None) -> str:
+        """The item's audience key: ``gender#segment``, ``-`` for any."""
         return f"{gender or '-'}#{segment or '-'}"
 
     def put(self, rankings: Mapping[tuple[Any, Any], Sequence[dict[str, Any]]], now: datetime, ttl_seconds: int) -> int:

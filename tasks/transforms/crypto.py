@@ -43,8 +43,10 @@ class MissingColumnError(ValueError):
 
 
 class MalformedCsvError(ValueError):
-    """The CSV cannot be read as CSV (a quote never closed, a row with more fields than the header); the message
-    names the row (1 is the first after the header) and the line it starts on."""
+    """The CSV cannot be read as CSV (a quote never closed, a row with more fields than the header).
+
+    The message names the row (1 is the first after the header) and the line it starts on.
+    """
 
 
 def _b64(data: bytes) -> str:
@@ -72,6 +74,7 @@ def generate_key_pair(bits: int = 3072) -> tuple[bytes, bytes]:
 
 
 def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
+    """An RSA public key of at least 2048 bits from PEM bytes."""
     key = serialization.load_pem_public_key(pem)
     if not isinstance(key, rsa.RSAPublicKey) or key.key_size < 2048:
         raise ValueError("the public key must be an RSA key of at least 2048 bits (PEM)")
@@ -79,6 +82,7 @@ def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
 
 
 def load_private_key(pem: bytes, password: bytes | None = None) -> rsa.RSAPrivateKey:
+    """An RSA private key from PEM bytes, decrypted with ``password`` when given."""
     key = serialization.load_pem_private_key(pem, password=password)
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValueError("the private key must be an RSA key (PEM)")

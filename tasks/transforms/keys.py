@@ -53,8 +53,10 @@ def validate_key(key: str) -> str:
 
 
 def check_lookup_key(key: str) -> str:
-    """A key named to enable, disable or delete: any text a key table can hold, so a key stored before the rules of
-    :func:`validate_key` (say with a trailing space) can still be switched off and removed.
+    """A key named to enable, disable or delete: any text a key table can hold.
+
+    So a key stored before the rules of :func:`validate_key` (say with a trailing space) can still be switched off
+    and removed.
 
     Raises:
         ValueError: the key is empty or longer than any stored key can be.
