@@ -237,6 +237,29 @@ def test_demo_into_a_folder_it_cannot_make_is_one_line() -> None:
     assert one_line(result.output) == "error: --dir: cannot make /proc/keyflow-demo: No such file or directory"
 
 
+@pytest.mark.parametrize(
+    ("deployment", "message"),
+    [
+        ({"name": "x"}, "expected path/to/file.py:flow_function"),
+        (
+            {"name": "x", "entrypoint": "flows/nope.py:x"},
+            "cannot import 'flows/nope.py:x': No module named 'flows.nope'",
+        ),
+        (
+            {"name": "x", "entrypoint": "flows/serve.py:serve_all"},
+            "entrypoint 'flows/serve.py:serve_all' is not a flow",
+        ),
+    ],
+    ids=["missing", "no-module", "not-a-flow"],
+)
+def test_serve_names_a_bad_entrypoint(tmp_path: Path, deployment: dict[str, str], message: str) -> None:
+    """A deployment without an entrypoint was a KeyError traceback."""
+    path = write_yaml(tmp_path / "prefect.yaml", {"deployments": [deployment]})
+    result = runner.invoke(app, ["serve", "--file", str(path)])
+    assert result.exit_code == 2
+    assert one_line(result.output) == f"error: {path}: deployments[0].entrypoint: {message}"
+
+
 def test_pause_with_the_prefect_api_down_is_one_line() -> None:
     url = f"http://127.0.0.1:{free_port()}/api"
     result = keyflow("pause", "etl", env={"PREFECT_API_URL": url})
