@@ -41,11 +41,19 @@ def options(
             help="print the traceback of every error (one line each without it) and Prefect's log at DEBUG level",
         ),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="print only the summary and errors: no run log (Prefect's log level CRITICAL)"
+        ),
+    ] = False,
 ) -> None:
     """keyflow: key-driven ETL from RDS to Redshift through S3, as Prefect flows."""
     set_debug(debug)
     if debug:  # before any command imports Prefect, which reads its logging level once
         os.environ["PREFECT_LOGGING_LEVEL"] = "DEBUG"
+    elif quiet:  # the summary and the CLI's own error lines say what a quiet user needs
+        os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"
 
 
 app.add_typer(etl_app, name="etl")

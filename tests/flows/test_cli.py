@@ -142,6 +142,24 @@ def test_demo_runs_with_no_servers_and_prints_a_clean_summary(tmp_path: Path) ->
     assert set(counts) == {"MCS2017", "SPRING17", "VIP17"} and all(400 < n <= 500 for n in counts.values())
 
 
+def test_quiet_prints_the_summary_and_no_run_log(tmp_path: Path) -> None:
+    """`keyflow --quiet`: the per-key summary on stdout, nothing of Prefect's run log on either stream."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYFLOW_", "PREFECT_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--quiet", "demo", "--dir", str(tmp_path / "demo"), "--rows", "100"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 key(s) loaded" in proc.stdout and "MCS2017" in proc.stdout
+    assert "| INFO" not in proc.stdout + proc.stderr and "Task run" not in proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_command_exits_at_once_yet_every_log_and_task_state_reaches_the_server(
     pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
