@@ -1,5 +1,7 @@
-"""Steps every flow shares: refuse to start while paused or misconfigured, gather mapped branches, end in one
-state (a keyflow error too, without a traceback), name artifacts."""
+"""Steps every flow shares: refuse to start while paused or misconfigured, gather mapped branches, end in one state.
+
+A keyflow error ends a flow in its Failed state too, without a traceback; artifact keys are named here.
+"""
 
 from __future__ import annotations
 
@@ -26,10 +28,11 @@ P = ParamSpec("P")
 
 
 def ends_failed_on_errors(body: Callable[P, State[Any]]) -> Callable[P, State[Any]]:
-    """A flow body whose keyflow error (a config problem, a failed step) ends the run Failed with that error as
-    its data and one log line per problem, instead of Prefect's traceback. Other exceptions (bugs) still raise.
+    """A flow body whose keyflow error ends the run Failed, with one log line per problem and no traceback.
 
-    Put it under ``@flow``: the flow keeps the body's name, signature and parameters.
+    The error (a config problem, a failed step) becomes the Failed state's data, instead of Prefect's traceback.
+    Other exceptions (bugs) still raise. Put it under ``@flow``: the flow keeps the body's name, signature and
+    parameters.
     """
 
     @functools.wraps(body)
@@ -51,9 +54,11 @@ def ends_failed_on_errors(body: Callable[P, State[Any]]) -> Callable[P, State[An
 
 
 def refuse_if_misconfigured(job: Job, resources: Resources, within: float | None = None) -> State[Any] | None:
-    """The Failed state of a run whose preflight found problems (each logged, all in a :class:`ConfigError` as the
-    state's data, nothing run); None when the run may start. Connection trouble is checked again while the run's
-    time allows (``within`` seconds, when it has a limit)."""
+    """The Failed state of a run whose preflight found problems; None when the run may start.
+
+    Each problem is logged, all are in a :class:`ConfigError` as the state's data, nothing is run. Connection
+    trouble is checked again while the run's time allows (``within`` seconds, when it has a limit).
+    """
     problems = check_before_run(job, resources, within)
     if not problems:
         return None
@@ -106,6 +111,8 @@ def final_state(data: Any, done: str, failed: str | None = None, paused: str | N
 
 
 def artifact_key(name: str, kind: str) -> str:
-    """The key of a flow's ``kind`` of artifact for ``name``: lower case, dashes (``campaign_facts`` →
-    ``campaign-facts-run-summary``), the only characters Prefect allows in a key."""
+    """The key of a flow's ``kind`` of artifact for ``name``, in the only characters Prefect allows in a key.
+
+    Lower case and dashes: ``campaign_facts`` → ``campaign-facts-run-summary``.
+    """
     return re.sub(r"[^a-z0-9-]", "-", f"{name}-{kind}".lower())

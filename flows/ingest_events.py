@@ -25,8 +25,10 @@ def ingest_events(
     max_events: int | None = None,
     max_seconds: float | None = None,
 ) -> State[Any]:
-    """Drain up to ``max_events`` messages or ``max_seconds`` (defaults from the YAML), as the original Lambda
-    polled its broker; a message is acknowledged only after its batch is stored."""
+    """Drain up to ``max_events`` messages or ``max_seconds`` (defaults from the YAML).
+
+    As the original Lambda polled its broker; a message is acknowledged only after its batch is stored.
+    """
     prof, cfg = load_profile(profile), load_events(job)
     if refused := refuse_if_paused("ingest", data={}, warning=PAUSED):
         return refused

@@ -28,8 +28,11 @@ STATUSES = ("loaded", "skipped", "quarantined", "failed")
 @flow(name="ingest-files", validate_parameters=True)
 @ends_failed_on_errors
 def ingest_files(source: str = "campaign_facts_files", profile: str = "local") -> State[Any]:
-    """Load every new landing file of ``source`` (one parallel branch per file); files already loaded are skipped
-    by content hash, unreadable files are quarantined whole, bad rows are set aside with their reason."""
+    """Load every new landing file of ``source`` (one parallel branch per file).
+
+    Files already loaded are skipped by content hash, unreadable files are quarantined whole, bad rows are set aside
+    with their reason.
+    """
     prof, src = load_profile(profile), load_file_source(source)
     if refused := refuse_if_paused("ingest", data=[], warning=PAUSED):
         return refused

@@ -165,8 +165,10 @@ def check_source(c: _Checker, ds: DatasetConfig) -> pa.Schema | None:
 
 
 def check_rules(c: _Checker, ds: DatasetConfig, schema: pa.Schema | None) -> TableSpec | None:
-    """The rules run on an empty batch of the source's schema: every column they name is there (the target
-    table is planned from what they produce). A query source is planned from ``target.columns``."""
+    """The rules run on an empty batch of the source's schema: every column they name is there.
+
+    The target table is planned from what they produce; a query source is planned from ``target.columns``.
+    """
     if schema is None and ds.source.table is not None:
         return None  # the source check said why
     return c.attempt("rules", ds.file, lambda: plan_table(ds, schema, ds.file))
@@ -182,8 +184,11 @@ def encryption_problem(rule: dict[str, Any] | None, kms_key_id: str | None) -> s
 
 
 def check_bucket(c: _Checker, prefix: str, write: bool = True, encryption: bool = True) -> None:
-    """The bucket can be listed under ``prefix`` and, when ``write``, written there (a probe object put with the
-    profile's SSE and deleted); its default encryption is the one ``keyflow audit`` expects; the KMS key exists."""
+    """The bucket can be listed under ``prefix`` and, when ``write``, written there, with the right encryption.
+
+    A probe object is put with the profile's SSE and deleted; the default encryption is the one ``keyflow audit``
+    expects; the profile's KMS key exists.
+    """
     p = c.profile
     store = c.resources.object_store()
     before = len(c.problems)
@@ -249,22 +254,14 @@ def check_event_source(c: _Checker, job: EventsConfig) -> None:
 
 
 def check_article_table(c: _Checker, job: EventsConfig) -> None:
-    """The article reference table exists and holds articles (empty, it would reject every event)."""
+    """The article reference table exists (an empty one is the drain's warning: it rejects every event)."""
     table = job.reference.table
-    articles = c.resources.articles(job)
-    exists = c.aws("article table", c.profile.file, articles.probe)
+    exists = c.aws("article table", c.profile.file, c.resources.articles(job).probe)
     if exists is False:
         c.problems.append(
             Problem(
                 f"{job.file}: reference.table: DynamoDB table {table!r} does not exist; create it "
                 "(`keyflow setup`) and fill it with the articles (article_id, live)"
-            )
-        )
-    elif exists and c.aws("article table", c.profile.file, articles.probe_items) is False:
-        c.problems.append(
-            Problem(
-                f"{job.file}: reference.table: DynamoDB table {table!r} holds no article: every event would be "
-                "rejected; fill it first (article_id, live)"
             )
         )
 
@@ -368,9 +365,11 @@ def _run_checks(c: _Checker, job: Job | None) -> None:
 
 @task(name="preflight")
 def check_before_run(job: Job, resources: Resources, within: float | None = None) -> list[str]:
-    """The run's problems as lines (none: it may start). Problems that may clear up by themselves (a refused
-    connection, a timeout) are checked again after a short wait before the run gives up, while the run's time
-    allows (``within`` seconds: a drain's ``max_seconds``)."""
+    """The run's problems as lines (none: it may start).
+
+    Problems that may clear up by themselves (a refused connection, a timeout) are checked again after a short wait
+    before the run gives up, while the run's time allows (``within`` seconds: a drain's ``max_seconds``).
+    """
     logger = get_run_logger()
     started = time.perf_counter()
     problems = preflight(job, resources)
@@ -417,8 +416,10 @@ KINDS = {
 
 
 def check_jobs(profile: Profile, jobs: list[Job]) -> list[CheckReport]:
-    """``keyflow check``: the preflight of each job (the profile's own resources when ``jobs`` is empty), sharing
-    one set of resources so each secret is resolved once."""
+    """``keyflow check``: the preflight of each job (the profile's own resources when ``jobs`` is empty).
+
+    The jobs share one set of resources, so each secret is resolved once.
+    """
     resources = resources_for(profile)
     reports = []
     targets: list[Job | None] = list(jobs) or [None]

@@ -74,8 +74,10 @@ class RetryTransient:
 
 
 def retrying(*delays: float, jitter: float | None = None, deadline: float | None = None) -> dict[str, Any]:
-    """``@task`` options: one retry per delay in ``delays`` (seconds), transient errors only, within ``deadline``
-    seconds of the first attempt, optional jitter."""
+    """``@task`` options: one retry per delay in ``delays`` (seconds), transient errors only.
+
+    No retry starts later than ``deadline`` seconds after the first attempt; ``jitter`` spreads the delays.
+    """
     options: dict[str, Any] = {
         "retries": len(delays) + 1,  # the condition refuses the last: see the module docstring
         "retry_delay_seconds": list(delays),

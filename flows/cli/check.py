@@ -52,9 +52,11 @@ def check_cmd(
         bool, typer.Option("--all", help="every dataset, file source, event ingestion and trend job of the config dir")
     ] = False,
 ) -> None:
-    """Check, without running anything, what a run would need: the source and its columns, the rules, the
-    secrets, the bucket (a probe object is written and deleted), the key table, the warehouse target; the broker,
-    the article table, the users file for event and trend jobs. With no job, the profile's own resources.
+    """Check, without running anything, what a run of each job would need.
+
+    The source and its columns, the rules, the secrets, the bucket (a probe object is written and deleted), the key
+    table, the warehouse target; the broker, the article table, the users file for event and trend jobs. With no
+    job, the profile's own resources.
 
     Every problem is one line naming the file and field or the resource; exit 2 when there is any.
     """

@@ -13,8 +13,7 @@ trends_app = typer.Typer(help="Score trending articles from the event archive.",
 
 
 def _check_trends(job: str, profile: str) -> None:
-    """Load the profile and the job, and run its preflight (where counts are kept, the users file…), before Prefect
-    starts."""
+    """Load the profile and the job, and run its preflight (counts store, users file…), before Prefect starts."""
     from config.loader import load_profile, load_trends
 
     prof, spec = load_profile(profile), load_trends(job)

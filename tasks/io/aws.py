@@ -111,9 +111,12 @@ def unknown_host(exc: BaseException) -> bool:
 
 
 def translate(exc: Exception, what: str) -> Exception:
-    """Map a boto error to keyflow's classes, naming what was being done: throttling and connection trouble retry
-    (:class:`RetryableError`); a refused credential or grant, a missing bucket, table or stream, or an endpoint
-    whose host does not resolve is a :class:`ConfigError` at once; anything else fails the key."""
+    """Map a boto error to keyflow's classes, naming what was being done.
+
+    Throttling and connection trouble retry (:class:`RetryableError`); a refused credential or grant, a missing
+    bucket, table or stream, or an endpoint whose host does not resolve is a :class:`ConfigError` at once; anything
+    else fails the key.
+    """
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         message = exc.response.get("Error", {}).get("Message", "")
@@ -148,6 +151,8 @@ def ensure_dynamodb_table(ddb: Any, table: str, keys: list[tuple[str, str]], kms
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceNotFoundException":
             raise translate(exc, f"describe table {table}") from exc
+    except BotoCoreError as exc:  # the endpoint is down or unreachable: one line, not botocore's traceback
+        raise translate(exc, f"describe table {table}") from exc
     sse: dict[str, Any] = {"Enabled": True, "SSEType": "KMS"}
     if kms_key_id:
         sse["KMSMasterKeyId"] = kms_key_id
@@ -164,6 +169,8 @@ def ensure_dynamodb_table(ddb: Any, table: str, keys: list[tuple[str, str]], kms
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise translate(exc, f"create table {table}") from exc
         return False
+    except BotoCoreError as exc:
+        raise translate(exc, f"create table {table}") from exc
     return True
 
 
@@ -193,11 +200,3 @@ class DynamoTable:
         except BotoCoreError as exc:
             raise translate(exc, f"DynamoDB table {self.table}") from exc
         return True
-
-    def probe_items(self) -> bool:
-        """Whether the (existing) table holds at least one item: one single-item Scan, quick client."""
-        ddb = client("dynamodb", self._ddb.meta.region_name, self._ddb.meta.endpoint_url, quick=True)
-        try:
-            return bool(ddb.scan(TableName=self.table, Limit=1, Select="COUNT").get("Count"))
-        except (ClientError, BotoCoreError) as exc:
-            raise translate(exc, f"DynamoDB table {self.table}") from exc

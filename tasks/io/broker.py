@@ -30,17 +30,25 @@ logging.getLogger("pika").setLevel(logging.CRITICAL)
 class EventSource(Protocol):
     """Where events come from: batches of messages, acknowledged after they are stored."""
 
-    def batches(
-        self, size: int, max_events: int, max_seconds: float, idle_seconds: float
-    ) -> Iterator[list[Message]]: ...
-    def ack(self, batch: list[Message]) -> None: ...
-    def dead_letter(self, message: Message, reason: str) -> bool: ...
-    def close(self) -> None: ...
+    def batches(self, size: int, max_events: int, max_seconds: float, idle_seconds: float) -> Iterator[list[Message]]:
+        """Yield batches of up to ``size`` messages until a limit on events, time or idleness is reached."""
+
+    def ack(self, batch: list[Message]) -> None:
+        """Acknowledge a stored batch so that the broker drops it."""
+
+    def dead_letter(self, message: Message, reason: str) -> bool:
+        """Move one message to the dead-letter queue with ``reason``; whether it was moved."""
+
+    def close(self) -> None:
+        """Close the connection."""
 
 
 def broker_error(exc: BaseException, what: str) -> KeyflowError:
-    """A pika (or socket) error as keyflow's: a refused login or virtual host, a refused permission or a host name
-    that does not resolve is a :class:`ConfigError` at once; other connection trouble retries."""
+    """A pika (or socket) error as keyflow's.
+
+    A refused login or virtual host, a refused permission or a host name that does not resolve is a
+    :class:`ConfigError` at once; other connection trouble retries.
+    """
     if isinstance(exc, socket.gaierror):
         return ConfigError(f"{what}: the host name does not resolve ({exc.strerror or exc})")
     if isinstance(exc, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError):
@@ -125,13 +133,17 @@ class RabbitMQSource:
         return True
 
     def close(self) -> None:
+        """Close the connection, ignoring a broker that is already gone."""
         with contextlib.suppress(pika.exceptions.AMQPError):
             self._conn.close()
 
 
 def connection_parameters(url: str, password: str | None) -> tuple[pika.URLParameters, str]:
-    """pika's parameters for ``url`` with ``password`` (``guest`` for the guest account), and ``user@host:port/vhost``
-    to name the broker in messages (never the password)."""
+    """The connection parameters for ``url`` with ``password``, and the broker's name for messages.
+
+    ``guest`` without a password gets RabbitMQ's guest password; the name is ``user@host:port/vhost``, never the
+    password.
+    """
     parts = urlsplit(url)
     user = unquote(parts.username or "guest")
     if password is None and user == "guest":

@@ -69,7 +69,7 @@ def engine_for(url: str, password: str | None = None, pool_size: int = 4) -> sa.
 
 
 def dialect_of(engine: sa.Engine) -> str:
-    """keyflow's dialect name of an engine (``postgres``, ``mysql``, ``sqlite``…)."""
+    """The keyflow dialect name of an engine (``postgres``, ``mysql``, ``sqlite``…)."""
     name = engine.dialect.name
     return {"postgresql": "postgres", "mariadb": "mysql"}.get(name, name)
 
@@ -148,9 +148,11 @@ _LIBPQ_PREFIX = re.compile(r'^connection to server (?:at "[^"]*"(?: \([^)]*\))?,
 
 
 def _driver_line(exc: BaseException) -> str:
-    """The driver's own first line, without what the caller names already: libpq's ``connection to server at
-    "h", port p failed: FATAL:`` prefix goes, PyMySQL's ``(1045, "Access denied…")`` reads ``Access denied…
-    (error 1045)``."""
+    """The driver's own first line, without what the caller names already.
+
+    libpq's ``connection to server at "h", port p failed: FATAL:`` prefix goes; PyMySQL's ``(1045, "Access
+    denied…")`` reads ``Access denied… (error 1045)``.
+    """
     orig = getattr(exc, "orig", None) or exc
     args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
     if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
@@ -205,10 +207,12 @@ def pg_dsn(url: str, password: str | None = None, application: str = "keyflow") 
 
 
 def pg_error(exc: psycopg2.Error, what: str, failed: str | None = None, where: str | None = None) -> KeyflowError:
-    """A psycopg2 error as keyflow's, each with the database's first line: a permanent one (a wrong password, a
-    missing database or table, a refused permission, an unknown host) is a :class:`ConfigError` (``what``),
-    other connection trouble retries (``what: …``), anything else fails the key (``failed: …``, else ``what``).
-    ``where`` names the database (:func:`describe_dsn`)."""
+    """A psycopg2 error as keyflow's, with the database's first line.
+
+    A permanent one (a wrong password, a missing database or table, a refused permission, an unknown host) is a
+    :class:`ConfigError`; other connection trouble retries (``what: …``); anything else fails the key (``failed:
+    …``, ``what`` when not given). ``where`` names the database (:func:`describe_dsn`).
+    """
     head = f"{what} ({where})" if where else what
     if permanent_reason(exc):
         return ConfigError(f"{failed or head}: {_driver_line(exc)}")
@@ -218,8 +222,11 @@ def pg_error(exc: psycopg2.Error, what: str, failed: str | None = None, where: s
 
 
 def pg_connect(dsn: dict[str, Any], what: str = "warehouse") -> Any:
-    """A new psycopg2 connection; a refused or lost one is a :class:`RetryableError` (``connect to <what>: …``),
-    a wrong password, a missing database or an unknown host a :class:`ConfigError`."""
+    """A new psycopg2 connection.
+
+    A refused or lost one is a :class:`RetryableError` (``connect to <what>: …``); a wrong password, a missing
+    database or an unknown host a :class:`ConfigError`.
+    """
     try:
         return psycopg2.connect(**dsn)
     except psycopg2.OperationalError as exc:

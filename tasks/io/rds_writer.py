@@ -109,9 +109,12 @@ class RdsWriter:
             raise translate_db_error(exc, f"prepare {source.target.table}", self.where) from None
 
     def check(self, source: FileSourceConfig) -> list[str]:
-        """Problems with the target before a run, one line each: the database reached, the schema there (a MySQL
-        database) or creatable (PostgreSQL), an existing table holding every column of the files with the same
-        primary key. Connection trouble raises :class:`RetryableError`, a wrong password :class:`ConfigError`."""
+        """Problems with the target before a run, one line each.
+
+        The database reached, the schema there (a MySQL database) or creatable (PostgreSQL), an existing table
+        holding every column of the files with the same primary key. Connection trouble raises
+        :class:`RetryableError`, a wrong password :class:`ConfigError`.
+        """
         schema, name = source.target.db_schema, source.target.table
         shown = f"{schema}.{name}" if schema else name
         try:

@@ -28,16 +28,23 @@ class SourceDatabase(Protocol):
     dialect: str
     text_native: bool
 
-    def source_schema(self, source: SourceConfig) -> pa.Schema | None: ...
+    def source_schema(self, source: SourceConfig) -> pa.Schema | None:
+        """Arrow schema of the source table (``None`` for a query source: types come from target.columns)."""
+
     def stream(
         self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
-    ) -> Iterator[pa.Table]: ...
-    def check(self, source: SourceConfig) -> list[str]: ...
-    def ping(self) -> None: ...
+    ) -> Iterator[pa.Table]:
+        """Run ``sql`` with bound ``params`` and yield the rows as Arrow tables of at most ``batch_rows``."""
+
+    def check(self, source: SourceConfig) -> list[str]:
+        """Problems with the source before a run, one line each (the table and the columns the dataset names)."""
+
+    def ping(self) -> None:
+        """Connect and run ``SELECT 1``; errors translated."""
 
 
 def column_type(t: Any) -> ColumnType:
-    """keyflow type of a reflected SQLAlchemy column type."""
+    """The keyflow type of a reflected SQLAlchemy column type."""
     name = type(t).__name__.upper()
     if isinstance(t, sa.Boolean):
         return ColumnType("boolean")
@@ -110,9 +117,11 @@ class SqlSource:
         return pa.schema([(n, arrow_type(column_type(by_name[n]["type"]))) for n in wanted])
 
     def check(self, source: SourceConfig) -> list[str]:
-        """Problems with the source before a run, one line each: the database reached, the table there with every
-        column the dataset names (key, date, selected columns). Connection trouble raises :class:`RetryableError`,
-        a wrong password or an unknown host :class:`ConfigError`."""
+        """Problems with the source before a run, one line each.
+
+        The database reached, the table there with every column the dataset names (key, date, selected columns).
+        Connection trouble raises :class:`RetryableError`, a wrong password or an unknown host :class:`ConfigError`.
+        """
         if source.table is None:
             self.ping()
             return []

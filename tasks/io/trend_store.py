@@ -50,8 +50,10 @@ class TrendCounts:
             conn.close()
 
     def check(self) -> list[str]:
-        """Problems before a run, one line each: the database reached, the schema there or creatable. Connection
-        trouble raises :class:`RetryableError`, a wrong password or database :class:`ConfigError`."""
+        """Problems before a run, one line each: the database reached, the schema there or creatable.
+
+        Connection trouble raises :class:`RetryableError`, a wrong password or database :class:`ConfigError`.
+        """
 
         def work(cur: Any) -> tuple[Any, ...]:
             cur.execute(
@@ -164,6 +166,7 @@ class TrendServing(DynamoTable):
 
     @staticmethod
     def audience(gender: str | None, segment: str | None) -> str:
+        """The item's audience key: ``gender#segment``, ``-`` for any."""
         return f"{gender or '-'}#{segment or '-'}"
 
     def put(self, rankings: Mapping[tuple[Any, Any], Sequence[dict[str, Any]]], now: datetime, ttl_seconds: int) -> int:

@@ -51,12 +51,23 @@ class Warehouse(Protocol):
 
     dialect: str
 
-    def prepare(self, spec: TableSpec) -> None: ...
-    def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int: ...
-    def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int: ...
-    def count_key(self, spec: TableSpec, key: str) -> int: ...
-    def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]: ...
-    def check(self, spec: TableSpec | None, schema: str) -> list[str]: ...
+    def prepare(self, spec: TableSpec) -> None:
+        """Create schema and table when missing; refuse a table whose columns differ."""
+
+    def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        """Replace one key's rows with its staged files in one transaction; returns the rows loaded."""
+
+    def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
+        """Delete the rows of every key not in ``keep``; returns how many."""
+
+    def count_key(self, spec: TableSpec, key: str) -> int:
+        """The number of rows of one key in the target table."""
+
+    def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]:
+        """The keys of ``dataset`` the ledger records as loaded for ``run_date``."""
+
+    def check(self, spec: TableSpec | None, schema: str) -> list[str]:
+        """Problems with the target before a run, one line each (schema, privileges, an existing table's columns)."""
 
 
 def decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
@@ -135,9 +146,12 @@ class _PsycopgWarehouse:
                     conn.rollback()  # another run created it at the same moment: theirs is as good
 
     def check(self, spec: TableSpec | None, schema: str) -> list[str]:
-        """Problems with the target before a run, one line each: the schema there or creatable, the table and the
-        load ledger writable or creatable, an existing table's columns those ``spec`` plans (skipped without one).
-        Connection trouble raises :class:`RetryableError`, a wrong password or database :class:`ConfigError`."""
+        """Problems with the target before a run, one line each.
+
+        The schema there or creatable, the table and the load ledger writable or creatable, an existing table's
+        columns those ``spec`` plans (skipped without one). Connection trouble raises :class:`RetryableError`, a
+        wrong password or database :class:`ConfigError`.
+        """
         table = spec.table if spec else None
         with self.connect() as conn, conn.cursor() as cur:
             try:
@@ -259,6 +273,7 @@ class RedshiftWarehouse(_PsycopgWarehouse):
         self.region = region
 
     def copy_sql(self, spec: TableSpec, staged: StagedKey) -> str:
+        """The COPY statement that loads a staged key through its manifest."""
         return render_redshift_copy(spec, staged.manifest_url, self.iam_role, staged.compression, self.region)
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
@@ -282,6 +297,7 @@ class DuckDBWarehouse:
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
+        """A connection to the DuckDB file, held alone for as long as the block runs."""
         import duckdb  # imported here: only the embedded default needs it
 
         # One writer per file: DuckDB's optimistic concurrency would abort parallel writers of one table.
@@ -293,6 +309,7 @@ class DuckDBWarehouse:
                 conn.close()
 
     def prepare(self, spec: TableSpec) -> None:
+        """Create schema and table when missing; refuse a table whose columns differ."""
         with self.connect() as conn:
             rows = conn.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
@@ -305,8 +322,10 @@ class DuckDBWarehouse:
             conn.execute(render_create_ledger(spec.schema, self.dialect))
 
     def check(self, spec: TableSpec | None, schema: str) -> list[str]:
-        """Problems with the target before a run: the file can be opened (its folder made), and an existing table's
-        columns are those ``spec`` plans."""
+        """Problems with the target before a run.
+
+        The file can be opened (its folder made), and an existing table's columns are those ``spec`` plans.
+        """
         try:
             with self.connect() as conn:
                 rows = conn.execute(
@@ -333,6 +352,7 @@ class DuckDBWarehouse:
                 yield from reader
 
     def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        """Replace one key's rows with its staged files in one transaction; returns the rows loaded."""
         target = qualified(spec.schema, spec.table, self.dialect)
         cols = ", ".join(quote_ident(c, self.dialect) for c in spec.column_names)
         key_col = quote_ident(spec.key_column, self.dialect)
@@ -367,18 +387,21 @@ class DuckDBWarehouse:
                 ) from None
 
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
+        """Delete the rows of every key not in ``keep``; returns how many."""
         sql = render_delete_other_keys(spec, len(keep), self.dialect).replace("%s", "?")
         with self.connect() as conn:
             row = conn.execute(sql, list(keep)).fetchone()
             return int(row[0]) if row else 0
 
     def count_key(self, spec: TableSpec, key: str) -> int:
+        """The number of rows of one key in the target table."""
         sql = render_count_key(spec, self.dialect).replace("%s", "?")
         with self.connect() as conn:
             row = conn.execute(sql, [key]).fetchone()
             return int(row[0]) if row else 0
 
     def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]:
+        """The keys of ``dataset`` the ledger records as loaded for ``run_date`` (none before the ledger exists)."""
         import duckdb
 
         sql = render_ledger_keys(schema, self.dialect).replace("%s", "?")
