@@ -334,7 +334,7 @@ def test_events_and_trends_jobs_are_checked(
 def test_a_file_source_whose_table_has_other_columns_is_refused(
     mysql: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
 ) -> None:
-    """What the shipped campaign_facts_files.yaml met: its target table is the ETL's source, with other columns."""
+    """What the shipped campaign_facts_files.yaml once met: its target table was the ETL's source, other columns."""
     profile = make_profile(source_url=MYSQL_URL)
     with mysql.cursor() as cur:
         cur.execute(f"CREATE TABLE {names['src_table']} (id BIGINT PRIMARY KEY, campaign_key TEXT)")
@@ -342,7 +342,7 @@ def test_a_file_source_whose_table_has_other_columns_is_refused(
         text = (ROOT / "config" / "sources" / "campaign_facts_files.yaml").read_text()
         src = tmp_path / "sources" / "facts.yaml"
         src.parent.mkdir()
-        src.write_text(text.replace("  table: campaign_facts", f"  table: {names['src_table']}"))
+        src.write_text(text.replace("  table: partner_campaign_facts", f"  table: {names['src_table']}"))
         result = runner.invoke(app, ["check", "-p", str(profile), "-s", str(src)])
     finally:
         with mysql.cursor() as cur:
