@@ -19,6 +19,7 @@ from botocore.exceptions import (
 )
 
 from config.errors import ConfigError, KeyFailedError, RetryableError, first_line
+from tasks.io.net import dns_is_down
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, str, str | None, bool], Any] = {}
@@ -104,6 +105,8 @@ def unknown_host(exc: BaseException) -> bool:
     for _ in range(8):  # botocore → urllib3 NameResolutionError → socket.gaierror
         if seen is None:
             return False
+        if dns_is_down(seen):
+            return False  # the resolver failed for now: a retry may get through
         if isinstance(seen, socket.gaierror) or type(seen).__name__ == "NameResolutionError":
             return True
         seen = getattr(seen, "kwargs", {}).get("error") or seen.__cause__ or seen.__context__

@@ -20,6 +20,7 @@ import pika
 import pika.exceptions
 
 from config.errors import ConfigError, KeyflowError, RetryableError
+from tasks.io.net import dns_is_down
 from tasks.transforms.events import Message
 
 # pika logs every failed connection at ERROR with a traceback, then raises: keyflow turns what it raises into one
@@ -49,7 +50,7 @@ def broker_error(exc: BaseException, what: str) -> KeyflowError:
     A refused login or virtual host, a refused permission or a host name that does not resolve is a
     :class:`ConfigError` at once; other connection trouble retries.
     """
-    if isinstance(exc, socket.gaierror):
+    if isinstance(exc, socket.gaierror) and not dns_is_down(exc):
         return ConfigError(f"{what}: the host name does not resolve ({exc.strerror or exc})")
     if isinstance(exc, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError):
         return ConfigError(f"{what}: ACCESS_REFUSED: the broker refused the user name or password")

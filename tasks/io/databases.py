@@ -28,6 +28,7 @@ from sqlalchemy import exc as sa_exc
 
 from config.errors import ConfigError, KeyFailedError, KeyflowError, RetryableError, first_line
 from config.urls import POSTGRES_BACKENDS, SOURCE_BACKENDS, url_problem, with_default_driver
+from tasks.io.net import dns_is_down
 
 _lock = threading.Lock()
 _engines: dict[str, sa.Engine] = {}
@@ -125,6 +126,8 @@ UNKNOWN_HOST = ("name or service not known", "nodename nor servname", "no addres
 def permanent_reason(exc: BaseException) -> str | None:
     """Why retrying ``exc`` (a driver's error, or SQLAlchemy's wrapping one) cannot help; None when it might."""
     orig = getattr(exc, "orig", None) or exc
+    if dns_is_down(orig):
+        return None  # the resolver itself failed (EAI_AGAIN): the name may resolve again, as during a failover
     if isinstance(orig, socket.gaierror):
         return "unknown host"
     code = getattr(orig, "pgcode", None)

@@ -210,3 +210,18 @@ def test_refused_credentials_fail_at_once(moto_with_auth: str) -> None:
     assert str(error) == (
         "DynamoDB table any_table: InvalidClientTokenId: The security token included in the request is invalid."
     )
+
+
+def test_a_resolver_that_fails_for_now_stays_transient() -> None:
+    """EAI_AGAIN (a DNS outage, a failover's gap) retries; a name that does not exist (EAI_NONAME) fails at once."""
+    import socket
+
+    from tasks.io.aws import unknown_host
+    from tasks.io.databases import permanent_reason
+
+    again = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    gone = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert permanent_reason(again) is None and permanent_reason(gone) == "unknown host"
+    assert not unknown_host(again) and unknown_host(gone)
+    libpq = 'could not translate host name "db.example" to address: Temporary failure in name resolution'
+    assert permanent_reason(__import__("psycopg2").OperationalError(libpq)) is None
