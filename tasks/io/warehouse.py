@@ -22,7 +22,7 @@ import pyarrow.csv as pacsv
 import zstandard
 
 from config.errors import ConfigError, KeyFailedError, ReconciliationError, RetryableError, first_line
-from tasks.io.databases import CREATE_RACES, pg_connection, pg_dsn, pg_error
+from tasks.io.databases import CREATE_RACES, pg_connection, pg_dsn, pg_error, rollback_quietly
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.arrow import csv_read_options
 from tasks.transforms.sql import (
@@ -205,15 +205,15 @@ class _PsycopgWarehouse:
                 conn.commit()
                 return loaded
             except ReconciliationError:
-                conn.rollback()
+                rollback_quietly(conn)
                 raise
             except psycopg2.Error as exc:
-                conn.rollback()
+                rollback_quietly(conn)
                 raise pg_error(
                     exc, f"key {staged.key!r}: load", failed=f"key {staged.key!r}: load failed, previous rows kept"
                 ) from None
             except BaseException:
-                conn.rollback()
+                rollback_quietly(conn)
                 raise
 
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
