@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from config.errors import ConfigError, KeyflowError, first_line
+from config.errors import ConfigError, KeyflowError, RunFailedError, first_line
 
 if TYPE_CHECKING:
     from prefect.states import State
@@ -116,6 +116,8 @@ def finish(
     the kill switch prints how to resume the family, calls ``on_paused`` with what the run returned, and exits 3.
     """
     result: Any = state.result(raise_on_failure=False)
+    if isinstance(result, RunFailedError):  # the run went to its end: its rows say which keys failed
+        return Outcome(result.data, FAILED)
     if isinstance(result, BaseException):
         fail(*(str(result).strip() or type(result).__name__).splitlines(), code=exit_code(result), cause=result)
     if state.is_cancelled():

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -176,4 +177,73 @@ class PrivateMariaDB:
             self.proc.kill()
             self.proc.wait(timeout=30)
             self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PrivatePrefect:
+    """A Prefect server of this test alone (its own SQLite database under a temporary PREFECT_HOME), restartable.
+
+    The session's test harness serves every other test: only this one may be stopped.
+    """
+
+    def __init__(self, services: bool = False) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="keyflow-prefect-"))
+        self.port = free_port()
+        self.services = services
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Its API URL."""
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def env(self) -> dict[str, str]:
+        """The environment of a process that talks to this server (no other PREFECT_ setting leaks in)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        return env | {
+            "PREFECT_HOME": str(self.dir),
+            "PREFECT_API_URL": self.url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.dir / 'prefect.db'}",
+        }
+
+    def start(self) -> None:
+        """Start the server and wait until its API answers."""
+        import httpx
+
+        prefect = str(Path(sys.executable).parent / "prefect")
+        args = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--no-ui"]
+        if not self.services:
+            args.append("--no-services")
+        with open(self.dir / "server.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(args, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited: {(self.dir / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.25)
+        raise TimeoutError("prefect server did not answer within 120 s")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL)."""
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+            self.proc = None
+        _wait_port(self.port, up=False)
+
+    def remove(self) -> None:
+        """Stop the server if it runs and delete its files."""
+        with contextlib.suppress(TimeoutError):
+            self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
