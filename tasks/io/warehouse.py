@@ -190,11 +190,15 @@ class _PsycopgWarehouse:
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         raise NotImplementedError
 
+    def _lock_key(self, cur: Any, spec: TableSpec, key: str) -> None:
+        """Hold the key of the target alone until the transaction ends (nothing here: a subclass's lock)."""
+
     def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         """Replace one key's rows in a single transaction; return the rows loaded."""
         with self.connect() as conn:
             try:
                 with conn.cursor() as cur:
+                    self._lock_key(cur, spec, staged.key)
                     cur.execute(render_delete_key(spec, self.dialect), (staged.key,))
                     copied = self._copy(cur, spec, staged, store)
                     cur.execute(render_count_key(spec, self.dialect), (staged.key,))
@@ -251,6 +255,14 @@ class PostgresWarehouse(_PsycopgWarehouse):
     """PostgreSQL: staged files are streamed from S3, decompressed, into ``COPY … FROM STDIN``."""
 
     dialect = "postgres"
+
+    def _lock_key(self, cur: Any, spec: TableSpec, key: str) -> None:
+        """Take a transaction-scoped advisory lock per (target, key).
+
+        A second run loading the same key at the same time waits for the first to commit, then replaces its rows,
+        instead of adding to them.
+        """
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"keyflow:{spec.schema}.{spec.table}:{key}",))
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         sql = render_copy_from_stdin(spec)

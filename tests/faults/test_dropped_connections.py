@@ -236,3 +236,19 @@ def test_mariadb_restarted_mid_extract(
     finally:
         with pg.cursor() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+def test_two_overlapping_runs_of_one_key_load_it_once(pg: Any, slow_source: Any, names: dict[str, str]) -> None:
+    """Whatever the orchestrator's limits say, two runs loading one key never add up: the second waits, replaces."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows, dataset, profile, _ = slow_source
+    state, results = run(dataset, profile, D1)  # creates the target
+    assert_every_key_loaded(state, results)
+    slow_pg_inserts(pg, names["wh_schema"], "facts", 0.1)  # each load takes 4 s, its extraction 1 s: they overlap
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(lambda _: run(dataset, profile, D1), range(2)))
+    for state, results in outcomes:
+        assert_every_key_loaded(state, results)  # no reconciliation failure: neither saw the other's rows
+    assert warehouse_rows(PG_DSN, names["wh_schema"]) == expected(rows, ACTIVE)
+    assert staged_left(profile) == []
