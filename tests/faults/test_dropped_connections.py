@@ -252,3 +252,35 @@ def test_two_overlapping_runs_of_one_key_load_it_once(pg: Any, slow_source: Any,
         assert_every_key_loaded(state, results)  # no reconciliation failure: neither saw the other's rows
     assert warehouse_rows(PG_DSN, names["wh_schema"]) == expected(rows, ACTIVE)
     assert staged_left(profile) == []
+
+
+def test_throttling_on_the_key_listing_is_ridden_out(
+    pg: Any, slow_source: Any, names: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto never throttles: the key table's Query is refused twice (as DynamoDB does under load), then answers."""
+    from botocore.exceptions import ClientError
+
+    from tasks.io.keystore import DynamoKeyStore
+
+    rows, dataset, profile, _ = slow_source
+    refused: list[str] = []
+    real_init = DynamoKeyStore.__init__
+
+    def throttled(self: DynamoKeyStore, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        ddb = self._ddb
+
+        def query(**request: Any) -> Any:
+            if len(refused) < 2:
+                refused.append(request["TableName"])
+                error = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}
+                raise ClientError(error, "Query")  # type: ignore[arg-type]
+            return ddb.query(**request)
+
+        self._ddb = type("Throttled", (), {"query": staticmethod(query), "meta": ddb.meta})()
+
+    monkeypatch.setattr(DynamoKeyStore, "__init__", throttled)
+    state, results = run(dataset, profile, D1)
+    assert refused == [names["keys_table"]] * 2
+    assert_every_key_loaded(state, results)
+    assert warehouse_rows(PG_DSN, names["wh_schema"]) == expected(rows, ACTIVE)
