@@ -36,6 +36,9 @@ EVENT_SCHEMA = pa.schema(
 )
 # What counting reads: the event id is not needed to count, and not parsing it saves a tenth of the work.
 COUNT_INPUT_SCHEMA = pa.schema([f for f in EVENT_SCHEMA if f.name != "event_id"])
+# What an archive scan hands to counting: ``held`` marks the events kept back until their hour's duplicates are settled
+# (they are counted later, or never), so the batch need not be copied without them.
+SCAN_SCHEMA = COUNT_INPUT_SCHEMA.append(pa.field("held", pa.bool_()))
 USER_SCHEMA = pa.schema([("user_id", pa.string()), ("gender", pa.string()), ("segment_id", pa.string())])
 _ACTIONS = pa.array(["click", "impression"])
 GROUP = ["window_start", "gender", "segment_id", "article_id"]
@@ -61,10 +64,12 @@ def conform_events(table: pa.Table, schema: pa.Schema = EVENT_SCHEMA) -> pa.Tabl
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """Tumbling windows on event time, with allowed lateness."""
+    """Tumbling windows on event time, with allowed lateness (``ignore_lateness``: no event is late, for rebuilding
+    history from a replay whose arrival times say nothing about the original stream)."""
 
     width: timedelta = timedelta(minutes=1)
     lateness: timedelta = timedelta(minutes=2)
+    ignore_lateness: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ def window_starts(ts: pa.Array | pa.ChunkedArray, width: timedelta) -> pa.Array 
     return pc.floor_temporal(ts, multiple=int(width.total_seconds()), unit="second")
 
 
-COUNTED, LATE, INVALID, OUTSIDE = 0, 1, 2, 3
+COUNTED, LATE, INVALID, OUTSIDE, HELD = 0, 1, 2, 3, 4
 
 
 def _window_us(spec: WindowSpec) -> pc.Expression:
@@ -99,8 +104,8 @@ def _window_us(spec: WindowSpec) -> pc.Expression:
     return pc.multiply(pc.divide(ts, pc.scalar(width)), pc.scalar(width))
 
 
-def _status(spec: WindowSpec, start: datetime | None, end: datetime | None) -> pc.Expression:
-    """Each event's fate as an Arrow expression: counted, late, invalid or outside ``[start, end)``."""
+def _status(spec: WindowSpec, start: datetime | None, end: datetime | None, held: bool = False) -> pc.Expression:
+    """Each event's fate as an Arrow expression: counted, late, invalid, outside ``[start, end)``, or held back."""
     ts, action = pc.field("ts"), pc.field("action")
     known = pc.or_kleene(pc.equal(action, pc.scalar("click")), pc.equal(action, pc.scalar("impression")))
     valid = pc.and_kleene(pc.and_kleene(known, ts.is_valid()), pc.field("article_id").is_valid())
@@ -110,11 +115,17 @@ def _status(spec: WindowSpec, start: datetime | None, end: datetime | None) -> p
         outside = pc.or_kleene(outside, pc.less(window, pc.scalar(_epoch_us(start))))
     if end is not None:
         outside = pc.or_kleene(outside, pc.greater_equal(window, pc.scalar(_epoch_us(end))))
-    closes = pc.add(window, pc.scalar(int((spec.width + spec.lateness).total_seconds() * 1_000_000)))
-    late = pc.coalesce(pc.greater_equal(pc.field("received_at").cast(pa.int64()), closes), pc.scalar(False))
-    code = pc.if_else(late, pc.scalar(LATE), pc.scalar(COUNTED))
+    if spec.ignore_lateness:
+        code = pc.scalar(COUNTED)
+    else:
+        closes = pc.add(window, pc.scalar(int((spec.width + spec.lateness).total_seconds() * 1_000_000)))
+        late = pc.coalesce(pc.greater_equal(pc.field("received_at").cast(pa.int64()), closes), pc.scalar(False))
+        code = pc.if_else(late, pc.scalar(LATE), pc.scalar(COUNTED))
     code = pc.if_else(pc.coalesce(outside, pc.scalar(False)), pc.scalar(OUTSIDE), code)
-    return pc.if_else(pc.coalesce(valid, pc.scalar(False)), code, pc.scalar(INVALID))
+    code = pc.if_else(pc.coalesce(valid, pc.scalar(False)), code, pc.scalar(INVALID))
+    if held:
+        code = pc.if_else(pc.coalesce(pc.field("held"), pc.scalar(False)), pc.scalar(HELD), code)
+    return code
 
 
 def _epoch_us(t: datetime) -> int:
@@ -130,14 +141,14 @@ def count_stream(
     use_threads: bool = True,
     ordered: bool = False,
 ) -> tuple[WindowCounts, int]:
-    """Count a stream of event batches (:data:`COUNT_INPUT_SCHEMA`) in one streaming Arrow plan; returns the counts and
-    the number of events read.
+    """Count a stream of event batches (:data:`COUNT_INPUT_SCHEMA`, or :data:`SCAN_SCHEMA`) in one streaming Arrow plan;
+    returns the counts and the number of events read (rows marked ``held`` are neither counted nor read).
 
     The plan classifies each event (counted, late, invalid, outside), joins the user file once (its hash table is
     built once per stream, not per batch) and aggregates per (window, gender, segment, article, fate). Memory
     follows the number of groups, not the number of events.
     """
-    status = _status(spec, start, end).cast(pa.int8())
+    status = _status(spec, start, end, held="held" in events.schema.names).cast(pa.int8())
     window = _window_us(spec)
     source = acero.Declaration("record_batch_reader_source", acero.RecordBatchReaderSourceNodeOptions(events))
     # Every event keeps its (window, user, article) and a fate code; nulling the keys of the events that are not
@@ -187,7 +198,8 @@ def count_stream(
     fate = {code: 0 for code in (COUNTED, LATE, INVALID, OUTSIDE)}
     by_status = out.group_by(["status"], use_threads=False).aggregate([("events", "sum")])
     for code, n in zip(by_status["status"].to_pylist(), by_status["events_sum"].to_pylist(), strict=True):
-        fate[code] = n
+        if code != HELD:
+            fate[code] = n
     counts = out.filter(pc.equal(out["status"], COUNTED)).select(COUNT_SCHEMA.names).cast(COUNT_SCHEMA)
     # Sorting a million groups costs more than a second; only callers that compare results ask for it.
     result = WindowCounts(canonical(counts) if ordered else counts, fate[LATE], fate[INVALID], fate[OUTSIDE])
@@ -323,12 +335,42 @@ def score_articles(
     in ``counts`` stands in. With ``per_audience``, only the best that many per (gender, segment) are returned (cut
     in Arrow, before any Python object is made). Vectorised: group-bys and arithmetic run in Arrow and NumPy.
     """
+    table = scored_pairs(counts, now, params, first_seen, spec)
+    if per_audience is not None:
+        table = best_per_audience(table, per_audience)
+    return table.to_pylist()
+
+
+SCORED_SCHEMA = pa.schema(
+    [
+        ("gender", pa.string()),
+        ("segment_id", pa.string()),
+        ("article_id", pa.string()),
+        ("impressions", pa.int64()),
+        ("clicks", pa.int64()),
+        ("ctr", pa.float64()),
+        ("age_minutes", pa.float64()),
+        ("velocity", pa.float64()),
+        ("score", pa.float64()),
+    ]
+)
+
+
+def scored_pairs(
+    counts: pa.Table,
+    now: datetime,
+    params: ScoreParams = ScoreParams(),
+    first_seen: Mapping[str, datetime] | None = None,
+    spec: WindowSpec = WindowSpec(),
+) -> pa.Table:
+    """Every fresh (gender, segment, article) pair with its score, best first within each audience (see
+    :func:`score_articles`)."""
     width = int(spec.width.total_seconds())
     latest_start = datetime.fromtimestamp(((int(now.timestamp()) - width) // width) * width, tz=now.tzinfo)
     baseline_from = latest_start - spec.width * params.baseline_windows
     recent = counts.filter(pc.greater_equal(counts["window_start"], pa.scalar(now - params.max_age, TS)))
     if recent.num_rows == 0:
-        return []
+        return SCORED_SCHEMA.empty_table()
     ws = recent["window_start"]
     events = pc.add(recent["impressions"], recent["clicks"])
     is_current = pc.equal(ws, pa.scalar(latest_start, TS))
@@ -379,7 +421,7 @@ def score_articles(
             "score": score,
         }
     ).filter(pa.array(fresh))
-    ordered = table.sort_by(
+    return table.sort_by(
         [
             ("gender", "ascending", "at_end"),
             ("segment_id", "ascending", "at_end"),
@@ -387,16 +429,20 @@ def score_articles(
             ("article_id", "ascending"),
         ]
     )
-    if per_audience is not None and ordered.num_rows:
-        # Rank within each audience run of the sorted table: position minus the run's first position.
-        audience = pc.binary_join_element_wise(
-            pc.fill_null(ordered["gender"], "\x00"), pc.fill_null(ordered["segment_id"], "\x00"), "\x1f"
-        )
-        codes = pc.dictionary_encode(audience).combine_chunks().indices.to_numpy()
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        first = np.maximum.accumulate(np.isin(np.arange(len(codes)), starts) * np.arange(len(codes)))
-        ordered = ordered.filter(pa.array(np.arange(len(codes)) - first < per_audience))
-    return ordered.to_pylist()
+
+
+def best_per_audience(ordered: pa.Table, n: int) -> pa.Table:
+    """The first ``n`` rows of each (gender, segment) run of a :func:`scored_pairs` table."""
+    if not ordered.num_rows:
+        return ordered
+    # Rank within each audience run of the sorted table: position minus the run's first position.
+    audience = pc.binary_join_element_wise(
+        pc.fill_null(ordered["gender"], "\x00"), pc.fill_null(ordered["segment_id"], "\x00"), "\x1f"
+    )
+    codes = pc.dictionary_encode(audience).combine_chunks().indices.to_numpy()
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    first = np.maximum.accumulate(np.isin(np.arange(len(codes)), starts) * np.arange(len(codes)))
+    return ordered.filter(pa.array(np.arange(len(codes)) - first < n))
 
 
 def top_n(scored: list[dict[str, Any]], n: int) -> dict[tuple[Any, Any], list[dict[str, Any]]]:
@@ -438,3 +484,24 @@ def recount_range(last_end: datetime | None, end: datetime, spec: WindowSpec, ma
     if start < floor:
         return RecountRange(floor, end, (start, floor))
     return RecountRange(start, end)
+
+
+def closed_hours(hours: Sequence[datetime], now: datetime, spec: WindowSpec) -> list[datetime]:
+    """The hours of ``hours`` no event can still be on time in at ``now``: their last window has closed."""
+    return [h for h in hours if h + timedelta(hours=1) + spec.lateness <= now]
+
+
+def over_invalid_share(invalid: int, lines: int, max_share: float) -> bool:
+    """Whether ``invalid`` of ``lines`` is more than ``max_share`` (an hour without lines never is)."""
+    return lines > 0 and invalid / lines > max_share
+
+
+def late_note(late: int, events: int, lateness: timedelta) -> str | None:
+    """A plain sentence when most events of a run were late (a replay of history looks like that), else None."""
+    if not late or late * 2 <= events:
+        return None
+    return (
+        f"most events were late: {late:,} of {events:,} arrived after their window closed "
+        f"(lateness {int(lateness.total_seconds())} s); to rebuild history from a replay, count by event time alone "
+        "with `keyflow trends backfill --ignore-lateness`"
+    )
