@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -26,11 +26,13 @@ class ObjectStore(Protocol):
     def put_bytes(self, data: bytes, key: str, content_type: str = ...) -> None: ...
     def open(self, key: str) -> IO[bytes]: ...
     def get_bytes(self, key: str) -> bytes: ...
+    def read_range(self, key: str, start: int, end: int) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def list_keys(self, prefix: str) -> Iterator[str]: ...
     def default_encryption(self) -> dict[str, Any] | None: ...
     def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]: ...
     def delete_prefix(self, prefix: str) -> int: ...
+    def delete_keys(self, keys: Sequence[str]) -> int: ...
     def head(self, key: str) -> dict[str, Any]: ...
 
 
@@ -98,6 +100,15 @@ class S3ObjectStore:
         with self.open(key) as body:
             return body.read()
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of one object (a ranged GET: Parquet readers fetch only the columns they need)."""
+        try:
+            body = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
+            with body:
+                return body.read()
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"read s3://{self.bucket}/{key}") from exc
+
     def head(self, key: str) -> dict[str, Any]:
         try:
             return self._s3.head_object(Bucket=self.bucket, Key=key)
@@ -147,7 +158,12 @@ class S3ObjectStore:
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many."""
-        keys = list(self.list_keys(prefix))
+        return self.delete_keys(list(self.list_keys(prefix)), prefix)
+
+    def delete_keys(self, keys: Sequence[str], what: str = "") -> int:
+        """Delete exactly these objects (a missing one is no error); returns how many were asked for."""
+        keys = list(keys)
+        prefix = what or (keys[0] if keys else "")
         for i in range(0, len(keys), 1000):
             chunk = [{"Key": k} for k in keys[i : i + 1000]]
             try:
