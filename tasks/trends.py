@@ -123,7 +123,7 @@ def count_range(
     users = resources.users(job).table()
     files = archive_files_of(store, job.archive_prefix, start, end)
     scan = ArchiveScan(StoreSource(store), files, job.parallel_files)
-    counts, events = count_stream(scan.reader(), users, window_spec(job, ignore_lateness), start, end)
+    counts, events = count_stream(scan.reader(), users, window_spec(job, ignore_lateness), start, end, names=scan.names)
     reports = list(scan.reports.values())
     write_rejected(store, job.rejected_prefix, reports)
     for r in reports:

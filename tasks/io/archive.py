@@ -33,19 +33,23 @@ import pyarrow.parquet as pq
 from config.errors import ConfigError, KeyFailedError, RetryableError, first_line
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.event_lines import FIELDS, TEXT_SCHEMA, HourIds, RejectedLine, check_lines, parse_jsonl
+from tasks.transforms.hashing import HASH_VERSION
 from tasks.transforms.paths import join_under
 from tasks.transforms.trends import (
     COUNT_INPUT_SCHEMA,
     EVENT_SCHEMA,
-    SCAN_SCHEMA,
+    KEYED_SCHEMA,
     USER_SCHEMA,
+    ArticleNames,
     conform_events,
+    keyed_events,
     with_arrival,
 )
 
 EVENT_FILE_SUFFIXES = (".jsonl.gz", ".parquet")
 COMPACTED = "compacted-"  # compacted files' names start with it; a small file's name never does
 MANIFEST = "_compaction.json"
+USER_KEY_META = "keyflow.user_key"  # a compacted file's metadata: the version of the hash its user_key column holds
 CHUNK_BYTES = 2 << 20  # of inflated JSON lines parsed at once
 PARQUET_BATCH_ROWS = 1 << 17
 
@@ -328,20 +332,28 @@ def jsonl_chunks(raw: IO[bytes] | pa.NativeFile, chunk_bytes: int = CHUNK_BYTES)
 
 
 def read_archive_file(
-    source: FileSource, file: ArchiveFile, report: FileReport, chunk_bytes: int = CHUNK_BYTES
+    source: FileSource,
+    file: ArchiveFile,
+    report: FileReport,
+    chunk_bytes: int = CHUNK_BYTES,
+    ids: bool = True,
 ) -> Iterator[pa.Table]:
     """Stream one archive file as events (:data:`EVENT_SCHEMA`); bad lines go to ``report.rejected``.
 
     Events without ``received_at`` take the file's upload time. A file that cannot be read as what its name says
     sets ``report.quarantined`` (the events read before the damage stay read); connection trouble is raised.
+    A compacted file is read for counting when ``ids`` is False: without event ids, its article ids and actions
+    dictionary-encoded as stored (a few thousand distinct values instead of one text per event).
     """
     try:
         if file.key.endswith(".parquet"):
-            yield from _read_parquet(source, file, report)
+            yield from _read_parquet(source, file, report, ids)
             return
         with contextlib.closing(source.stream(file.key)) as raw:
+            clean = True
             for chunk in jsonl_chunks(raw, chunk_bytes):
-                parsed = parse_jsonl(chunk, report.lines + 1)
+                parsed = parse_jsonl(chunk, report.lines + 1, optimistic=clean)
+                clean = parsed.clean
                 report.lines += parsed.lines
                 report.events += parsed.events.num_rows
                 report.rejected += parsed.rejected
@@ -355,14 +367,28 @@ def read_archive_file(
         report.quarantined = f"{damage}{where}: {first_line(exc)}"
 
 
-def _read_parquet(source: FileSource, file: ArchiveFile, report: FileReport) -> Iterator[pa.Table]:
+def _read_parquet(source: FileSource, file: ArchiveFile, report: FileReport, ids: bool = True) -> Iterator[pa.Table]:
+    if file.compacted and not ids:  # written by compaction: checked, typed and with its arrival times already
+        parquet = pq.ParquetFile(
+            source.random_access(file.key, file.size), pre_buffer=True, read_dictionary=["article_id", "action"]
+        )
+        meta = parquet.schema_arrow.metadata or {}
+        keyed = meta.get(USER_KEY_META.encode()) == HASH_VERSION.encode()
+        columns = [n for n in COUNT_INPUT_SCHEMA.names if not (keyed and n == "user_id")] + (
+            ["user_key"] if keyed else []
+        )
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            report.lines += batch.num_rows
+            report.events += batch.num_rows
+            yield pa.Table.from_batches([batch])
+        return
     parquet = pq.ParquetFile(source.random_access(file.key, file.size), pre_buffer=True)
     present = [n for n in FIELDS if n in parquet.schema_arrow.names]
     row = 1
     for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=present):
         table = pa.Table.from_batches([batch])
         report.lines += table.num_rows
-        if file.compacted:  # written by compaction: checked, typed and with its arrival times already
+        if file.compacted:
             report.events += table.num_rows
             yield conform_events(table)
             continue
@@ -519,6 +545,12 @@ class ArchiveScan:
         for f in self.files:
             by_hour.setdefault(f.hour, []).append(f)
         self._hours = {h: _Hour(fs) for h, fs in by_hour.items()}
+        self._names = ArticleNames()
+
+    @property
+    def names(self) -> ArticleNames:
+        """The article ids behind the article keys of the stream (complete once it is read)."""
+        return self._names
 
     @property
     def duplicates(self) -> int:
@@ -530,26 +562,27 @@ class ArchiveScan:
         return {t: (h.ids.duplicates if h.ids is not None else 0) for t, h in self._hours.items()}
 
     def reader(self) -> pa.RecordBatchReader:
-        """The events as :data:`SCAN_SCHEMA` batches (rows marked ``held`` are counted later, or are duplicates)."""
-        return event_reader([self._opener(f) for f in self.files], self.parallel, schema=SCAN_SCHEMA)
+        """The events as :data:`KEYED_SCHEMA` batches (rows marked ``held`` are counted later, or are duplicates);
+        count them with ``names=`` :attr:`names`."""
+        return event_reader([self._opener(f) for f in self.files], self.parallel, schema=KEYED_SCHEMA)
 
     def _opener(self, file: ArchiveFile) -> Callable[[], Iterator[pa.Table]]:
         def read() -> Iterator[pa.Table]:
             hour = self._hours[file.hour]
-            for table in read_archive_file(self.source, file, self.reports[file.key], self.chunk_bytes):
+            report = self.reports[file.key]
+            for table in read_archive_file(self.source, file, report, self.chunk_bytes, ids=hour.ids is not None):
                 held = hour.ids.admit(table) if hour.ids is not None else None
-                yield _scan_table(table, held)
+                yield self._keyed(table, held)
             if hour.file_done() and hour.ids is not None:
-                released = hour.ids.release()
+                released = hour.ids.release(last=True)
                 if released is not None and released.num_rows:
-                    yield _scan_table(released, None)
+                    yield self._keyed(released, None)
 
         return read
 
-
-def _scan_table(table: pa.Table, held: np.ndarray | None) -> pa.Table:
-    flags = pa.array(held) if held is not None else pa.nulls(table.num_rows, pa.bool_())
-    return table.select(COUNT_INPUT_SCHEMA.names).append_column("held", flags)
+    def _keyed(self, table: pa.Table, held: np.ndarray | None) -> pa.Table:
+        flags = pa.array(held) if held is not None else pa.nulls(table.num_rows, pa.bool_())
+        return keyed_events(table.append_column("held", flags), self._names)
 
 
 # --- rejected lines and quarantined files

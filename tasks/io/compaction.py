@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from tasks.io.archive import (
     COMPACTED,
+    USER_KEY_META,
     ArchiveFile,
     FileReport,
     FileSource,
@@ -45,10 +46,14 @@ from tasks.io.archive import (
     write_rejected,
 )
 from tasks.io.objectstore import ObjectStore
-from tasks.transforms.event_lines import HourIds, hash_ids
+from tasks.transforms.event_lines import HourIds
+from tasks.transforms.hashing import HASH_VERSION, hash_ids
 from tasks.transforms.trends import EVENT_SCHEMA
 
 ROW_GROUP_ROWS = 1 << 19
+# Compacted files also keep each event's user key (the 64-bit hash counting joins on), so counting a compacted
+# hour never reads a user id; the hash's version is in the file's metadata, and a reader recomputes on a mismatch.
+COMPACTED_SCHEMA = EVENT_SCHEMA.append(pa.field("user_key", pa.uint64())).with_metadata({USER_KEY_META: HASH_VERSION})
 Hook = Callable[[str], None]
 """Called at each step (``output`` after each new file, ``written``, ``switched``, ``deleting``): tests crash there."""
 
@@ -235,7 +240,10 @@ class _Outputs:
     def add(self, table: pa.Table) -> None:
         """Rows of the current input file."""
         if table.num_rows:
-            self._pending.append(table)
+            table = table.select(EVENT_SCHEMA.names).append_column(
+                "user_key", pa.array(hash_ids(table["user_id"]), pa.uint64())
+            )
+            self._pending.append(table.replace_schema_metadata(COMPACTED_SCHEMA.metadata))
             self._pending_rows += table.num_rows
             if self._pending_rows >= self.row_group_rows:
                 self._flush()
@@ -245,7 +253,7 @@ class _Outputs:
             return
         if self._writer is None:
             self._writer = pq.ParquetWriter(
-                self._path, EVENT_SCHEMA, compression="zstd", compression_level=1, use_dictionary=["action"]
+                self._path, COMPACTED_SCHEMA, compression="zstd", compression_level=1, use_dictionary=["action"]
             )
         self._writer.write_table(pa.concat_tables(self._pending), row_group_size=self._pending_rows)
         self._flushed_rows += self._pending_rows
@@ -276,7 +284,7 @@ class _Outputs:
             self.add(held)
         self._flush()
         if self._writer is None:  # nothing to write (every input was empty or a duplicate)
-            self._writer = pq.ParquetWriter(self._path, EVENT_SCHEMA)
+            self._writer = pq.ParquetWriter(self._path, COMPACTED_SCHEMA)
         self._writer.close()
         self._writer = None
         closed = Path(self._tmp.name) / f"closed-{self._count}.parquet"
@@ -308,7 +316,7 @@ class _Outputs:
             # can be written again.
             previous = self.names.pop()
             merged = Path(self._tmp.name) / "merged.parquet"
-            with pq.ParquetWriter(merged, EVENT_SCHEMA, compression="zstd", compression_level=1) as writer:
+            with pq.ParquetWriter(merged, COMPACTED_SCHEMA, compression="zstd", compression_level=1) as writer:
                 for path in (self._download(previous), last):
                     for group in range(pq.ParquetFile(path).num_row_groups):
                         writer.write_table(pq.ParquetFile(path).read_row_group(group))

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from tasks.transforms.events import ACTIONS
+from tasks.transforms.hashing import hash_ids
 from tasks.transforms.trends import EVENT_SCHEMA, TS
 
 FIELDS = tuple(EVENT_SCHEMA.names)  # event_id, ts, article_id, user_id, action, received_at
@@ -61,6 +62,7 @@ class ParsedLines:
     events: pa.Table
     rejected: list[RejectedLine]
     lines: int
+    clean: bool = False  # every line one object, read by one Arrow call: the next chunk may well be too
 
     @property
     def invalid(self) -> int:
@@ -73,27 +75,27 @@ def count_lines(chunk: bytes) -> int:
     return chunk.count(b"\n") + (1 if chunk and not chunk.endswith(b"\n") else 0)
 
 
-def parse_jsonl(chunk: bytes, first_line: int = 1) -> ParsedLines:
-    """Parse whole JSON lines (``chunk`` ends at a line end) whose first line is line ``first_line`` of its file."""
-    lines = count_lines(chunk)
-    if not lines:
-        return ParsedLines(EVENT_SCHEMA.empty_table(), [], 0)
-    table = _arrow_or_none(chunk)
-    if table is not None and table.num_rows == lines:
-        # As many rows as lines: row i is line first_line + i, unless a blank line (which Arrow skips) hides a line
-        # of two objects. That only matters for the line numbers of rejected lines, so only then is it ruled out.
-        checked = check_lines(table, np.arange(first_line, first_line + lines), _texts(chunk, first_line))
-        if not checked.rejected or not _may_have_blank_line(chunk):
-            return checked
-    return _parse_line_by_line(chunk, first_line, lines)
+def parse_jsonl(chunk: bytes, first_line: int = 1, optimistic: bool = False) -> ParsedLines:
+    """Parse whole JSON lines (``chunk`` ends at a line end) whose first line is line ``first_line`` of its file.
 
-
-_BLANK_LINE = re.compile(rb"(?:^|\n)[ \t\r]*\n")
-
-
-def _may_have_blank_line(chunk: bytes) -> bool:
-    last = chunk[chunk.rfind(b"\n") + 1 :]
-    return bool(_BLANK_LINE.search(chunk)) or (bool(last) and not last.strip())
+    Lines are located first (a scan for newlines costs a third of a parse): the lines that look like one object
+    each go to Arrow together, in one call when nothing is wrong with them; blank lines are skipped; any other line,
+    or one Arrow refuses, is read by :mod:`json` on its own. ``optimistic`` (the previous chunk was ``clean``) tries
+    Arrow on the whole chunk first and locates lines only when that fails or a line is rejected.
+    """
+    if not chunk:
+        return ParsedLines(EVENT_SCHEMA.empty_table(), [], 0, clean=True)
+    if optimistic:
+        lines = count_lines(chunk)
+        try:
+            table = _arrow(chunk)
+        except pa.ArrowInvalid:
+            table = None
+        if table is not None and table.num_rows == lines:
+            checked = check_lines(table, np.arange(first_line, first_line + lines), lambda wanted: [""] * len(wanted))
+            if not checked.rejected:  # rows == lines and none rejected: no line number is ever needed
+                return ParsedLines(checked.events, [], lines, clean=True)
+    return _parse_located(chunk, first_line)
 
 
 def _arrow(data: bytes) -> pa.Table:
@@ -101,33 +103,17 @@ def _arrow(data: bytes) -> pa.Table:
     return pajson.read_json(pa.BufferReader(data), read_options=opts, parse_options=_READ)
 
 
-def _arrow_or_none(data: bytes) -> pa.Table | None:
-    try:
-        return _arrow(data)
-    except pa.ArrowInvalid:
-        return None
-
-
-def _texts(chunk: bytes, first_line: int) -> Callable[[Sequence[int]], list[str]]:
-    """A lookup of the text of some lines of ``chunk`` (only rejected lines ever need it)."""
-
-    def texts(line_numbers: Sequence[int]) -> list[str]:
-        all_lines = chunk.split(b"\n")
-        return [_shown(all_lines[n - first_line]) for n in line_numbers]
-
-    return texts
-
-
 def _shown(raw: bytes) -> str:
     return raw.rstrip(b"\r")[:MAX_TEXT_CHARS].decode("utf-8", errors="replace")
 
 
-def _parse_line_by_line(chunk: bytes, first_line: int, lines: int) -> ParsedLines:
-    """Locate every line; Arrow parses the runs of lines that look like one object each, :mod:`json` the others."""
+def _parse_located(chunk: bytes, first_line: int) -> ParsedLines:
+    """Locate every line; Arrow parses the lines that look like one object each, :mod:`json` the others."""
     data = np.frombuffer(chunk, np.uint8)
     ends = np.flatnonzero(data == 10)
-    if len(ends) < lines:
+    if not chunk.endswith(b"\n"):
         ends = np.append(ends, len(data))
+    lines = len(ends)
     starts = np.concatenate(([0], ends[:-1] + 1))
     stop = ends.copy()
     cr = (stop > starts) & (data[np.maximum(stop - 1, 0)] == 13)
@@ -148,12 +134,16 @@ def _parse_line_by_line(chunk: bytes, first_line: int, lines: int) -> ParsedLine
     # The simple lines back to back, parsed by Arrow (a CR before the newline is whitespace to it); a line it
     # refuses goes to `json`, and the lines around it to Arrow again.
     keep = np.flatnonzero(simple)
+    refused = 0
     if keep.size:
         size = ends - starts + (ends < len(data))  # each line's bytes with its newline
-        clean = data[np.repeat(simple, size)].tobytes()
+        if len(keep) == lines:
+            clean = chunk
+        else:  # the runs of simple lines, back to back (bad lines are rare: runs are long)
+            edges = np.flatnonzero(np.diff(np.concatenate(([False], simple, [False])).astype(np.int8)))
+            clean = b"".join(chunk[starts[a] : starts[b - 1] + size[b - 1]] for a, b in edges.reshape(-1, 2))
         offsets = np.concatenate(([0], np.cumsum(size[keep])))
         todo = [(0, len(keep))]
-        refused = 0
         while todo:
             a, b = todo.pop()
             if a >= b:
@@ -204,7 +194,8 @@ def _parse_line_by_line(chunk: bytes, first_line: int, lines: int) -> ParsedLine
         return [_shown(chunk[starts[n - first_line] : stop[n - first_line]]) for n in wanted]
 
     checked = check_lines(table, line_numbers, text_of)
-    return ParsedLines(checked.events, sorted(rejected + checked.rejected, key=lambda r: r.line), lines)
+    one_pass = len(keep) == lines and refused == 0
+    return ParsedLines(checked.events, sorted(rejected + checked.rejected, key=lambda r: r.line), lines, one_pass)
 
 
 def _json_line(raw: bytes) -> dict[str, str | None] | str:
@@ -242,29 +233,32 @@ def check_lines(table: pa.Table, line_numbers: np.ndarray, texts: Callable[[Sequ
     Returns the good ones typed as :data:`EVENT_SCHEMA` (a missing event id derived from the line's fields) and the
     others as :class:`RejectedLine` with the first reason that applies.
     """
-    table = table.select(list(FIELDS))
-    ts, ts_ok = _times(table["ts"])
-    received, received_ok = _times(table["received_at"])
-    ok = pc.and_(ts_ok, pc.and_(pc.is_in(table["action"], value_set=_KNOWN), received_ok))
-    for name in ("article_id", "user_id"):
-        size = pc.binary_length(table[name])
-        ok = pc.and_(ok, pc.and_(pc.fill_null(pc.greater(size, 0), False), pc.less_equal(size, MAX_ID_CHARS * 4)))
-    ok = pc.and_(ok, pc.fill_null(pc.less_equal(pc.binary_length(table["event_id"]), MAX_ID_CHARS * 4), True))
-    ok_np = np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)
+    table = table.select(list(FIELDS)).combine_chunks()
+    columns = {name: _one_array(table[name]) for name in FIELDS}
+    ts, ok = _times(columns["ts"], required=True)
+    received, received_ok = _times(columns["received_at"], required=False)
+    ok &= received_ok
+    ok &= _valid(pc.is_in(columns["action"], value_set=_KNOWN))
+    long = np.zeros(table.num_rows, bool)
+    for name in ("event_id", "article_id", "user_id"):
+        size, present = _sizes(columns[name])
+        if name != "event_id":
+            ok &= present & (size > 0)
+        over = present & (size > MAX_ID_CHARS)
+        if over.any():  # bytes bound characters from above: only long ones are counted in characters
+            long |= over & _valid(pc.greater(pc.utf8_length(columns[name]), MAX_ID_CHARS))
+    ok &= ~long
     rejected: list[RejectedLine] = []
-    # Byte lengths bound character lengths from above: only ids longer than 256 bytes are counted in characters.
-    long = ok_np & _too_long(table)
-    ok_np &= ~long
-    if not ok_np.all():
-        bad = np.flatnonzero(~ok_np)
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
         rows = table.take(pa.array(bad)).to_pylist()
         shown = texts([int(line_numbers[i]) for i in bad])
         for i, row, text in zip(bad, rows, shown, strict=True):
             rejected.append(RejectedLine(int(line_numbers[i]), _reason(row), text))
-        keep = pa.array(ok_np)
+        keep = pa.array(ok)
         table, ts, received = table.filter(keep), ts.filter(keep), received.filter(keep)
     event_id = table["event_id"]
-    if event_id.null_count or pc.any(pc.equal(event_id, "")).as_py():
+    if event_id.null_count or (_sizes(_one_array(event_id))[0] == 0).any():
         event_id = _with_derived_ids(table)
     events = pa.table(
         [event_id, ts, table["article_id"], table["user_id"], table["action"], received], schema=EVENT_SCHEMA
@@ -272,28 +266,41 @@ def check_lines(table: pa.Table, line_numbers: np.ndarray, texts: Callable[[Sequ
     return ParsedLines(events, rejected, len(line_numbers))
 
 
-def _too_long(table: pa.Table) -> np.ndarray:
-    out = np.zeros(table.num_rows, bool)
-    for name in ("event_id", "article_id", "user_id"):
-        col = table[name]
-        over = pc.fill_null(pc.greater(pc.binary_length(col), MAX_ID_CHARS), False)
-        if pc.any(over).as_py():
-            chars = pc.fill_null(pc.greater(pc.utf8_length(col), MAX_ID_CHARS), False)
-            out |= np.asarray(chars.to_numpy(zero_copy_only=False), dtype=bool)
-    return out
+def _one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
-def _times(text: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
-    """Text times as UTC timestamps, and whether each is usable (null stays null and usable; 1970 or later)."""
+def _valid(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean array as NumPy, null as False."""
+    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _present(array: pa.Array) -> np.ndarray:
+    if array.null_count == 0:
+        return np.ones(len(array), bool)
+    return np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _sizes(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's length in bytes (from the offsets: no kernel), and whether it is there at all."""
+    offsets = np.frombuffer(array.buffers()[1], np.int32, len(array) + 1, array.offset * 4)
+    return np.diff(offsets), _present(array)
+
+
+def _times(text: pa.Array, required: bool) -> tuple[pa.Array, np.ndarray]:
+    """Text times as UTC timestamps, and whether each is usable: read, 1970 or later, and there when ``required``."""
     try:
         ts = pc.cast(text, TS)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         ts = _times_one_by_one(text)
-    ok = pc.and_(pc.equal(text.is_null(), ts.is_null()), pc.fill_null(pc.greater_equal(ts.cast(pa.int64()), 0), True))
-    return ts, ok
+    present = _present(text)
+    read = _present(ts)
+    values = np.frombuffer(ts.buffers()[1], np.int64, len(ts), ts.offset) if len(ts) else np.zeros(0, np.int64)
+    ok = (read == present) & (~read | (values >= 0))
+    return ts, ok & present if required else ok
 
 
-def _times_one_by_one(text: pa.ChunkedArray) -> pa.ChunkedArray:
+def _times_one_by_one(text: pa.Array) -> pa.Array:
     """The slow road for a chunk holding a time Arrow cannot read: ISO-looking values by Arrow, the rest by Python."""
     iso = pc.fill_null(pc.match_substring_regex(text, _ISO_LIKE), False)
     try:
@@ -302,11 +309,11 @@ def _times_one_by_one(text: pa.ChunkedArray) -> pa.ChunkedArray:
         iso = pc.and_(iso, pc.scalar(False))
         fast = pa.nulls(len(text), TS)
     values = fast.to_pylist()
-    odd = np.flatnonzero(~np.asarray(iso.to_numpy(zero_copy_only=False), dtype=bool))
+    odd = np.flatnonzero(~_valid(iso))
     raw = text.to_pylist()
     for i in odd:
         values[i] = _python_time(raw[i])
-    return pa.chunked_array([pa.array(values, TS)])
+    return pa.array(values, TS)
 
 
 def _python_time(value: str | None) -> datetime | None:
@@ -351,70 +358,6 @@ def _with_derived_ids(table: pa.Table) -> pa.ChunkedArray:
     )
     derived = pc.binary_join_element_wise("kf-", pc.cast(pa.array(hash_ids(content)), pa.string()), "")
     return pc.if_else(missing, derived, event_id)
-
-
-# --- 64-bit ids
-
-_MASK = (1 << 64) - 1
-_P = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
-_P_INV = pow(_P, -1, 1 << 64)
-_powers_lock = threading.Lock()
-_powers: tuple[np.ndarray, np.ndarray] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
-
-
-def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """P**i and P**-i modulo 2**64 for i < n (grown on demand, shared by threads)."""
-    global _powers
-    pw, inv = _powers
-    if len(pw) >= n:
-        return pw, inv
-    with _powers_lock:
-        size = max(n, 2 * len(_powers[0]), 1 << 16)
-        with np.errstate(over="ignore"):
-            one = np.ones(1, np.uint64)
-            pw = np.cumprod(np.concatenate((one, np.full(size - 1, _P, np.uint64))), dtype=np.uint64)
-            inv = np.cumprod(np.concatenate((one, np.full(size - 1, _P_INV, np.uint64))), dtype=np.uint64)
-        _powers = (pw, inv)
-    return pw, inv
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every input bit reaches every output bit."""
-    with np.errstate(over="ignore"):
-        x = x ^ (x >> np.uint64(30))
-        x = x * np.uint64(0xBF58476D1CE4E5B9)
-        x = x ^ (x >> np.uint64(27))
-        x = x * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def hash_ids(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A 64-bit hash of each text (a polynomial over its bytes modulo 2**64, then mixed), vectorised.
-
-    Ids are at most 256 characters (longer lines are rejected), where this hash has no known collisions; between
-    distinct ids two hashes collide with probability about 2**-64, so an hour of 30 M events mistakes two ids for
-    one about once in 40,000 hours.
-    """
-    if isinstance(ids, pa.ChunkedArray):
-        chunks = [hash_ids(c) for c in ids.chunks]
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.uint64)
-    if ids.type != pa.string():
-        ids = ids.cast(pa.string())
-    n = len(ids)
-    if n == 0:
-        return np.zeros(0, np.uint64)
-    offsets = np.frombuffer(ids.buffers()[1], np.int32, n + 1, ids.offset * 4).astype(np.int64)
-    data_buffer = ids.buffers()[2]
-    data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
-    a, b = int(offsets[0]), int(offsets[-1])
-    pw, inv = _power_tables(b - a + 1)
-    rel = offsets - a
-    with np.errstate(over="ignore"):
-        prefix = np.zeros(b - a + 1, np.uint64)
-        np.cumsum(data[a:b].astype(np.uint64) * pw[: b - a], out=prefix[1:])
-        raw = (prefix[rel[1:]] - prefix[rel[:-1]]) * inv[rel[:-1]]
-        raw ^= (rel[1:] - rel[:-1]).astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
-    return _mix(raw)
 
 
 class HourIds:
@@ -499,22 +442,32 @@ class HourIds:
             self._count += len(hashes)
             self._admitted.append(hashes)
 
-    def release(self) -> pa.Table | None:
-        """The held events that are first copies (in the order read); the rest count as :attr:`duplicates`."""
+    def release(self, last: bool = False) -> pa.Table | None:
+        """The held events that are first copies (in the order read); the rest count as :attr:`duplicates`.
+
+        With ``last`` (the hour's files are all read), the hashes and the bitset are freed as well.
+        """
         with self._lock:
-            if not self._held:
-                return None
-            table = pa.concat_tables([t for t, _ in self._held])
-            h = np.concatenate([x for _, x in self._held])
-            self._held = []
-            candidates = pa.array(np.unique(h))
-            admitted = pa.chunked_array([pa.array(x) for x in self._admitted if len(x)], pa.uint64())
-            seen = admitted.filter(pc.is_in(admitted, value_set=candidates))
-            dup = np.isin(h, np.asarray(seen.to_numpy())) if len(seen) else np.zeros(len(h), bool)
-            keep = np.zeros(len(h), bool)
-            rest = np.flatnonzero(~dup)
-            _, first = np.unique(h[rest], return_index=True)
-            keep[rest[np.sort(first)]] = True
-            self._admitted.append(h[keep])
-            self.duplicates += int(len(h) - keep.sum())
-            return table.filter(pa.array(keep))
+            try:
+                return self._release()
+            finally:
+                if last:
+                    self._admitted, self._words = [], np.zeros(0, np.uint64)
+
+    def _release(self) -> pa.Table | None:
+        if not self._held:
+            return None
+        table = pa.concat_tables([t for t, _ in self._held])
+        h = np.concatenate([x for _, x in self._held])
+        self._held = []
+        candidates = pa.array(np.unique(h))
+        admitted = pa.chunked_array([pa.array(x) for x in self._admitted if len(x)], pa.uint64())
+        seen = admitted.filter(pc.is_in(admitted, value_set=candidates))
+        dup = np.isin(h, np.asarray(seen.to_numpy())) if len(seen) else np.zeros(len(h), bool)
+        keep = np.zeros(len(h), bool)
+        rest = np.flatnonzero(~dup)
+        _, first = np.unique(h[rest], return_index=True)
+        keep[rest[np.sort(first)]] = True
+        self._admitted.append(h[keep])
+        self.duplicates += int(len(h) - keep.sum())
+        return table.filter(pa.array(keep))

@@ -158,7 +158,7 @@ def test_a_scan_counts_each_id_once_per_hour_and_sets_bad_files_aside(store: S3O
     files = archive_files_of(store, "events", H10, H10 + dt.timedelta(hours=2))
     scan = ArchiveScan(StoreSource(store), files, parallel=2, chunk_bytes=20_000)
     users = pa.table({"user_id": ["u0"], "gender": ["f"], "segment_id": ["s1"]})
-    counts, events = count_stream(scan.reader(), users)
+    counts, events = count_stream(scan.reader(), users, names=scan.names)
     # No received_at: the upload time (now) stands in, long after these windows closed.
     assert (events, counts.late_events, scan.duplicates) == (2600, 2600, 510)
     assert scan.duplicates_by_hour() == {H10: 510, H10 + dt.timedelta(hours=1): 0}

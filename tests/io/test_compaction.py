@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -27,6 +28,7 @@ from tasks.io.archive import (
 )
 from tasks.io.compaction import ArchivePlaces, compact_hour
 from tasks.io.objectstore import S3ObjectStore
+from tasks.transforms.hashing import HASH_VERSION
 from tasks.transforms.trends import EVENT_SCHEMA
 
 H10 = dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC)
@@ -129,7 +131,8 @@ def test_an_hour_becomes_parquet_each_event_once_and_a_second_run_only_tidies(st
     assert store.get_bytes("events/quarantine/dt=2026-11-27/hour=10/stray.jsonl.gz") == b"user_id,article_id\nu1,a1\n"
     # Parquet typed as events, received_at kept; every pointer to a small file still finds its events.
     table = pq.read_table(io.BytesIO(store.get_bytes(listing.files[0].key)))
-    assert table.schema == EVENT_SCHEMA and table.num_rows == 401
+    assert table.schema.remove_metadata() == EVENT_SCHEMA.append(pa.field("user_key", pa.uint64()))
+    assert table.schema.metadata == {b"keyflow.user_key": HASH_VERSION.encode()} and table.num_rows == 401
     for key in keys:
         assert archived_file_exists(store, PLACES.archive, key)
     assert not archived_file_exists(store, PLACES.archive, hour_prefix(PLACES.archive, H10) + "never-written.jsonl.gz")

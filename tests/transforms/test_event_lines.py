@@ -212,3 +212,34 @@ def test_lateness_can_be_ignored_and_hours_close_after_their_lateness() -> None:
         "most events were late: 1,000 of 1,000 arrived after their window closed (lateness 120 s); to rebuild "
         "history from a replay, count by event time alone with `keyflow trends backfill --ignore-lateness`"
     )
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                line(1),
+                line(2, user_id=7),
+                line(3, action="swipe"),
+                b"",
+                b"  ",
+                b"oops",
+                line(4) + line(5),
+                line(6, event_id=...),
+                line(7) + b"\r",
+                line(8, ts="2026-11-27T10:00:00"),
+            ]
+        ),
+        min_size=1,
+        max_size=15,
+    ),
+    st.booleans(),
+)
+def test_the_optimistic_read_gives_what_the_careful_one_gives(lines: list[bytes], trailing_newline: bool) -> None:
+    chunk = b"\n".join(lines) + (b"\n" if trailing_newline else b"")
+    careful, optimistic = parse_jsonl(chunk, 5), parse_jsonl(chunk, 5, optimistic=True)
+    assert optimistic.events.equals(careful.events)
+    assert optimistic.rejected == careful.rejected and optimistic.lines == careful.lines
+    if careful.clean:  # one Arrow call read every line: nothing was blank, odd or refused
+        assert careful.events.num_rows + len(careful.rejected) == careful.lines
