@@ -1,5 +1,7 @@
-"""Trend scoring: count one-minute event-time windows from the event archive, score fresh articles, publish top-N;
-compact the archive's closed hours."""
+"""Trend scoring: count one-minute event-time windows from the event archive, score fresh articles, publish top-N.
+
+The archive's closed hours are compacted as well.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from prefect.states import Completed, Failed, State
 
 from config.errors import first_line
 from config.loader import load_profile, load_trends
-from flows.common import artifact_key, refuse_if_paused
+from flows.common import artifact_key, ends_failed_on_errors, refuse_if_misconfigured, refuse_if_paused
 from tasks.resources import Resources, resources_for
 from tasks.transforms.trends import closed_hours, floor_time, late_note
 from tasks.trends import (
@@ -50,8 +52,10 @@ def _hours(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
 def _count_hours(
     cfg: Any, resources: Resources, pieces: list[tuple[datetime, datetime]], ignore_lateness: bool = False
 ) -> tuple[list[CountSummary], list[str]]:
-    """Count each hour; an hour that fails (too many invalid lines) does not stop the others. Returns the
-    summaries of the hours counted and one line per hour that failed."""
+    """Count each hour; an hour that fails (too many invalid lines) does not stop the others.
+
+    Returns the summaries of the hours counted and one line per hour that failed.
+    """
     summaries, failures = [], []
     for a, b in pieces:
         state = count_windows(cfg, resources, a, b, ignore_lateness, return_state=True)
@@ -68,9 +72,11 @@ def _totals(summaries: list[CountSummary]) -> dict[str, int]:
 
 
 @flow(name="trend-scoring", validate_parameters=True)
+@ends_failed_on_errors
 def trend_scoring(job: str = "trending", profile: str = "local", end: datetime | None = None) -> State[Any]:
-    """Recount the windows still open to late events and any missed since the last run, then rank fresh articles;
-    then compact the hours closed to late events (``compact: true``).
+    """Recount the windows still open to late events and any missed since the last run, then rank fresh articles.
+
+    Then compact the hours closed to late events (``compact: true``).
 
     ``end`` (default: now) is rounded down to a window boundary; the ranking is computed as of that instant, so
     re-running with the same ``end`` writes identical counts and rankings. An hour with more invalid lines than
@@ -80,6 +86,8 @@ def trend_scoring(job: str = "trending", profile: str = "local", end: datetime |
     if refused := refuse_if_paused("trends", data={}, warning=PAUSED):
         return refused
     resources = resources_for(prof)
+    if refused := refuse_if_misconfigured(cfg, resources):
+        return refused
     spec = window_spec(cfg)
     until = floor_time(_utc(end), spec.width)
     planned = plan_windows(cfg, resources, until)
@@ -121,8 +129,10 @@ def trend_scoring(job: str = "trending", profile: str = "local", end: datetime |
 
 
 def _compact(cfg: Any, resources: Resources, until: datetime) -> int:
-    """Compact the closed hours a run can still see (the catch-up span); a failure is logged, not fatal: the
-    next run compacts what this one did not."""
+    """Compact the closed hours a run can still see (the catch-up span).
+
+    A failure is logged, not fatal: the next run compacts what this one did not.
+    """
     if not cfg.compact:
         return 0
     span = [a for a, _ in _hours(floor_time(until - timedelta(minutes=cfg.max_catch_up_minutes), HOUR), until)]
@@ -138,6 +148,7 @@ def _compact(cfg: Any, resources: Resources, until: datetime) -> int:
 
 
 @flow(name="trend-backfill", validate_parameters=True)
+@ends_failed_on_errors
 def trend_backfill(
     job: str,
     start: datetime,
@@ -160,6 +171,8 @@ def trend_backfill(
     if refused := refuse_if_paused("trends", data=[]):
         return refused
     resources = resources_for(prof)
+    if refused := refuse_if_misconfigured(cfg, resources):
+        return refused
     summaries, failures = _count_hours(cfg, resources, _hours(a, b), ignore_lateness)
     rows = [s.as_row() for s in summaries]
     create_table_artifact(key=artifact_key(cfg.name, "backfill"), table=rows, description=f"{cfg.name} backfill")

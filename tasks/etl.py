@@ -50,6 +50,7 @@ class KeyResult:
     error: str = ""
 
     def as_row(self) -> dict[str, Any]:
+        """The result as one summary-table row."""
         return asdict(self)
 
 
@@ -86,6 +87,9 @@ def list_active_keys(dataset: str, run_date: date, resources: Resources) -> list
     return keys
 
 
+PROGRESS_SECONDS = 10.0  # how often a key still staging logs its progress
+
+
 def stage_rows(
     key: CampaignKey, dataset: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, run_date: date
 ) -> StagedKey:
@@ -120,6 +124,7 @@ def stage_rows(
         dataset.staging.part_rows,
     )
     extracted = filtered = 0
+    report_at = time.perf_counter() + PROGRESS_SECONDS
     try:
         with (
             _limit(f"source:{profile.source_url}", profile.source_max_connections),
@@ -130,6 +135,14 @@ def stage_rows(
                 out = conform(engine.apply(batch), target_schema)
                 filtered += batch.num_rows - out.num_rows
                 writer.write(out)
+                if time.perf_counter() >= report_at:  # a long key says how far it got, in the log and on the TTY
+                    report_at = time.perf_counter() + PROGRESS_SECONDS
+                    get_run_logger().info(
+                        "Staging key %r: %d rows staged so far (%.0fs)",
+                        key.key,
+                        extracted - filtered,
+                        time.perf_counter() - started,
+                    )
         parts = writer.close()
     except RuleError as exc:
         writer.abort()

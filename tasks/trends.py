@@ -58,11 +58,6 @@ def check_counts_store(profile: Profile, job: TrendConfig) -> None:
     trend_counts_for(profile, job)
 
 
-def check_users_file(profile: Profile, job: TrendConfig) -> None:
-    """Raise ``ConfigError`` now, before a run starts, when the job's user file is not in the bucket."""
-    Resources(profile).users(job).etag()
-
-
 @dataclass(frozen=True)
 class CountSummary:
     """What one counting pass read and wrote.

@@ -25,18 +25,26 @@ trends_app = typer.Typer(help="Score trending articles from the event archive.",
 NO_RANKING = "no ranking published yet (`keyflow trends run` publishes one)"
 
 
-def _check_trends(job: str, profile: str, users: bool = True) -> None:
-    """Load the profile and the job, and check the profile can keep its counts and the user file is there, before
-    Prefect starts."""
+def _check_trends(job: str, profile: str, compact_only: bool = False) -> None:
+    """Load the profile and the job, and run its preflight (counts store, users file…), before Prefect starts.
+
+    ``trends compact`` needs only the counts store (the compaction lock lives there), not the users file.
+    """
     from config.loader import load_profile, load_trends
 
     prof, spec = load_profile(profile), load_trends(job)
     quiet_prefect()
-    from tasks.trends import check_counts_store, check_users_file
+    if compact_only:
+        from tasks.trends import check_counts_store
 
-    check_counts_store(prof, spec)
-    if users:
-        check_users_file(prof, spec)
+        check_counts_store(prof, spec)
+        return
+    from config.errors import ConfigError
+    from tasks.preflight import problems_before_run
+
+    problems = problems_before_run(spec, prof)  # the counts store, the archive, the users file
+    if problems:
+        raise ConfigError(problems)
 
 
 def _notes(data: dict[str, Any]) -> None:
@@ -55,8 +63,10 @@ def trends_run(
     end: Annotated[str | None, typer.Option("--end", help="rank as of this time (default: now), UTC")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the run's figures as one JSON line")] = False,
 ) -> None:
-    """Count the windows since the last run (and those still open to late events), publish the top-N, then compact
-    the archive hours closed to late events."""
+    """Count the windows since the last run and those still open to late events, publish the top-N.
+
+    Then compact the archive hours closed to late events.
+    """
     until = parse_time(end, "--end") if end else None
     _check_trends(job, profile)
     from flows.trend_scoring import trend_scoring
@@ -104,8 +114,10 @@ def trends_backfill(
         ),
     ] = False,
 ) -> None:
-    """Recount every window of a past range from the archive, an hour at a time (idempotent). Publishes nothing
-    unless --publish is given."""
+    """Recount every window of a past range from the archive, an hour at a time (idempotent).
+
+    Publishes nothing unless --publish is given.
+    """
     first, last = parse_time(start, "--from"), parse_time(end, "--to")
     if last <= first:
         fail(f"--to {last.isoformat()} is not after --from {first.isoformat()}")
@@ -148,12 +160,14 @@ def trends_compact(
     job: JobOpt = "trending",
     profile: ProfileOpt = "local",
 ) -> None:
-    """Compact the archive hours of a range that are closed to late events into Parquet files (idempotent; `trends
-    run` does it for the hours it can still see)."""
+    """Compact the archive hours of a range that are closed to late events into Parquet files (idempotent).
+
+    `trends run` does it for the hours it can still see.
+    """
     first, last = parse_time(start, "--from"), parse_time(end, "--to")
     if last <= first:
         fail(f"--to {last.isoformat()} is not after --from {first.isoformat()}")
-    _check_trends(job, profile, users=False)
+    _check_trends(job, profile, compact_only=True)
     from flows.trend_scoring import trend_compaction
 
     outcome = finish(trend_compaction(job=job, start=first, end=last, profile=profile, return_state=True), "trends")

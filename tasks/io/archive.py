@@ -213,8 +213,11 @@ def archive_files(store: ObjectStore, prefix: str, start: datetime, end: datetim
 
 
 def archived_file_exists(store: ObjectStore, prefix: str, key: str) -> bool:
-    """Whether the archive still holds the events written to ``key``: the file itself, or the compacted file its
-    hour's manifest says replaced it (event ingestion's exactly-once check asks this)."""
+    """Whether the archive still holds the events written to ``key``.
+
+    Either the file itself is there, or the compacted file its hour's manifest says replaced it (event ingestion's
+    exactly-once check asks this).
+    """
     if not key:
         return False
     if store.exists(key):
@@ -233,8 +236,11 @@ def archived_file_exists(store: ObjectStore, prefix: str, key: str) -> bool:
 class FileSource(Protocol):
     """Where archive files are read from: a stream of a file, or random access for Parquet."""
 
-    def stream(self, key: str) -> IO[bytes] | pa.NativeFile: ...
-    def random_access(self, key: str, size: int) -> Any: ...
+    def stream(self, key: str) -> IO[bytes] | pa.NativeFile:
+        """A stream of the file's bytes, read from the start."""
+
+    def random_access(self, key: str, size: int) -> Any:
+        """A seekable file (Parquet reads its footer first)."""
 
 
 class StoreSource:
@@ -423,8 +429,11 @@ def read_events(
     arrived: datetime | None = None,
     schema: pa.Schema = EVENT_SCHEMA,
 ) -> Iterator[pa.Table]:
-    """Stream one archive file as tables of ``schema`` (bad lines skipped); a file that cannot be read at all fails
-    naming it. Events without ``received_at`` take ``arrived`` (the file's upload time) as their arrival time."""
+    """Stream one archive file as tables of ``schema`` (bad lines skipped).
+
+    A file that cannot be read at all fails naming it. Events without ``received_at`` take ``arrived`` (the file's
+    upload time) as their arrival time.
+    """
     file = ArchiveFile(key, _size(store, key) if key.endswith(".parquet") else 0, arrived, arrived or datetime.min)
     report = FileReport(file)
     for table in read_archive_file(StoreSource(store), file, report, block_size):
@@ -526,8 +535,11 @@ class _Hour:
 
 
 class ArchiveScan:
-    """The live files of some hours read as one stream, ``parallel`` files at once: valid events, each event id once
-    within its hour (the first copy read), with per-file reports of bad lines and quarantined files."""
+    """The live files of some hours read as one stream, ``parallel`` files at once.
+
+    It yields valid events, each event id once within its hour (the first copy read), and keeps per-file reports of
+    bad lines and quarantined files.
+    """
 
     def __init__(
         self,
@@ -562,8 +574,10 @@ class ArchiveScan:
         return {t: (h.ids.duplicates if h.ids is not None else 0) for t, h in self._hours.items()}
 
     def reader(self) -> pa.RecordBatchReader:
-        """The events as :data:`KEYED_SCHEMA` batches (rows marked ``held`` are counted later, or are duplicates);
-        count them with ``names=`` :attr:`names`."""
+        """The events as :data:`KEYED_SCHEMA` batches (rows marked ``held`` are counted later, or are duplicates).
+
+        Count them with ``names=`` :attr:`names`.
+        """
         return event_reader([self._opener(f) for f in self.files], self.parallel, schema=KEYED_SCHEMA)
 
     def _opener(self, file: ArchiveFile) -> Callable[[], Iterator[pa.Table]]:
@@ -659,8 +673,8 @@ class UserDirectory:
             if self.store.exists(self.key):
                 raise
             raise ConfigError(
-                f"{self.where}: user file s3://{self.store.bucket}/{self.key} not found "
-                "(upload the user_id,gender,segment_id CSV there, or point the field at it)"
+                f"{self.where}: s3://{self.store.bucket}/{self.key} does not exist; upload the users file "
+                "(CSV: user_id,gender,segment_id) before the first run"
             ) from None
 
     def table(self) -> pa.Table:

@@ -1,5 +1,7 @@
-"""Compaction of a closed event hour: its small files rewritten as Parquet files of at least ``target_bytes`` each
-(or one file for the whole hour), each event id once, bad lines and unreadable files set aside.
+"""Compaction of a closed event hour into Parquet files.
+
+The hour's small files are rewritten as Parquet files of at least ``target_bytes`` each (or one file for the whole
+hour), each event id once, bad lines and unreadable files set aside.
 
 Crash-safe, in three steps, each idempotent:
 

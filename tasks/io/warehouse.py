@@ -26,6 +26,7 @@ from tasks.io.databases import CREATE_RACES, pg_connection, pg_dsn, pg_error
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.arrow import csv_read_options
 from tasks.transforms.sql import (
+    LEDGER_TABLE,
     TableSpec,
     qualified,
     quote_ident,
@@ -50,11 +51,23 @@ class Warehouse(Protocol):
 
     dialect: str
 
-    def prepare(self, spec: TableSpec) -> None: ...
-    def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int: ...
-    def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int: ...
-    def count_key(self, spec: TableSpec, key: str) -> int: ...
-    def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]: ...
+    def prepare(self, spec: TableSpec) -> None:
+        """Create schema and table when missing; refuse a table whose columns differ."""
+
+    def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        """Replace one key's rows with its staged files in one transaction; returns the rows loaded."""
+
+    def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
+        """Delete the rows of every key not in ``keep``; returns how many."""
+
+    def count_key(self, spec: TableSpec, key: str) -> int:
+        """The number of rows of one key in the target table."""
+
+    def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]:
+        """The keys of ``dataset`` the ledger records as loaded for ``run_date``."""
+
+    def check(self, spec: TableSpec | None, schema: str) -> list[str]:
+        """Problems with the target before a run, one line each (schema, privileges, an existing table's columns)."""
 
 
 def decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
@@ -66,12 +79,37 @@ def decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
     return raw
 
 
-def _check_columns(spec: TableSpec, existing: list[str], where: str) -> None:
+def _columns_problem(spec: TableSpec, existing: list[str], where: str) -> str | None:
     if existing and [c.lower() for c in existing] != [c.lower() for c in spec.column_names]:
-        raise ConfigError(
+        return (
             f"target: table {where} exists with columns ({', '.join(existing)}) but the dataset produces "
             f"({', '.join(spec.column_names)}); migrate the table or change the rules"
         )
+    return None
+
+
+def _check_columns(spec: TableSpec, existing: list[str], where: str) -> None:
+    problem = _columns_problem(spec, existing, where)
+    if problem:
+        raise ConfigError(problem)
+
+
+# Names, not oids: Redshift's privilege functions take names too.
+_PG_TARGET_STATE = """
+SELECT current_user,
+       has_database_privilege(current_database(), 'CREATE'),
+       (SELECT has_schema_privilege(nspname, 'CREATE') AND has_schema_privilege(nspname, 'USAGE')
+          FROM pg_namespace WHERE nspname = %(schema)s),
+       (SELECT has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'SELECT')
+               AND has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'INSERT')
+               AND has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'DELETE')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %(schema)s AND c.relname = %(table)s),
+       (SELECT has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'INSERT')
+               AND has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'DELETE')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %(schema)s AND c.relname = %(ledger)s)
+"""
 
 
 class _PsycopgWarehouse:
@@ -106,6 +144,48 @@ class _PsycopgWarehouse:
                     conn.commit()
                 except CREATE_RACES:
                     conn.rollback()  # another run created it at the same moment: theirs is as good
+
+    def check(self, spec: TableSpec | None, schema: str) -> list[str]:
+        """Problems with the target before a run, one line each.
+
+        The schema there or creatable, the table and the load ledger writable or creatable, an existing table's
+        columns those ``spec`` plans (skipped without one). Connection trouble raises :class:`RetryableError`, a
+        wrong password or database :class:`ConfigError`.
+        """
+        table = spec.table if spec else None
+        with self.connect() as conn, conn.cursor() as cur:
+            try:
+                cur.execute(_PG_TARGET_STATE, {"schema": schema, "table": table, "ledger": LEDGER_TABLE})
+                user, create_schema, in_schema, on_table, on_ledger = cur.fetchone()
+                existing: list[str] = []
+                if spec and on_table is not None:
+                    cur.execute(
+                        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                        "AND table_name = %s ORDER BY ordinal_position",
+                        (schema, spec.table),
+                    )
+                    existing = [r[0] for r in cur.fetchall()]
+            except psycopg2.Error as exc:
+                raise pg_error(exc, "check the warehouse target") from None
+            finally:
+                conn.rollback()
+        problems = []
+        if in_schema is None and not create_schema:
+            problems.append(
+                f"target.schema: schema {schema!r} does not exist and {user} may not create it "
+                "(GRANT CREATE ON DATABASE, or create the schema)"
+            )
+        elif in_schema is False and (on_table is None or on_ledger is None):
+            problems.append(f"target.schema: {user} may not create tables in schema {schema!r} (GRANT CREATE, USAGE)")
+        if on_table is False:
+            problems.append(f"target.table: {user} may not SELECT, INSERT and DELETE on {schema}.{table}")
+        if on_ledger is False:
+            problems.append(f"target.schema: {user} may not INSERT and DELETE on {schema}.{LEDGER_TABLE}")
+        if spec:
+            problem = _columns_problem(spec, existing, f"{schema}.{spec.table}")
+            if problem:
+                problems.append(problem)
+        return problems
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         raise NotImplementedError
@@ -193,6 +273,7 @@ class RedshiftWarehouse(_PsycopgWarehouse):
         self.region = region
 
     def copy_sql(self, spec: TableSpec, staged: StagedKey) -> str:
+        """The COPY statement that loads a staged key through its manifest."""
         return render_redshift_copy(spec, staged.manifest_url, self.iam_role, staged.compression, self.region)
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
@@ -216,6 +297,7 @@ class DuckDBWarehouse:
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
+        """A connection to the DuckDB file, held alone for as long as the block runs."""
         import duckdb  # imported here: only the embedded default needs it
 
         # One writer per file: DuckDB's optimistic concurrency would abort parallel writers of one table.
@@ -227,6 +309,7 @@ class DuckDBWarehouse:
                 conn.close()
 
     def prepare(self, spec: TableSpec) -> None:
+        """Create schema and table when missing; refuse a table whose columns differ."""
         with self.connect() as conn:
             rows = conn.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
@@ -237,6 +320,23 @@ class DuckDBWarehouse:
             conn.execute(render_create_schema(spec, self.dialect))
             conn.execute(render_create_table(spec, self.dialect))
             conn.execute(render_create_ledger(spec.schema, self.dialect))
+
+    def check(self, spec: TableSpec | None, schema: str) -> list[str]:
+        """Problems with the target before a run.
+
+        The file can be opened (its folder made), and an existing table's columns are those ``spec`` plans.
+        """
+        try:
+            with self.connect() as conn:
+                rows = conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+                    "ORDER BY ordinal_position",
+                    [schema, spec.table if spec else ""],
+                ).fetchall()
+        except Exception as exc:  # duckdb.IOException (locked, unwritable) and kin
+            return [f"cannot open the DuckDB file {self.path}: {first_line(exc)}"]
+        problem = _columns_problem(spec, [r[0] for r in rows], f"{schema}.{spec.table}") if spec else None
+        return [problem] if problem else []
 
     def _batches(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> Iterator[pa.RecordBatch]:
         schema = pa.schema([(n, arrow_type(t)) for n, t, _ in spec.columns])
@@ -252,6 +352,7 @@ class DuckDBWarehouse:
                 yield from reader
 
     def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        """Replace one key's rows with its staged files in one transaction; returns the rows loaded."""
         target = qualified(spec.schema, spec.table, self.dialect)
         cols = ", ".join(quote_ident(c, self.dialect) for c in spec.column_names)
         key_col = quote_ident(spec.key_column, self.dialect)
@@ -286,18 +387,21 @@ class DuckDBWarehouse:
                 ) from None
 
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
+        """Delete the rows of every key not in ``keep``; returns how many."""
         sql = render_delete_other_keys(spec, len(keep), self.dialect).replace("%s", "?")
         with self.connect() as conn:
             row = conn.execute(sql, list(keep)).fetchone()
             return int(row[0]) if row else 0
 
     def count_key(self, spec: TableSpec, key: str) -> int:
+        """The number of rows of one key in the target table."""
         sql = render_count_key(spec, self.dialect).replace("%s", "?")
         with self.connect() as conn:
             row = conn.execute(sql, [key]).fetchone()
             return int(row[0]) if row else 0
 
     def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]:
+        """The keys of ``dataset`` the ledger records as loaded for ``run_date`` (none before the ledger exists)."""
         import duckdb
 
         sql = render_ledger_keys(schema, self.dialect).replace("%s", "?")

@@ -87,8 +87,10 @@ def parse_jsonl(chunk: bytes, first_line: int = 1, optimistic: bool = False) -> 
         return ParsedLines(EVENT_SCHEMA.empty_table(), [], 0, clean=True)
     if optimistic:
         lines = count_lines(chunk)
+        # Every line starts with "{" (no blank line), and as many rows as lines: then each line is one row.
+        braced = chunk.count(b"\n{") + chunk.startswith(b"{")
         try:
-            table = _arrow(chunk)
+            table = _arrow(chunk) if braced == lines else None
         except pa.ArrowInvalid:
             table = None
         if table is not None and table.num_rows == lines:

@@ -1,5 +1,7 @@
-"""64-bit hashes of texts, vectorised over Arrow string arrays: event ids for deduplication, user and article ids as
-the integer keys counting joins and groups on. Pure."""
+"""64-bit hashes of texts, vectorised over Arrow string arrays. Pure.
+
+Event ids are hashed for deduplication; user and article ids become the integer keys counting joins and groups on.
+"""
 
 from __future__ import annotations
 

@@ -54,10 +54,12 @@ class TableSpec:
 
     @property
     def column_names(self) -> list[str]:
+        """The target's column names, in order."""
         return [c[0] for c in self.columns]
 
 
 def render_create_schema(spec: TableSpec, dialect: Dialect) -> str:
+    """CREATE SCHEMA IF NOT EXISTS for the target's schema."""
     return f"CREATE SCHEMA IF NOT EXISTS {quote_ident(spec.schema, dialect)}"
 
 
@@ -94,6 +96,7 @@ def render_delete_other_keys(spec: TableSpec, n_keys: int, dialect: Dialect) -> 
 
 
 def render_count_key(spec: TableSpec, dialect: Dialect) -> str:
+    """Count one key's rows in the target; the key is a bound parameter."""
     return (
         f"SELECT count(*) FROM {qualified(spec.schema, spec.table, dialect)} "  # noqa: S608 - quoted idents
         f"WHERE {quote_ident(spec.key_column, dialect)} = %s"
@@ -151,6 +154,7 @@ def render_create_ledger(schema: str, dialect: Dialect) -> str:
 
 
 def render_ledger_delete(schema: str, dialect: Dialect) -> str:
+    """Delete one key's ledger row for a run date; values are bound parameters."""
     return (
         f"DELETE FROM {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
         "WHERE dataset = %s AND key = %s AND run_date = %s"
@@ -158,6 +162,7 @@ def render_ledger_delete(schema: str, dialect: Dialect) -> str:
 
 
 def render_ledger_insert(schema: str, dialect: Dialect) -> str:
+    """Insert one key's ledger row; values are bound parameters."""
     return (
         f"INSERT INTO {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
         "(dataset, key, run_date, run_id, rows_loaded, loaded_at) VALUES (%s, %s, %s, %s, %s, %s)"
@@ -165,6 +170,7 @@ def render_ledger_insert(schema: str, dialect: Dialect) -> str:
 
 
 def render_ledger_keys(schema: str, dialect: Dialect) -> str:
+    """The keys of a dataset the ledger records for a run date; values are bound parameters."""
     return (
         f"SELECT key FROM {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
         "WHERE dataset = %s AND run_date = %s"

@@ -25,6 +25,7 @@ def key_prefix(prefix: str, dataset: str, run_id: str, key: str) -> str:
 
 
 def part_name(key_prefix_: str, n: int, compression: str) -> str:
+    """The object key of part ``n`` of a staged key, with the compression's extension."""
     return f"{key_prefix_}part-{n:05d}{EXTENSIONS[compression]}"
 
 
@@ -59,6 +60,7 @@ class StagedKey:
 
     @property
     def manifest_url(self) -> str:
+        """The ``s3://`` URL of the key's COPY manifest."""
         return f"s3://{self.bucket}/{self.manifest_key}"
 
 
@@ -69,7 +71,7 @@ def redshift_manifest(bucket: str, parts: list[StagedPart]) -> bytes:
 
 
 def run_record(staged: StagedKey, run_date: date) -> bytes:
-    """keyflow's own record of a staged key (rows per part) beside the manifest, for audits and reruns."""
+    """The run record of a staged key (rows per part), kept beside the manifest for audits and reruns."""
     body = asdict(staged)
     body["run_date"] = run_date.isoformat()
     return json.dumps(body, indent=1, default=str).encode()

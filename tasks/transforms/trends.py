@@ -67,8 +67,11 @@ def conform_events(table: pa.Table, schema: pa.Schema = EVENT_SCHEMA) -> pa.Tabl
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """Tumbling windows on event time, with allowed lateness (``ignore_lateness``: no event is late, for rebuilding
-    history from a replay whose arrival times say nothing about the original stream)."""
+    """Tumbling windows on event time, with allowed lateness.
+
+    ``ignore_lateness``: no event is late, for rebuilding history from a replay whose arrival times say nothing about
+    the original stream.
+    """
 
     width: timedelta = timedelta(minutes=1)
     lateness: timedelta = timedelta(minutes=2)
@@ -86,6 +89,7 @@ class WindowCounts:
 
     @property
     def counted_events(self) -> int:
+        """Impressions plus clicks counted in the batch."""
         return int(pc.sum(self.counts["impressions"]).as_py() or 0) + int(pc.sum(self.counts["clicks"]).as_py() or 0)
 
 
@@ -184,8 +188,11 @@ class ArticleNames:
 
 
 def keyed_events(table: pa.Table | pa.RecordBatch, names: ArticleNames) -> pa.Table:
-    """Events (with ``user_id`` and ``article_id``, or already keyed) as :data:`KEYED_SCHEMA`; article names go to
-    ``names``. A dictionary-encoded ``article_id`` (as Parquet reads it) is keyed by its dictionary alone."""
+    """Events (with ``user_id`` and ``article_id``, or already keyed) as :data:`KEYED_SCHEMA`.
+
+    Article names go to ``names``. A dictionary-encoded ``article_id`` (as Parquet reads it) is keyed by its
+    dictionary alone.
+    """
     n = table.num_rows
     if "user_key" in table.column_names:
         user_key = table["user_key"]
@@ -224,7 +231,9 @@ def count_stream(
     ordered: bool = False,
     names: ArticleNames | None = None,
 ) -> tuple[WindowCounts, int]:
-    """Count a stream of event batches in one streaming Arrow plan; returns the counts and the number of events read.
+    """Count a stream of event batches in one streaming Arrow plan.
+
+    Returns the counts and the number of events read.
 
     The batches are :data:`COUNT_INPUT_SCHEMA` or :data:`SCAN_SCHEMA` (keyed here, batch by batch), or already
     :data:`KEYED_SCHEMA` with their article names in ``names``. Rows marked ``held`` are neither counted nor read.
@@ -326,8 +335,7 @@ def _batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
 
 
 def _audience_codes(users: pa.Table) -> tuple[pa.Table, Any]:
-    """Users as (user_key, audience code): joining on a 64-bit key and grouping on one integer are much cheaper than
-    on texts.
+    """Users as (user_key, audience code): a 64-bit key joins and one integer groups much faster than texts.
 
     Returns the table to join and a function that turns ``audience`` back into ``gender`` and ``segment_id``. A
     user listed twice (or two users whose ids hash alike) keeps the first row: joining both would count that user's
@@ -367,8 +375,9 @@ def count_events(
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> WindowCounts:
-    """Count impressions and clicks per window and (gender, segment, article); unknown users keep null
-    gender/segment (left join).
+    """Count impressions and clicks per window and (gender, segment, article).
+
+    Unknown users keep null gender/segment (left join).
 
     An event is late when it arrived (``received_at``; ``arrived`` for events without one, e.g. the file's
     upload time) at or after its window's end plus the allowed lateness: it is counted in ``late_events``, never in
@@ -428,8 +437,11 @@ def fit_beta_prior(
     floor: float = 0.1,
     fallback: tuple[float, float] = (1.0, 30.0),
 ) -> tuple[float, float]:
-    """Method-of-moments Beta(alpha, beta) from per-article CTRs (articles with impressions only); ``fallback``
-    when the CTRs cannot support a fit (fewer than two articles, no spread, or more spread than a Beta allows)."""
+    """Method-of-moments Beta(alpha, beta) from per-article CTRs (articles with impressions only).
+
+    ``fallback`` when the CTRs cannot support a fit (fewer than two articles, no spread, or more spread than a Beta
+    allows).
+    """
     imps = np.asarray(impressions, dtype=np.float64)
     clk = np.asarray(clicks, dtype=np.float64)
     seen = imps > 0
@@ -486,8 +498,10 @@ def scored_pairs(
     first_seen: Mapping[str, datetime] | None = None,
     spec: WindowSpec = WindowSpec(),
 ) -> pa.Table:
-    """Every fresh (gender, segment, article) pair with its score, best first within each audience (see
-    :func:`score_articles`)."""
+    """Every fresh (gender, segment, article) pair with its score, best first within each audience.
+
+    See :func:`score_articles`.
+    """
     width = int(spec.width.total_seconds())
     latest_start = datetime.fromtimestamp(((int(now.timestamp()) - width) // width) * width, tz=now.tzinfo)
     baseline_from = latest_start - spec.width * params.baseline_windows

@@ -198,8 +198,9 @@ def test_a_non_postgres_warehouse_is_a_config_error(setup: Any, tmp_path: Path) 
     job_path, *_ = setup
     result = runner.invoke(app, ["trends", "run", "-j", job_path, "-p", "local"])
     assert result.exit_code == 2
-    assert "profile local: trends_url: trend counts need PostgreSQL; set trends_url (the warehouse is 'duckdb')" in (
-        result.output
+    assert (
+        "error: config/profiles/local.yaml: trends_url: trend counts need PostgreSQL; set trends_url "
+        "(the warehouse is 'duckdb')" in result.output
     )
 
 
@@ -345,8 +346,8 @@ def test_trends_run_without_the_user_file_is_one_line(setup: Any) -> None:
     result = runner.invoke(app, ["trends", "run", "-j", job_path, "-p", profile_path, "--end", at(10).isoformat()])
     assert result.exit_code == 2
     assert result.output == (
-        f"error: {job.file}: users_key: user file s3://{store.bucket}/reference/users.csv not found (upload the "
-        "user_id,gender,segment_id CSV there, or point the field at it)\n"
+        f"error: {job.file}: users_key: s3://{store.bucket}/reference/users.csv does not exist; upload the users file "
+        "(CSV: user_id,gender,segment_id) before the first run\n"
     )
 
 

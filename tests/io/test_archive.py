@@ -125,8 +125,8 @@ def test_a_missing_user_file_is_one_line_naming_the_field_bucket_and_key(store: 
     with pytest.raises(ConfigError) as caught:
         users.table()
     assert caught.value.problems == [
-        f"config/trends/trending.yaml: users_key: user file s3://{store.bucket}/ref/nobody.csv not found "
-        "(upload the user_id,gender,segment_id CSV there, or point the field at it)"
+        f"config/trends/trending.yaml: users_key: s3://{store.bucket}/ref/nobody.csv does not exist; upload the users "
+        "file (CSV: user_id,gender,segment_id) before the first run"
     ]
 
 
