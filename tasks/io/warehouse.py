@@ -196,10 +196,20 @@ class RedshiftWarehouse(_PsycopgWarehouse):
 
     dialect = "redshift"
 
-    def __init__(self, url: str, password: str | None, iam_role: str, region: str | None) -> None:
+    def __init__(
+        self, url: str, password: str | None, iam_role: str, region: str | None, credentials: Any = None
+    ) -> None:
         super().__init__(url, password)
         self.iam_role = iam_role
         self.region = region
+        self.credentials = credentials  # IamCredentials: a temporary user and password per connection
+
+    def connect(self) -> AbstractContextManager[Any]:
+        """A connection for one unit of work, with IAM temporary credentials when the profile asks for them."""
+        if self.credentials is None:
+            return pg_connection(self._dsn)
+        user, password = self.credentials.get()
+        return pg_connection({**self._dsn, "user": user, "password": password})
 
     def copy_sql(self, spec: TableSpec, staged: StagedKey) -> str:
         """The COPY statement that loads a staged key through its manifest."""

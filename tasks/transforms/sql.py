@@ -175,3 +175,35 @@ def render_ledger_keys(schema: str, dialect: Dialect) -> str:
         f"SELECT key FROM {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
         "WHERE dataset = %s AND run_date = %s"
     )
+
+
+def named_parameters(sql: str) -> str:
+    """Turn ``%s`` placeholders into the Data API's named ones, in order: ``:p1``, ``:p2`` and so on."""
+    parts = sql.split("%s")
+    return "".join(part + (f":p{i + 1}" if i < len(parts) - 1 else "") for i, part in enumerate(parts))
+
+
+def render_data_api_load(spec: TableSpec, copy_sql: str) -> list[str]:
+    """One key's load as the statements of ONE Data API batch (a single transaction), in order.
+
+    Parameters (Data API values are text): ``:key``, ``:rows`` (rows staged), ``:dataset``, ``:run_date``,
+    ``:run_id``, ``:loaded_at``. Redshift has no RAISE outside a procedure, so the two reconciliation checks divide by
+    zero when a count differs from ``:rows``: the error aborts the batch and rolls the key back.
+    """
+    target = qualified(spec.schema, spec.table, "redshift")
+    key_col = quote_ident(spec.key_column, "redshift")
+    ledger = qualified(spec.schema, LEDGER_TABLE, "redshift")
+    return [
+        f"DELETE FROM {target} WHERE {key_col} = :key",  # noqa: S608 - quoted idents
+        copy_sql,
+        "SELECT 1 / CASE WHEN pg_last_copy_count() = CAST(:rows AS BIGINT) THEN 1 ELSE 0 END AS copied_rows_match",
+        f"SELECT 1 / CASE WHEN count(*) = CAST(:rows AS BIGINT) THEN 1 ELSE 0 END AS key_rows_match "  # noqa: S608
+        f"FROM {target} WHERE {key_col} = :key",
+        f"DELETE FROM {ledger} WHERE dataset = :dataset AND key = :key AND run_date = CAST(:run_date AS DATE)",  # noqa: S608
+        f"INSERT INTO {ledger} (dataset, key, run_date, run_id, rows_loaded, loaded_at) "  # noqa: S608
+        "VALUES (:dataset, :key, CAST(:run_date AS DATE), :run_id, CAST(:rows AS BIGINT), "
+        "CAST(:loaded_at AS TIMESTAMPTZ))",
+    ]
+
+
+RECONCILE_STATEMENTS = (2, 3)  # indexes, in render_data_api_load's batch, of the statements that check the counts
