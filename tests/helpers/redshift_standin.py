@@ -118,15 +118,16 @@ def _outside_quotes(sql: str) -> Iterator[tuple[bool, str]]:
 
 def to_postgres(sql: str, params: dict[str, str], last_copy: int) -> tuple[str, dict[str, str]]:
     """Translate one keyflow Redshift statement to PostgreSQL with psycopg2 ``%(name)s`` parameters."""
+    if re.match(r"\s*CREATE\s+TABLE", sql, re.IGNORECASE):  # table attributes PostgreSQL has no use for
+        sql = re.sub(r"\bDISTSTYLE\s+\w+", "", sql, flags=re.IGNORECASE)
+        sql = re.sub(r"\bDISTKEY\s*\([^)]*\)", "", sql, flags=re.IGNORECASE)
+        sql = re.sub(r"\b(?:COMPOUND\s+|INTERLEAVED\s+)?SORTKEY\s*\([^)]*\)", "", sql, flags=re.IGNORECASE)
     out = []
     for quoted, piece in _outside_quotes(sql):
         piece = piece.replace("%", "%%")
         if not quoted:
             piece = _PARAM.sub(lambda m: f"%({m.group(1)})s" if m.group(1) in params else m.group(0), piece)
             piece = re.sub(r"pg_last_copy_count\(\)", str(last_copy), piece, flags=re.IGNORECASE)
-            piece = re.sub(r"\bDISTSTYLE\s+\w+", "", piece, flags=re.IGNORECASE)
-            piece = re.sub(r"\bDISTKEY\s*\([^)]*\)", "", piece, flags=re.IGNORECASE)
-            piece = re.sub(r"\b(?:COMPOUND\s+|INTERLEAVED\s+)?SORTKEY\s*\([^)]*\)", "", piece, flags=re.IGNORECASE)
             piece = re.sub(r"\bGETDATE\(\)", "now()", piece, flags=re.IGNORECASE)
         out.append(piece)
     return "".join(out), params

@@ -90,7 +90,9 @@ def test_query_binds_named_parameters_and_returns_typed_values(redshift_standin:
     assert rows == [[42, "a'b", None, "it's :not_a_param"]]
 
 
-def test_a_batch_is_one_transaction_and_names_the_failing_statement(pg: Any, redshift_standin: Any, schema: str) -> None:
+def test_a_batch_is_one_transaction_and_names_the_failing_statement(
+    pg: Any, redshift_standin: Any, schema: str
+) -> None:
     data = api(redshift_standin)
     data.run([f"CREATE SCHEMA {schema}", f"CREATE TABLE {schema}.t (x int)"])
     sid = data.submit([f"INSERT INTO {schema}.t VALUES (1)", "SELECT 1 / 0", f"INSERT INTO {schema}.t VALUES (2)"])

@@ -1,0 +1,107 @@
+"""The main job into Redshift's production modes, on the Redshift stand-in: PostgreSQL source → S3 (moto server) →
+the Data API (statements run on PostgreSQL), and a direct connection with IAM temporary credentials."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.loader import load_profile
+from tasks.io.warehouse import RedshiftWarehouse
+from tasks.resources import object_store_for, resources_for
+from tests.helpers.etl import D1, D2, EVIL, KEYS, create_pg_source, expected, put_keys, run, source_rows, warehouse
+from tests.helpers.etl import write_dataset as write_etl_dataset
+from tests.helpers.services import PG_URL, unique
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+ROLE = "arn:aws:iam::123456789012:role/keyflow-copy"
+
+
+def data_api_profile(make_profile: Any, standin: Any, **redshift: Any) -> Path:
+    block = {"mode": "data_api", "workgroup": "analytics", "database": "test", "endpoint_url": standin.endpoint_url}
+    return make_profile(  # type: ignore[no-any-return]
+        warehouse_kind="redshift", warehouse_url="", redshift_iam_role=ROLE, redshift=block | redshift
+    )
+
+
+@pytest.fixture()
+def source(pg: Any, names: dict[str, str]) -> Iterator[list[tuple[Any, ...]]]:
+    rows = source_rows([k[0] for k in KEYS])
+    create_pg_source(pg, names["src_table"], rows)
+    yield rows
+    with pg.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
+        cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+def test_data_api_loads_the_awkward_values_value_for_value(
+    pg: Any, source: Any, names: dict[str, str], tmp_path: Path, make_profile: Any, redshift_standin: Any
+) -> None:
+    profile = data_api_profile(make_profile, redshift_standin)
+    put_keys(profile)
+    dataset = write_etl_dataset(tmp_path, names)
+    before = len(redshift_standin.submitted_sql())
+    state, results = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    assert sorted(r["key"] for r in results) == sorted(["K1", "K2", EVIL])
+    assert all(r["rows_extracted"] == r["rows_staged"] == r["rows_loaded"] == 40 for r in results)
+    assert warehouse(pg, names) == expected(source, {"K1", "K2", EVIL})
+    loads = [b for b in redshift_standin.submitted_sql()[before:] if len(b) > 1 and b[1].startswith("COPY")]
+    assert len(loads) == 3  # one BatchExecuteStatement per key
+
+    state, _ = run(dataset, profile, D2)
+    assert state.is_completed()
+    assert warehouse(pg, names) == expected(source, {"K1", "K2", EVIL})
+    store = object_store_for(load_profile(profile, environ={}))
+    assert list(store.list_keys("staging/")) == []  # staged files and ledger entries gone
+
+
+def test_data_api_replace_table_removes_keys_no_longer_active(
+    pg: Any, source: Any, names: dict[str, str], tmp_path: Path, make_profile: Any, redshift_standin: Any
+) -> None:
+    profile = data_api_profile(
+        make_profile, redshift_standin, workgroup=None, cluster_id="analytics", db_user="etl_loader"
+    )
+    put_keys(profile)
+    dataset = write_etl_dataset(tmp_path, names, load_mode="replace_table")
+    assert run(dataset, profile, D1)[0].is_completed()
+    assert run(dataset, profile, D2)[0].is_completed()
+    assert warehouse(pg, names) == expected(source, {"K1", "K2"})
+
+
+@pytest.fixture()
+def iam_user(pg: Any) -> Iterator[str]:
+    """A PostgreSQL role named as Redshift names an IAM user's database user (``IAM:<db_user>``)."""
+    user = unique("loader")
+    with pg.cursor() as cur:
+        cur.execute(f'CREATE ROLE "IAM:{user}" LOGIN')
+    yield user
+    with pg.cursor() as cur:
+        cur.execute(f'DROP ROLE "IAM:{user}"')
+
+
+def test_direct_mode_connects_with_iam_credentials_and_no_password(
+    make_profile: Any, redshift_standin: Any, iam_user: str
+) -> None:
+    profile = make_profile(
+        warehouse_kind="redshift",
+        warehouse_url=PG_URL.replace("+psycopg2", "").replace("postgres@", "nobody@"),
+        redshift_iam_role=ROLE,
+        redshift={
+            "iam_auth": True,
+            "cluster_id": "c1",
+            "db_user": iam_user,
+            "endpoint_url": redshift_standin.endpoint_url,
+        },
+    )
+    wh = resources_for(load_profile(profile, environ={})).warehouse()
+    assert isinstance(wh, RedshiftWarehouse)
+    with wh.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_user")
+        assert cur.fetchone()[0] == f"IAM:{iam_user}"  # the user GetClusterCredentials returned, not the URL's
+    assert wh.loaded_keys("no_such_schema", "facts", "2017-03-20") == set()
+    asked = [c[1] for c in redshift_standin.calls if c[0] == "GetClusterCredentials"][-1]
+    assert (asked["ClusterIdentifier"], asked["DbUser"], asked["DbName"]) == ("c1", iam_user, "test")
