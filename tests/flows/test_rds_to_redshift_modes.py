@@ -3,6 +3,9 @@ the Data API (statements run on PostgreSQL), and a direct connection with IAM te
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,3 +108,82 @@ def test_direct_mode_connects_with_iam_credentials_and_no_password(
     assert wh.loaded_keys("no_such_schema", "facts", "2017-03-20") == set()
     asked = [c[1] for c in redshift_standin.calls if c[0] == "GetClusterCredentials"][-1]
     assert (asked["ClusterIdentifier"], asked["DbUser"], asked["DbName"]) == ("c1", iam_user, "test")
+
+
+def crash_load(dataset: Path, profile: Path, key: str, day: Any) -> None:
+    """Stage and submit one key's load in another process that dies before the load's outcome is known."""
+    root = Path(__file__).resolve().parents[2]
+    crashed = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.crash_load", str(dataset), str(profile), key, day.isoformat()],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == 17, crashed.stderr
+
+
+def test_a_rerun_after_a_crash_mid_load_waits_for_the_submitted_load_instead_of_resubmitting(
+    pg: Any, source: Any, names: dict[str, str], tmp_path: Path, make_profile: Any, redshift_standin: Any
+) -> None:
+    profile = data_api_profile(make_profile, redshift_standin)
+    put_keys(profile)
+    dataset = write_etl_dataset(tmp_path, names)
+    redshift_standin.hold = 12.0  # the orphaned batch stays STARTED while the worker dies and the rerun starts
+    try:
+        crash_load(dataset, profile, "K1", D1)
+    finally:
+        redshift_standin.hold = 0.0
+    (crashed,) = k1_loads(redshift_standin, names)
+    try:
+        assert crashed.status in ("SUBMITTED", "STARTED")
+        store = object_store_for(load_profile(profile, environ={}))
+        assert [k for k in store.list_keys("staging/_loads/") if "/K1/" in k]  # the ledger holds its id
+        state, results = run(dataset, profile, D1)
+    finally:
+        redshift_standin.wait_idle()
+    assert state.is_completed(), state.message
+    assert crashed.status == "FINISHED"
+    assert k1_loads(redshift_standin, names) == [crashed]  # waited for, never submitted again
+    polls = [c for c in redshift_standin.calls if c[0] == "DescribeStatement" and c[1]["Id"] == crashed.id]
+    assert len(polls) >= 2  # the rerun found it still running and polled it until it finished
+    assert {r["key"]: r["rows_loaded"] for r in results} == {"K1": 40, "K2": 40, EVIL: 40}
+    assert warehouse(pg, names) == expected(source, {"K1", "K2", EVIL})  # every row exactly once
+    assert list(store.list_keys("staging/_loads/")) == []
+
+
+def k1_loads(standin: Any, names: dict[str, str]) -> list[Any]:
+    """The Data API loads of key K1 into this test's schema, in the order submitted."""
+    return sorted(
+        (
+            s
+            for s in standin.statements.values()
+            if names["wh_schema"] in s.sqls[0] and s.request.get("StatementName", "").endswith("facts K1")
+        ),
+        key=lambda s: s.created,
+    )
+
+
+def test_a_load_the_ledger_knows_as_failed_is_submitted_again(
+    pg: Any, source: Any, names: dict[str, str], tmp_path: Path, make_profile: Any, redshift_standin: Any
+) -> None:
+    profile = data_api_profile(make_profile, redshift_standin)
+    put_keys(profile)
+    dataset = write_etl_dataset(tmp_path, names)
+    redshift_standin.hold = 2.0
+    try:
+        crash_load(dataset, profile, "K1", D1)
+        with pg.cursor() as cur:  # while the orphaned load waits to run, the warehouse turns against it
+            cur.execute(f"ALTER TABLE {names['wh_schema']}.facts ADD CONSTRAINT no_k1 CHECK (campaign_key <> 'K1')")
+        redshift_standin.wait_idle()
+    finally:
+        redshift_standin.hold = 0.0
+    (orphan,) = k1_loads(redshift_standin, names)
+    assert orphan.status == "FAILED"
+    with pg.cursor() as cur:
+        cur.execute(f"ALTER TABLE {names['wh_schema']}.facts DROP CONSTRAINT no_k1")
+    state, _ = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    assert [s.status for s in k1_loads(redshift_standin, names)] == ["FAILED", "FINISHED"]
+    assert warehouse(pg, names) == expected(source, {"K1", "K2", EVIL})

@@ -7,7 +7,7 @@ service model; the stand-in answers what keyflow calls:
   ``BatchExecuteStatement`` (its statements in ONE PostgreSQL transaction), ``DescribeStatement`` (with
   ``SubStatements`` for a batch), ``GetStatementResult``, ``CancelStatement``, ``ListStatements``. A statement runs in
   a thread of its own, so callers really poll: ``SUBMITTED`` → ``STARTED`` → ``FINISHED`` | ``FAILED`` | ``ABORTED``.
-  ``hold`` keeps new statements in ``STARTED`` for a while (to kill a client mid-load).
+  ``hold`` keeps new batches in ``STARTED`` for a while (to kill a client mid-load).
 - ``redshift GetClusterCredentials`` (query protocol, XML): ``DbUser`` ``IAM:<db_user>`` (``IAMA:`` with AutoCreate),
   a random password; PostgreSQL's trust authentication accepts it for a role of that name.
 - ``redshift-serverless GetCredentials`` (JSON): ``dbUser`` ``IAMR:<serverless_role>``, a random password.
@@ -144,7 +144,7 @@ class RedshiftStandIn:
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self.statements: dict[str, Statement] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []  # every API call, in order: what tests assert on
-        self.hold = 0.0  # seconds a new statement stays STARTED before it runs
+        self.hold = 0.0  # seconds a new batch stays STARTED before it runs (read when the batch starts)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -409,8 +409,10 @@ class RedshiftStandIn:
         st.pid = conn.get_backend_pid()
         current = 0
         try:
-            if self.hold:
-                time.sleep(self.hold)
+            hold = self.hold if st.batch else 0.0
+            deadline = time.time() + hold
+            while time.time() < deadline and st.status != "ABORTED":
+                time.sleep(0.05)
             if st.status == "ABORTED":
                 raise psycopg2.extensions.QueryCanceledError("canceling statement due to user request")
             last_copy = 0
