@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from config.errors import KeyFailedError, KeyflowError, PausedError
+from config.errors import ConfigError, KeyFailedError, KeyflowError, PausedError
 from config.models import DatasetConfig
 from tasks.control import ensure_limit, is_paused, source_slot
 from tasks.io.stager import PartWriter
@@ -59,6 +59,11 @@ def prepare_target(dataset: DatasetConfig, resources: Resources) -> TableSpec:
     """Plan the target table from the source schema and rules; create it when missing."""
     logger = get_run_logger()
     profile = resources.profile
+    if dataset.staging.format_for(profile.warehouse_kind) == "parquet" and profile.warehouse_kind != "redshift":
+        raise ConfigError(
+            f"{dataset.file}: staging.format: parquet loads only into Redshift; the profile's warehouse is "
+            f"{profile.warehouse_kind!r} (use csv)"
+        )
     if profile.source_concurrency_limit:
         ensure_limit(profile.source_concurrency_limit, profile.source_max_connections)
     spec = plan_table(dataset, resources.source().source_schema(dataset.source), dataset.file)
@@ -105,7 +110,8 @@ def stage_rows(
     )
     schema_in = source.source_schema(dataset.source)
     target_schema = arrow_schema(spec)
-    if schema_in is not None and source.text_native:
+    fmt = dataset.staging.format_for(profile.warehouse_kind)
+    if schema_in is not None and source.text_native and fmt == "csv":
         # Columns no rule touches travel as the database's own text: exact, and no parse/format round trip.
         keep = passthrough_columns(dataset.rules, schema_in, target_schema)
         schema_in, target_schema = as_text(schema_in, keep), as_text(target_schema, keep)
@@ -122,6 +128,7 @@ def stage_rows(
         dataset.staging.compression,
         dataset.staging.level,
         dataset.staging.part_rows,
+        fmt,
     )
     extracted = filtered = 0
     report_at = time.perf_counter() + PROGRESS_SECONDS
@@ -166,6 +173,7 @@ def stage_rows(
         bytes_staged=sum(p.bytes for p in parts),
         seconds=0.0,
         parts=tuple(parts),
+        format=fmt,
     )
     store.put_bytes(redshift_manifest(store.bucket, parts), staged.manifest_key, "application/json")
     store.put_bytes(run_record(staged, run_date), prefix + "_keyflow.json", "application/json")

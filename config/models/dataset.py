@@ -80,9 +80,18 @@ class TargetConfig(_Model):
 class StagingConfig(_Model):
     """How staged files are written."""
 
+    format: Literal["parquet", "csv"] | None = Field(
+        None,
+        description="parquet (typed columns, real NULLs; Redshift only) or csv; default: parquet for Redshift, "
+        "csv for PostgreSQL and DuckDB",
+    )
     compression: Literal["zstd", "gzip", "none"] = "zstd"
     level: int = Field(1, ge=1, le=19, description="compression level (gzip: 1-9)")
     part_rows: int = Field(250_000, ge=1_000, le=50_000_000, description="rows per staged part file")
+
+    def format_for(self, warehouse_kind: str) -> str:
+        """The staging format for a warehouse: the one given, else Parquet for Redshift and CSV elsewhere."""
+        return self.format or ("parquet" if warehouse_kind == "redshift" else "csv")
 
 
 class DatasetConfig(_FileModel):

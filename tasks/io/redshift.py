@@ -298,7 +298,9 @@ class RedshiftDataApiWarehouse:
 
     def copy_sql(self, spec: TableSpec, staged: StagedKey) -> str:
         """The COPY statement that loads a staged key through its manifest."""
-        return render_redshift_copy(spec, staged.manifest_url, self.iam_role, staged.compression, self.region)
+        return render_redshift_copy(
+            spec, staged.manifest_url, self.iam_role, staged.compression, self.region, staged.format
+        )
 
     def prepare(self, spec: TableSpec) -> None:
         """Create schema, table and ledger when missing; refuse a table whose columns differ."""

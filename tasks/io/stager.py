@@ -1,4 +1,4 @@
-"""Write Arrow batches as compressed CSV part files and upload them; memory stays at one batch."""
+"""Write Arrow batches as compressed CSV or Parquet part files and upload them; memory stays at one batch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import zstandard
 
 from tasks.io.objectstore import ObjectStore
@@ -25,7 +26,11 @@ def _compressor(raw: IO[bytes], compression: str, level: int) -> IO[bytes]:
 
 
 class PartWriter:
-    """Rotates part files every ``part_rows`` rows; each part is uploaded (with SSE) as soon as it is closed."""
+    """Rotates part files every ``part_rows`` rows; each part is uploaded (with SSE) as soon as it is closed.
+
+    ``fmt`` ``csv``: one compressed CSV stream per part. ``parquet``: each batch written becomes a row group as it
+    streams (columns compressed with ``compression`` inside the file), typed as ``schema``.
+    """
 
     def __init__(
         self,
@@ -35,6 +40,7 @@ class PartWriter:
         compression: str = "zstd",
         level: int = 1,
         part_rows: int = 250_000,
+        fmt: str = "csv",
     ) -> None:
         self.store = store
         self.prefix = prefix
@@ -42,6 +48,7 @@ class PartWriter:
         self.compression = compression
         self.level = level
         self.part_rows = part_rows
+        self.format = fmt
         self.parts: list[StagedPart] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="keyflow-stage-")
         self._file: IO[bytes] | None = None
@@ -53,6 +60,13 @@ class PartWriter:
     def _open(self) -> None:
         path = Path(self._tmp.name) / f"part-{len(self.parts):05d}"
         self._path = path
+        self._rows = 0
+        if self.format == "parquet":
+            self._file = self._stream = None
+            codec = "none" if self.compression == "none" else self.compression
+            level = min(self.level, 9) if codec == "gzip" else (self.level if codec == "zstd" else None)
+            self._writer = pq.ParquetWriter(str(path), self.schema, compression=codec, compression_level=level)
+            return
         if self.compression == "zstd" and self.level == 1:
             # Arrow's own zstd stream (level 1) keeps CSV writing and compression in C++, no Python call per chunk.
             self._file = None
@@ -64,15 +78,15 @@ class PartWriter:
         self._rows = 0
 
     def _close_part(self) -> None:
-        if self._writer is None or self._stream is None:
+        if self._writer is None or (self._stream is None and self.format != "parquet"):
             return
         self._writer.close()
-        if self._stream is not self._file:
+        if self._stream is not None and self._stream is not self._file:
             self._stream.close()
         if self._file is not None:
             self._file.close()
         path = self._path
-        key = part_name(self.prefix, len(self.parts), self.compression)
+        key = part_name(self.prefix, len(self.parts), self.compression, self.format)
         self.store.put_file(path, key)
         self.parts.append(StagedPart(key=key, rows=self._rows, bytes=path.stat().st_size))
         path.unlink()
@@ -101,7 +115,7 @@ class PartWriter:
 
     def abort(self) -> None:
         """Drop local files after a failure (uploaded parts are removed with the run prefix)."""
-        for f in (self._stream, self._file):
+        for f in (self._writer if self.format == "parquet" else None, self._stream, self._file):
             try:
                 if f is not None:
                     f.close()

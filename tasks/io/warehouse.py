@@ -213,7 +213,9 @@ class RedshiftWarehouse(_PsycopgWarehouse):
 
     def copy_sql(self, spec: TableSpec, staged: StagedKey) -> str:
         """The COPY statement that loads a staged key through its manifest."""
-        return render_redshift_copy(spec, staged.manifest_url, self.iam_role, staged.compression, self.region)
+        return render_redshift_copy(
+            spec, staged.manifest_url, self.iam_role, staged.compression, self.region, staged.format
+        )
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         if not staged.parts:

@@ -117,24 +117,45 @@ def _sql_literal(value: str) -> str:
 
 
 def render_redshift_copy(
-    spec: TableSpec, manifest_url: str, iam_role: str, compression: str, region: str | None = None
+    spec: TableSpec,
+    manifest_url: str,
+    iam_role: str,
+    compression: str,
+    region: str | None = None,
+    fmt: str = "csv",
 ) -> str:
-    """Redshift COPY from a staged manifest with an IAM role (tested as text: Redshift does not run here)."""
+    """Redshift COPY of a staged key through its manifest with an IAM role, naming every column it loads.
+
+    Parquet: COPY maps the file's columns to the listed ones by position and needs ``meta.content_length`` in the
+    manifest (https://docs.aws.amazon.com/redshift/latest/dg/copy-usage_notes-copy-from-columnar.html,
+    https://docs.aws.amazon.com/redshift/latest/dg/loading-data-files-using-manifest.html); the codec is inside the
+    file, and the bucket must be in the cluster's region (no REGION option for columnar COPY).
+    """
     cols = ", ".join(quote_ident(c, "redshift") for c in spec.column_names)
     parts = [
         f"COPY {qualified(spec.schema, spec.table, 'redshift')} ({cols})",
         f"FROM {_sql_literal(manifest_url)}",
         f"IAM_ROLE {_sql_literal(iam_role)}",
-        "FORMAT AS CSV",
-        "IGNOREHEADER 1",
-        "MANIFEST",
     ]
+    if fmt == "parquet":
+        return "\n".join([*parts, "FORMAT AS PARQUET", "MANIFEST"])
+    parts += ["FORMAT AS CSV", "IGNOREHEADER 1", "MANIFEST"]
     if compression == "zstd":
         parts.append("ZSTD")
     elif compression == "gzip":
         parts.append("GZIP")
-    # Staged CSV writes NULL as an empty unquoted field; without EMPTYASNULL Redshift would load it into a VARCHAR
-    # column as '' (other types load it as NULL anyway).
+    # What decides each value, from AWS's "Data conversion parameters" and "automatic recognition" pages
+    # (https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-conversion.html,
+    #  https://docs.aws.amazon.com/redshift/latest/dg/automatic-recognition.html):
+    # - EMPTYASNULL: staged CSV writes NULL as an empty unquoted field; without it Redshift loads an empty field into
+    #   a CHAR/VARCHAR column as '' (other types load it as NULL anyway). The page does not say whether a quoted ""
+    #   (our empty string) counts as an empty field in CSV mode — Parquet staging, the default for Redshift, has
+    #   real NULLs and leaves no such doubt.
+    # - TIMEFORMAT/DATEFORMAT 'auto': recognises "YYYY-MM-DD HH:MI:SS.SSS…" (the staged ISO text, microseconds
+    #   included) and YYYY-MM-DD.
+    # - no ACCEPTINVCHARS: "If ACCEPTINVCHARS isn't specified, COPY returns an error whenever it encounters an
+    #   invalid UTF-8 character" — staged text is valid UTF-8 (Arrow strings), so an invalid byte is a loud failure,
+    #   never a silent '?'.
     parts += ["EMPTYASNULL", "TIMEFORMAT 'auto'", "DATEFORMAT 'auto'", "COMPUPDATE OFF", "STATUPDATE OFF"]
     if region:
         parts.append(f"REGION {_sql_literal(region)}")

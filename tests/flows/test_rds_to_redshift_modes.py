@@ -40,12 +40,13 @@ def source(pg: Any, names: dict[str, str]) -> Iterator[list[tuple[Any, ...]]]:
         cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
 
 
+@pytest.mark.parametrize("fmt", [None, "csv"], ids=["parquet-by-default", "csv"])
 def test_data_api_loads_the_awkward_values_value_for_value(
-    pg: Any, source: Any, names: dict[str, str], tmp_path: Path, make_profile: Any, redshift_standin: Any
+    pg: Any, source: Any, names: dict[str, str], tmp_path: Path, make_profile: Any, redshift_standin: Any, fmt: Any
 ) -> None:
     profile = data_api_profile(make_profile, redshift_standin)
     put_keys(profile)
-    dataset = write_etl_dataset(tmp_path, names)
+    dataset = write_etl_dataset(tmp_path, names, staging={"format": fmt} if fmt else None)
     before = len(redshift_standin.submitted_sql())
     state, results = run(dataset, profile, D1)
     assert state.is_completed(), state.message
@@ -54,6 +55,9 @@ def test_data_api_loads_the_awkward_values_value_for_value(
     assert warehouse(pg, names) == expected(source, {"K1", "K2", EVIL})
     loads = [b for b in redshift_standin.submitted_sql()[before:] if len(b) > 1 and b[1].startswith("COPY")]
     assert len(loads) == 3  # one BatchExecuteStatement per key
+    copy = loads[0][1]
+    assert copy.startswith(f'COPY "{names["wh_schema"]}"."facts" ("id", "campaign_key", "event_date", "title", ')
+    assert ("FORMAT AS PARQUET\nMANIFEST" in copy) == (fmt is None) and ("FORMAT AS CSV" in copy) == (fmt == "csv")
 
     state, _ = run(dataset, profile, D2)
     assert state.is_completed()
@@ -187,3 +191,20 @@ def test_a_load_the_ledger_knows_as_failed_is_submitted_again(
     assert state.is_completed(), state.message
     assert [s.status for s in k1_loads(redshift_standin, names)] == ["FAILED", "FINISHED"]
     assert warehouse(pg, names) == expected(source, {"K1", "K2", EVIL})
+
+
+def test_parquet_staging_into_postgresql_is_a_config_error_before_any_row_moves(
+    names: dict[str, str], tmp_path: Path, make_profile: Any
+) -> None:
+    from config.errors import ConfigError
+    from config.loader import load_dataset
+    from tasks.etl import prepare_target
+
+    dataset = load_dataset(write_etl_dataset(tmp_path, names, staging={"format": "parquet"}))
+    resources = resources_for(load_profile(make_profile(), environ={}))
+    with pytest.raises(ConfigError) as err:
+        prepare_target.fn(dataset, resources)
+    assert str(err.value) == (
+        f"{dataset.file}: staging.format: parquet loads only into Redshift; the profile's warehouse is 'postgres' "
+        "(use csv)"
+    )

@@ -523,14 +523,18 @@ class RedshiftStandIn:
 
 
 def _parquet_as_csv(raw: bytes, names: list[str] | None) -> bytes:
-    """A Parquet object as the CSV PostgreSQL's COPY reads (NULL empty and unquoted, '' as ``""``)."""
+    """A Parquet object as the CSV PostgreSQL's COPY reads (NULL empty and unquoted, '' as ``""``).
+
+    As Redshift does, the file's columns go to the listed (or the table's) columns by position, and their numbers
+    must match.
+    """
     table = pq.read_table(pa.BufferReader(raw))
     if names is not None:
-        lower = {n.lower(): n for n in table.column_names}
-        missing = [n for n in names if n.lower() not in lower]
-        if missing:
-            raise ValueError(f"Parquet file has no column(s) {', '.join(missing)}")
-        table = table.select([lower[n.lower()] for n in names])
+        if table.num_columns != len(names):
+            raise ValueError(
+                f"Spectrum Scan Error: the Parquet file has {table.num_columns} columns, COPY names {len(names)}"
+            )
+        table = table.rename_columns(names)
     sink = io.BytesIO()
     pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=True, quoting_style="needed"))
     return sink.getvalue()
