@@ -57,13 +57,13 @@ class KeyResult:
 @task(name="prepare_target", **SETUP_IO)
 def prepare_target(dataset: DatasetConfig, resources: Resources) -> TableSpec:
     """Plan the target table from the source schema and rules; create it when missing."""
-    logger = get_run_logger()
     profile = resources.profile
     if dataset.staging.format_for(profile.warehouse_kind) == "parquet" and profile.warehouse_kind != "redshift":
         raise ConfigError(
             f"{dataset.file}: staging.format: parquet loads only into Redshift; the profile's warehouse is "
             f"{profile.warehouse_kind!r} (use csv)"
         )
+    logger = get_run_logger()
     if profile.source_concurrency_limit:
         ensure_limit(profile.source_concurrency_limit, profile.source_max_connections)
     spec = plan_table(dataset, resources.source().source_schema(dataset.source), dataset.file)
