@@ -57,15 +57,23 @@ class TargetConfig(_Model):
     )
     distkey: Ident | None = Field(None, description="Redshift DISTKEY")
     sortkey: list[Ident] = Field(default_factory=list, description="Redshift compound SORTKEY")
-    load_mode: Literal["replace_key", "replace_table"] = Field(
+    load_mode: Literal["replace_key", "replace_table", "merge"] = Field(
         "replace_key",
-        description="replace_key: replace each active key's rows; replace_table: also remove keys no longer active",
+        description="replace_key: replace each active key's rows; replace_table: also remove keys no longer "
+        "active; merge: upsert the key's rows by primary_key (rows no longer extracted stay)",
+    )
+    primary_key: list[Ident] = Field(
+        default_factory=list, max_length=16, description="columns that identify a row (load_mode merge)"
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _unique(self) -> TargetConfig:
+        if self.load_mode == "merge" and not self.primary_key:
+            raise ValueError("load_mode merge needs primary_key (the columns that identify a row)")
+        if len({c.lower() for c in self.primary_key}) != len(self.primary_key):
+            raise ValueError("primary_key names a column twice")
         if self.columns:
             names = [c.name.lower() for c in self.columns]
             dup = sorted({n for n in names if names.count(n) > 1})

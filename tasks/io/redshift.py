@@ -27,8 +27,8 @@ from tasks.io.aws import client, translate
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.paths import join_under
 from tasks.transforms.sql import (
-    RECONCILE_STATEMENTS,
     TableSpec,
+    merge_stage,
     named_parameters,
     render_count_key,
     render_create_ledger,
@@ -349,13 +349,14 @@ class RedshiftDataApiWarehouse:
             "run_id": staged.run_id,
             "loaded_at": datetime.now(UTC).isoformat(),
         }
-        sqls = render_data_api_load(spec, self.copy_sql(spec, staged))
+        into = merge_stage(spec) if spec.load_mode == "merge" else spec
+        sqls, checks = render_data_api_load(spec, self.copy_sql(into, staged))
         statement_id = self.api.submit(sqls, params, name=f"keyflow load {staged.dataset} {staged.key}")
         ledger.record(staged, statement_id)
         outcome = self.api.wait(statement_id, what)
         if outcome.status == "FAILED":
             ledger.clear(staged)
-            if outcome.failed_index in RECONCILE_STATEMENTS:
+            if outcome.failed_index in checks:
                 raise KeyFailedError(
                     f"key {staged.key!r}: reconciliation failed: extracted={staged.rows_extracted} "
                     f"staged={staged.rows_staged}, but the warehouse counted otherwise after COPY; the load was "

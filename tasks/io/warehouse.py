@@ -26,12 +26,16 @@ from tasks.io.databases import CREATE_RACES, pg_connection, pg_dsn, pg_error
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.arrow import csv_read_options
 from tasks.transforms.sql import (
+    MERGE_STAGE,
     TableSpec,
+    merge_stage,
     qualified,
     quote_ident,
     render_copy_from_stdin,
     render_count_key,
+    render_count_merged,
     render_create_ledger,
+    render_create_merge_stage,
     render_create_schema,
     render_create_table,
     render_delete_key,
@@ -39,6 +43,8 @@ from tasks.transforms.sql import (
     render_ledger_delete,
     render_ledger_insert,
     render_ledger_keys,
+    render_merge,
+    render_merge_index,
     render_redshift_copy,
 )
 from tasks.transforms.staging import StagedKey, reconcile
@@ -83,6 +89,13 @@ def _check_columns(spec: TableSpec, existing: list[str], where: str) -> None:
         )
 
 
+def _not_unique(spec: TableSpec, exc: BaseException) -> ConfigError:
+    return ConfigError(
+        f"target.primary_key: ({', '.join(spec.primary_key)}) is not unique in {spec.schema}.{spec.table}, so "
+        f"load_mode merge cannot upsert by it: {first_line(exc)}"
+    )
+
+
 class _PsycopgWarehouse:
     """Shared transaction logic of PostgreSQL and Redshift (both speak the PostgreSQL protocol)."""
 
@@ -115,6 +128,13 @@ class _PsycopgWarehouse:
                     conn.commit()
                 except CREATE_RACES:
                     conn.rollback()  # another run created it at the same moment: theirs is as good
+            if spec.load_mode == "merge" and self.dialect == "postgres":
+                try:
+                    cur.execute(render_merge_index(spec, self.dialect))
+                    conn.commit()
+                except psycopg2.errors.UniqueViolation as exc:
+                    conn.rollback()
+                    raise _not_unique(spec, exc) from None
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         raise NotImplementedError
@@ -124,9 +144,16 @@ class _PsycopgWarehouse:
         with self.connect() as conn:
             try:
                 with conn.cursor() as cur:
-                    cur.execute(render_delete_key(spec, self.dialect), (staged.key,))
-                    copied = self._copy(cur, spec, staged, store)
-                    cur.execute(render_count_key(spec, self.dialect), (staged.key,))
+                    if spec.load_mode == "merge":
+                        # Upsert by primary key: copy into a session table, merge, and count what now matches.
+                        cur.execute(render_create_merge_stage(spec, self.dialect))
+                        copied = self._copy(cur, merge_stage(spec), staged, store)
+                        cur.execute(render_merge(spec, self.dialect))
+                        cur.execute(render_count_merged(spec, self.dialect))
+                    else:
+                        cur.execute(render_delete_key(spec, self.dialect), (staged.key,))
+                        copied = self._copy(cur, spec, staged, store)
+                        cur.execute(render_count_key(spec, self.dialect), (staged.key,))
                     loaded = int(cur.fetchone()[0])
                 reconcile(staged, copied, loaded)
                 with conn.cursor() as cur:
@@ -251,6 +278,8 @@ class DuckDBWarehouse:
 
     def prepare(self, spec: TableSpec) -> None:
         """Create schema and table when missing; refuse a table whose columns differ."""
+        import duckdb
+
         with self.connect() as conn:
             rows = conn.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
@@ -261,6 +290,11 @@ class DuckDBWarehouse:
             conn.execute(render_create_schema(spec, self.dialect))
             conn.execute(render_create_table(spec, self.dialect))
             conn.execute(render_create_ledger(spec.schema, self.dialect))
+            if spec.load_mode == "merge":
+                try:
+                    conn.execute(render_merge_index(spec, self.dialect))
+                except duckdb.ConstraintException as exc:
+                    raise _not_unique(spec, exc) from None
 
     def _batches(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> Iterator[pa.RecordBatch]:
         schema = pa.schema([(n, arrow_type(t)) for n, t, _ in spec.columns])
@@ -283,17 +317,26 @@ class DuckDBWarehouse:
         with self.connect() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
-                conn.execute(f"DELETE FROM {target} WHERE {key_col} = ?", [staged.key])  # noqa: S608
+                merge = spec.load_mode == "merge"
+                into = quote_ident(MERGE_STAGE, self.dialect) if merge else target
+                if merge:
+                    conn.execute(render_create_merge_stage(spec, self.dialect))
+                else:
+                    conn.execute(f"DELETE FROM {target} WHERE {key_col} = ?", [staged.key])  # noqa: S608
                 copied = 0
                 for batch in self._batches(spec, staged, store):
                     conn.register("keyflow_batch", batch)
-                    conn.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM keyflow_batch")  # noqa: S608
+                    conn.execute(f"INSERT INTO {into} ({cols}) SELECT {cols} FROM keyflow_batch")  # noqa: S608
                     conn.unregister("keyflow_batch")
                     copied += batch.num_rows
-                row = conn.execute(
-                    f"SELECT count(*) FROM {target} WHERE {key_col} = ?",  # noqa: S608 - quoted idents
-                    [staged.key],
-                ).fetchone()
+                if merge:
+                    conn.execute(render_merge(spec, self.dialect))
+                    row = conn.execute(render_count_merged(spec, self.dialect)).fetchone()
+                else:
+                    row = conn.execute(
+                        f"SELECT count(*) FROM {target} WHERE {key_col} = ?",  # noqa: S608 - quoted idents
+                        [staged.key],
+                    ).fetchone()
                 loaded = int(row[0]) if row else 0
                 reconcile(staged, copied, loaded)
                 _record_load(conn, spec, staged, loaded, self.dialect, "?")

@@ -99,3 +99,17 @@ def test_wrong_combinations_are_one_line_each(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
 ) -> None:
     assert problems(tmp_path, monkeypatch, text) == [f"profiles/p.yaml: {message}"]
+
+
+def test_merge_needs_a_primary_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from config.loader import load_dataset
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "datasets").mkdir()
+    path = tmp_path / "datasets" / "facts.yaml"
+    path.write_text("name: facts\nsource: {table: t, key_column: k}\ntarget: {table: f, load_mode: merge}\n")
+    with pytest.raises(ConfigError) as err:
+        load_dataset(path)
+    assert err.value.problems == [
+        "datasets/facts.yaml: target: load_mode merge needs primary_key (the columns that identify a row)"
+    ]

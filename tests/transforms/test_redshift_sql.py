@@ -4,6 +4,7 @@ accepts would fail here), and every COPY uses only options AWS documents for its
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 import sqlglot
@@ -12,9 +13,12 @@ from sqlglot import exp
 from config.types import parse_type
 from tasks.transforms.sql import (
     TableSpec,
+    merge_stage,
     named_parameters,
     render_count_key,
+    render_count_merged,
     render_create_ledger,
+    render_create_merge_stage,
     render_create_schema,
     render_create_table,
     render_data_api_load,
@@ -23,6 +27,7 @@ from tasks.transforms.sql import (
     render_ledger_delete,
     render_ledger_insert,
     render_ledger_keys,
+    render_merge,
     render_redshift_copy,
 )
 
@@ -69,9 +74,18 @@ def statements() -> dict[str, str]:
         "pg_last_copy_count": "SELECT pg_last_copy_count()",
     }
     out |= {f"copy {name}": sql for name, sql in COPIES.items()}
+    merging = replace(SPEC, load_mode="merge", primary_key=("campaign_key", "event_date"))
+    out |= {
+        "create merge stage": render_create_merge_stage(merging, "redshift"),
+        "merge": render_merge(merging, "redshift"),
+        "count merged": render_count_merged(merging, "redshift"),
+    }
     for fmt in ("csv", "parquet"):
-        batch = render_data_api_load(SPEC, COPIES[f"{fmt}-zstd-None"])
+        batch, _ = render_data_api_load(SPEC, COPIES[f"{fmt}-zstd-None"])
         out |= {f"data api load {fmt} [{i}]": sql for i, sql in enumerate(batch)}
+        stage_copy = render_redshift_copy(merge_stage(merging), MANIFEST, ROLE, "zstd", None, fmt)
+        batch, _ = render_data_api_load(merging, stage_copy)
+        out |= {f"data api merge {fmt} [{i}]": sql for i, sql in enumerate(batch)}
     return out
 
 
