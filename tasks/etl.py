@@ -16,6 +16,7 @@ from tasks.control import ensure_limit, is_paused, source_slot
 from tasks.io.stager import PartWriter
 from tasks.resources import Resources
 from tasks.retries import KEY_IO, LISTING_IO, SETUP_IO
+from tasks.transforms.drift import plan_drift
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.plan import arrow_schema, plan_table
 from tasks.transforms.rules import RuleEngine, RuleError, as_text, conform, passthrough_columns
@@ -66,8 +67,13 @@ def prepare_target(dataset: DatasetConfig, resources: Resources) -> TableSpec:
     logger = get_run_logger()
     if profile.source_concurrency_limit:
         ensure_limit(profile.source_concurrency_limit, profile.source_max_connections)
-    spec = plan_table(dataset, resources.source().source_schema(dataset.source), dataset.file)
-    resources.warehouse().prepare(spec)
+    planned = plan_table(dataset, resources.source().source_schema(dataset.source), dataset.file)
+    warehouse = resources.warehouse()
+    drift = plan_drift(planned, warehouse.columns(planned), dataset.target.on_schema_change, dataset.file)
+    for warning in drift.warnings:
+        logger.warning("Schema of %s.%s: %s", planned.schema, planned.table, warning)
+    spec = drift.spec
+    warehouse.prepare(spec, drift.add)
     logger.info(
         "Target %s.%s ready on %s (%d columns)",
         spec.schema,

@@ -62,6 +62,12 @@ class TargetConfig(_Model):
         description="replace_key: replace each active key's rows; replace_table: also remove keys no longer "
         "active; merge: upsert the key's rows by primary_key (rows no longer extracted stay)",
     )
+    on_schema_change: Literal["fail", "add_columns", "ignore"] = Field(
+        "fail",
+        description="a source column the table lacks, or a table column the source lost: fail names them; "
+        "add_columns adds new ones and loads lost ones as NULL; ignore leaves new ones out and loads lost ones as "
+        "NULL. A changed type always fails",
+    )
     primary_key: list[Ident] = Field(
         default_factory=list, max_length=16, description="columns that identify a row (load_mode merge)"
     )

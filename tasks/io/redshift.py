@@ -23,13 +23,17 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.errors import ConfigError, KeyFailedError, KeyflowError, RetryableError
+from config.types import ColumnType
 from tasks.io.aws import client, translate
 from tasks.io.objectstore import ObjectStore
+from tasks.transforms.drift import type_from_catalog
 from tasks.transforms.paths import join_under
 from tasks.transforms.sql import (
+    COLUMNS_QUERY,
     TableSpec,
     merge_stage,
     named_parameters,
+    render_add_column,
     render_count_key,
     render_create_ledger,
     render_create_schema,
@@ -302,22 +306,23 @@ class RedshiftDataApiWarehouse:
             spec, staged.manifest_url, self.iam_role, staged.compression, self.region, staged.format
         )
 
-    def prepare(self, spec: TableSpec) -> None:
-        """Create schema, table and ledger when missing; refuse a table whose columns differ."""
-        from tasks.io.warehouse import _check_columns
-
+    def columns(self, spec: TableSpec) -> list[tuple[str, ColumnType | None]]:
+        """The target table's columns and types as they stand (none when it does not exist)."""
         rows = self.api.query(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = :schema "
-            "AND table_name = :table ORDER BY ordinal_position",
-            {"schema": spec.schema, "table": spec.table},
+            named_parameters(COLUMNS_QUERY),
+            {"p1": spec.schema, "p2": spec.table},
             name=f"keyflow columns of {spec.schema}.{spec.table}",
         )
-        existing = [str(r[0]) for r in rows]
-        _check_columns(spec, existing, f"{spec.schema}.{spec.table}")
-        ddls = [render_create_schema(spec, self.dialect)]
-        if not existing:
-            ddls.append(render_create_table(spec, self.dialect))
-        ddls.append(render_create_ledger(spec.schema, self.dialect))
+        return [(str(r[0]), type_from_catalog(str(r[1]), r[2], r[3])) for r in rows]
+
+    def prepare(self, spec: TableSpec, add_columns: Sequence[tuple[str, ColumnType, bool]] = ()) -> None:
+        """Create schema, table and ledger when missing; add ``add_columns`` (schema drift, planned before)."""
+        ddls = [
+            render_create_schema(spec, self.dialect),
+            render_create_table(spec, self.dialect),
+            *(render_add_column(spec, name, ctype, self.dialect) for name, ctype, _ in add_columns),
+            render_create_ledger(spec.schema, self.dialect),
+        ]
         for ddl in ddls:  # one at a time: a concurrent creator's object is as good as ours
             try:
                 self.api.run([ddl], name=f"keyflow prepare {spec.schema}.{spec.table}")

@@ -22,15 +22,19 @@ import pyarrow.csv as pacsv
 import zstandard
 
 from config.errors import ConfigError, KeyFailedError, ReconciliationError, RetryableError, first_line
+from config.types import ColumnType
 from tasks.io.databases import CREATE_RACES, pg_connection, pg_dsn, pg_error
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.arrow import csv_read_options
+from tasks.transforms.drift import type_from_catalog
 from tasks.transforms.sql import (
+    COLUMNS_QUERY,
     MERGE_STAGE,
     TableSpec,
     merge_stage,
     qualified,
     quote_ident,
+    render_add_column,
     render_copy_from_stdin,
     render_count_key,
     render_count_merged,
@@ -56,8 +60,11 @@ class Warehouse(Protocol):
 
     dialect: str
 
-    def prepare(self, spec: TableSpec) -> None:
-        """Create schema and table when missing; refuse a table whose columns differ."""
+    def columns(self, spec: TableSpec) -> list[tuple[str, ColumnType | None]]:
+        """The target table's columns and types as they stand (none when it does not exist)."""
+
+    def prepare(self, spec: TableSpec, add_columns: Sequence[tuple[str, ColumnType, bool]] = ()) -> None:
+        """Create schema, table and ledger when missing; add ``add_columns`` (schema drift, planned before)."""
 
     def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         """Replace one key's rows with its staged files in one transaction; returns the rows loaded."""
@@ -81,14 +88,6 @@ def decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
     return raw
 
 
-def _check_columns(spec: TableSpec, existing: list[str], where: str) -> None:
-    if existing and [c.lower() for c in existing] != [c.lower() for c in spec.column_names]:
-        raise ConfigError(
-            f"target: table {where} exists with columns ({', '.join(existing)}) but the dataset produces "
-            f"({', '.join(spec.column_names)}); migrate the table or change the rules"
-        )
-
-
 def _not_unique(spec: TableSpec, exc: BaseException) -> ConfigError:
     return ConfigError(
         f"target.primary_key: ({', '.join(spec.primary_key)}) is not unique in {spec.schema}.{spec.table}, so "
@@ -108,20 +107,21 @@ class _PsycopgWarehouse:
         """A connection for one unit of work (refused: :class:`RetryableError`), closed after it."""
         return pg_connection(self._dsn)
 
-    def prepare(self, spec: TableSpec) -> None:
-        """Create schema and table when missing; refuse a table whose columns differ."""
+    def columns(self, spec: TableSpec) -> list[tuple[str, ColumnType | None]]:
+        """The target table's columns and types as they stand (none when it does not exist)."""
         with self.connect() as conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
-                "ORDER BY ordinal_position",
-                (spec.schema, spec.table),
-            )
-            existing = [r[0] for r in cur.fetchall()]
-            _check_columns(spec, existing, f"{spec.schema}.{spec.table}")
-            ddls = [render_create_schema(spec, self.dialect)]
-            if not existing:
-                ddls.append(render_create_table(spec, self.dialect))
-            ddls.append(render_create_ledger(spec.schema, self.dialect))
+            cur.execute(COLUMNS_QUERY, (spec.schema, spec.table))
+            return [(r[0], type_from_catalog(r[1], r[2], r[3])) for r in cur.fetchall()]
+
+    def prepare(self, spec: TableSpec, add_columns: Sequence[tuple[str, ColumnType, bool]] = ()) -> None:
+        """Create schema, table and ledger when missing; add ``add_columns`` (schema drift, planned before)."""
+        with self.connect() as conn, conn.cursor() as cur:
+            ddls = [
+                render_create_schema(spec, self.dialect),
+                render_create_table(spec, self.dialect),
+                *(render_add_column(spec, name, ctype, self.dialect) for name, ctype, _ in add_columns),
+                render_create_ledger(spec.schema, self.dialect),
+            ]
             for ddl in ddls:
                 try:
                     cur.execute(ddl)
@@ -276,19 +276,21 @@ class DuckDBWarehouse:
             finally:
                 conn.close()
 
-    def prepare(self, spec: TableSpec) -> None:
-        """Create schema and table when missing; refuse a table whose columns differ."""
+    def columns(self, spec: TableSpec) -> list[tuple[str, ColumnType | None]]:
+        """The target table's columns and types as they stand (none when it does not exist)."""
+        with self.connect() as conn:
+            rows = conn.execute(COLUMNS_QUERY.replace("%s", "?"), [spec.schema, spec.table]).fetchall()
+            return [(r[0], type_from_catalog(r[1], r[2], r[3])) for r in rows]
+
+    def prepare(self, spec: TableSpec, add_columns: Sequence[tuple[str, ColumnType, bool]] = ()) -> None:
+        """Create schema, table and ledger when missing; add ``add_columns`` (schema drift, planned before)."""
         import duckdb
 
         with self.connect() as conn:
-            rows = conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
-                "ORDER BY ordinal_position",
-                [spec.schema, spec.table],
-            ).fetchall()
-            _check_columns(spec, [r[0] for r in rows], f"{spec.schema}.{spec.table}")
             conn.execute(render_create_schema(spec, self.dialect))
             conn.execute(render_create_table(spec, self.dialect))
+            for name, ctype, _ in add_columns:
+                conn.execute(render_add_column(spec, name, ctype, self.dialect))
             conn.execute(render_create_ledger(spec.schema, self.dialect))
             if spec.load_mode == "merge":
                 try:

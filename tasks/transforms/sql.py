@@ -81,6 +81,18 @@ def render_create_table(spec: TableSpec, dialect: Dialect) -> str:
     return sql
 
 
+COLUMNS_QUERY = (
+    "SELECT column_name, data_type, numeric_precision, numeric_scale FROM information_schema.columns "
+    "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position"
+)  # the target's columns as they stand (schema and table are bound parameters)
+
+
+def render_add_column(spec: TableSpec, name: str, ctype: ColumnType, dialect: Dialect) -> str:
+    """Add one nullable column to the target (schema drift, ``add_columns``)."""
+    table = qualified(spec.schema, spec.table, dialect)
+    return f"ALTER TABLE {table} ADD COLUMN {quote_ident(name, dialect)} {sql_type(ctype, dialect)}"
+
+
 MERGE_STAGE = "keyflow_merge_stage"  # the session's temporary table a merge loads into first
 
 

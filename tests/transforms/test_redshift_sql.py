@@ -12,9 +12,11 @@ from sqlglot import exp
 
 from config.types import parse_type
 from tasks.transforms.sql import (
+    COLUMNS_QUERY,
     TableSpec,
     merge_stage,
     named_parameters,
+    render_add_column,
     render_count_key,
     render_count_merged,
     render_create_ledger,
@@ -72,6 +74,8 @@ def statements() -> dict[str, str]:
         "data api delete other keys": named_parameters(render_delete_other_keys(SPEC, 2, "redshift")),
         "data api ledger keys": named_parameters(render_ledger_keys("analytics", "redshift")),
         "pg_last_copy_count": "SELECT pg_last_copy_count()",
+        "columns": named_parameters(COLUMNS_QUERY),
+        "add column": render_add_column(SPEC, "qty", parse_type("decimal(12,2)"), "redshift"),
     }
     out |= {f"copy {name}": sql for name, sql in COPIES.items()}
     merging = replace(SPEC, load_mode="merge", primary_key=("campaign_key", "event_date"))
