@@ -223,3 +223,17 @@ def test_parquet_parts_stream_row_groups_and_load_through_copy_format_as_parquet
     assert rows_of(pg, schema) == sorted(rows, key=lambda r: r[2])
     copy = redshift_standin.submitted_sql()[-1][1]
     assert copy.endswith("FORMAT AS PARQUET\nMANIFEST") and '("k", "label", "n")' in copy
+
+
+def test_the_stand_in_lists_statements_and_answers_a_batch_sub_statement(redshift_standin: Any) -> None:
+    data = api(redshift_standin)
+    sid = data.submit(["SELECT 1 AS a", "SELECT NULL::text AS b, 2.5::float8 AS c, true AS d"], name="keyflow probe")
+    assert data.wait(sid, "test").status == "FINISHED"
+    client = data._client
+    assert client.get_statement_result(Id=f"{sid}:2")["Records"] == [
+        [{"isNull": True}, {"doubleValue": 2.5}, {"booleanValue": True}]
+    ]
+    described = client.describe_statement(Id=sid)
+    assert [s["Status"] for s in described["SubStatements"]] == ["FINISHED", "FINISHED"]
+    listed = client.list_statements(StatementName="keyflow probe", Status="FINISHED")["Statements"]
+    assert [(s["Id"], s["IsBatchStatement"]) for s in listed] == [(sid, True)]
