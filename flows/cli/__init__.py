@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 from contextlib import suppress
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -22,7 +22,7 @@ from flows.cli.etl import etl_app
 from flows.cli.events import events_app
 from flows.cli.files import files_app
 from flows.cli.keys import keys_app
-from flows.cli.output import err, fail_with
+from flows.cli.output import err, fail_with, set_debug
 from flows.cli.trends import trends_app
 
 __all__ = ["app", "main"]
@@ -30,6 +30,32 @@ __all__ = ["app", "main"]
 app = typer.Typer(
     help="keyflow: key-driven ETL from RDS to Redshift through S3, as Prefect flows.", no_args_is_help=True
 )
+
+
+@app.callback()
+def options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="print the traceback of every error (one line each without it) and Prefect's log at DEBUG level",
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="print only the summary and errors: no run log (Prefect's log level CRITICAL)"
+        ),
+    ] = False,
+) -> None:
+    """keyflow: key-driven ETL from RDS to Redshift through S3, as Prefect flows."""
+    set_debug(debug)
+    if debug:  # before any command imports Prefect, which reads its logging level once
+        os.environ["PREFECT_LOGGING_LEVEL"] = "DEBUG"
+    elif quiet:  # the summary and the CLI's own error lines say what a quiet user needs
+        os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"
+
+
 app.add_typer(etl_app, name="etl")
 app.add_typer(keys_app, name="keys")
 app.add_typer(trends_app, name="trends")

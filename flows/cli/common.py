@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from config.errors import quoted
 from flows.cli.output import fail
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="profile name or path (config/profiles/)")]
@@ -27,7 +28,7 @@ def parse_date(text: str, option: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        fail(f"{option}: {text!r} is not a date (YYYY-MM-DD)")
+        fail(f"{option}: {quoted(text)} is not a date (YYYY-MM-DD)")
 
 
 def parse_time(text: str, option: str) -> datetime:
@@ -35,8 +36,18 @@ def parse_time(text: str, option: str) -> datetime:
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        fail(f"{option}: {text!r} is not a date or time (YYYY-MM-DD[THH:MM[:SS]][+00:00])")
+        fail(f"{option}: {quoted(text)} is not a date or time (YYYY-MM-DD[THH:MM[:SS]][+00:00])")
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def dataset_name(name_or_path: str) -> str:
+    """The ``name:`` of the dataset that ``-d`` names (a name under config/datasets/ or a path to its YAML).
+
+    Keys are stored under this name, the one `etl run` looks them up by; an unknown dataset is a ``ConfigError``.
+    """
+    from config.loader import load_dataset
+
+    return load_dataset(name_or_path).name
 
 
 def check_config(profile: str, kind: str, name: str) -> None:

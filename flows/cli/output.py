@@ -1,6 +1,7 @@
 """Everything the commands print: error lines, tables, JSON, and the exit code a flow's final state maps to.
 
-Exit codes: 0 ok, 1 a key or file failed, 2 a config or usage problem, 3 the flow family is paused.
+Exit codes: 0 ok, 1 a key or file failed, 2 a config or usage problem, 3 the flow family is paused. A known error is
+one line and no traceback, unless `keyflow --debug` asked for the traceback too (:func:`set_debug`).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
@@ -16,6 +18,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from config.errors import ConfigError, KeyflowError, first_line
 
@@ -34,13 +37,36 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+_debug = False
+
+
+def set_debug(on: bool) -> None:
+    """`keyflow --debug`: every error a command reports prints its traceback before its line."""
+    global _debug
+    _debug = on
+
+
+def _show_traceback(exc: BaseException | None) -> None:
+    if _debug and exc is not None and not isinstance(exc, typer.Exit):
+        err.print("".join(traceback.format_exception(exc)).rstrip(), markup=False, highlight=False, soft_wrap=True)
+
+
 def error(line: str) -> None:
     """Print one ``error:`` line on standard error (every error a command reports goes through here)."""
     err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
 
 
-def fail(*lines: str, code: int = CONFIG) -> NoReturn:
-    """Print each line as an error and end the command with ``code`` (2, a usage or config problem, unless told)."""
+def warning(line: str) -> None:
+    """Print one ``warning:`` line on standard error (the command goes on; its exit code is unchanged)."""
+    err.print(Text.assemble(("warning:", "yellow"), " ", line), highlight=False, soft_wrap=True)
+
+
+def fail(*lines: str, code: int = CONFIG, cause: BaseException | None = None) -> NoReturn:
+    """Print each line as an error and end the command with ``code`` (2, a usage or config problem, unless told).
+
+    With `--debug`, the traceback of ``cause`` (by default the exception being handled, if any) comes first.
+    """
+    _show_traceback(cause or sys.exc_info()[1])
     for line in lines:
         error(line)
     raise typer.Exit(code) from None
@@ -53,7 +79,7 @@ def exit_code(exc: BaseException) -> int:
 
 def fail_with(exc: KeyflowError) -> NoReturn:
     """A user's mistake or a failed call: one line per problem, no traceback, its exit code."""
-    fail(*(exc.problems if isinstance(exc, ConfigError) else [str(exc)]), code=exit_code(exc))
+    fail(*(exc.problems if isinstance(exc, ConfigError) else [str(exc)]), code=exit_code(exc), cause=exc)
 
 
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -90,7 +116,7 @@ def finish(
     """
     result: Any = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
-        fail(*(str(result).strip() or type(result).__name__).splitlines(), code=exit_code(result))
+        fail(*(str(result).strip() or type(result).__name__).splitlines(), code=exit_code(result), cause=result)
     if state.is_cancelled():
         err.print(f"[yellow]{state.message}[/yellow] (`keyflow resume {family}` {resume_hint})")
         if on_paused is not None:

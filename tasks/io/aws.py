@@ -87,6 +87,8 @@ def ensure_dynamodb_table(ddb: Any, table: str, keys: list[tuple[str, str]], kms
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceNotFoundException":
             raise translate(exc, f"describe table {table}") from exc
+    except BotoCoreError as exc:  # the endpoint is down or unreachable: one line, not botocore's traceback
+        raise translate(exc, f"describe table {table}") from exc
     sse: dict[str, Any] = {"Enabled": True, "SSEType": "KMS"}
     if kms_key_id:
         sse["KMSMasterKeyId"] = kms_key_id
@@ -103,6 +105,8 @@ def ensure_dynamodb_table(ddb: Any, table: str, keys: list[tuple[str, str]], kms
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise translate(exc, f"create table {table}") from exc
         return False
+    except BotoCoreError as exc:
+        raise translate(exc, f"create table {table}") from exc
     return True
 
 

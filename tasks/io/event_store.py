@@ -150,6 +150,13 @@ class ArticleDirectory(DynamoTable):
             found.update(fetched)
         return {k: v for k, v in found.items() if v is not None}
 
+    def is_empty(self) -> bool:
+        """Whether the table holds no article at all (one Scan of one item: every event would be unknown)."""
+        resp = _call(
+            self._ddb.scan, f"read {self.table}", TableName=self.table, Limit=1, ProjectionExpression="article_id"
+        )
+        return not resp.get("Items")
+
     def put(self, articles: Mapping[str, bool]) -> None:
         """Add or update articles (tests, demos and the benchmark seed the table with it)."""
         batch_put(self._ddb, self.table, [{"article_id": {"S": k}, "live": {"BOOL": v}} for k, v in articles.items()])

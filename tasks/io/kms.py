@@ -33,5 +33,7 @@ def kms_unwrapper(region: str, endpoint_url: str | None = None) -> Unwrap:
             return bytes(kms.decrypt(CiphertextBlob=wrapped)["Plaintext"])
         except ClientError as exc:
             raise DecryptError(f"KMS Decrypt refused: {exc.response['Error'].get('Code', 'error')}") from None
+        except BotoCoreError as exc:  # the endpoint is down or unreachable
+            raise translate(exc, "KMS Decrypt") from exc
 
     return unwrap

@@ -159,6 +159,8 @@ class S3ObjectStore:
             if exc.response["Error"]["Code"] == "ServerSideEncryptionConfigurationNotFoundError":
                 return None
             raise translate(exc, f"get encryption of bucket {self.bucket}") from exc
+        except BotoCoreError as exc:  # the endpoint is down or unreachable
+            raise translate(exc, f"get encryption of bucket {self.bucket}") from exc
         rules = out.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
         return rules[0].get("ApplyServerSideEncryptionByDefault") if rules else None
 
