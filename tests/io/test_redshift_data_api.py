@@ -199,7 +199,7 @@ def test_a_count_mismatch_rolls_the_key_back(pg: Any, redshift_standin: Any, sch
 
 
 def test_parquet_parts_stream_row_groups_and_load_through_copy_format_as_parquet(
-    pg: Any, redshift_standin: Any, schema: str, aws_endpoint: str, kms_key_id: str
+    pg: Any, redshift_standin: Any, schema: str, aws_endpoint: str, kms_key_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import json
 
@@ -208,6 +208,10 @@ def test_parquet_parts_stream_row_groups_and_load_through_copy_format_as_parquet
     store = S3ObjectStore(unique("rs").replace("_", "-"), "us-east-1", aws_endpoint, kms_key_id)
     store.ensure_bucket()
     rows = [("K1", None if i % 3 == 0 else ("" if i % 3 == 1 else f"v{i}"), i) for i in range(1500)]
+    gathered = stage(store, "K1", rows, fmt="parquet", batch=400)
+    first = pq.ParquetFile(pa.BufferReader(store.get_bytes(gathered.parts[0].key)))
+    assert first.metadata.num_row_groups == 1  # small batches are gathered (up to ROW_GROUP_BYTES) into one group
+    monkeypatch.setattr("tasks.io.stager.ROW_GROUP_BYTES", 1)  # as batches of that size would be written
     staged = stage(store, "K1", rows, fmt="parquet", batch=400)
     assert [p.key.rsplit("/", 1)[1] for p in staged.parts] == ["part-00000.zstd.parquet", "part-00001.zstd.parquet"]
     first = pq.ParquetFile(pa.BufferReader(store.get_bytes(staged.parts[0].key)))
