@@ -24,7 +24,10 @@ the stand-in's PostgreSQL user); Secrets Manager look-ups of ``SecretArn``; ``Cl
 result expiry (24 h in AWS); quotas (``ActiveStatementsExceededException``); Redshift's own SQL beyond the above
 (its type coercions, ``VARCHAR`` byte lengths, leader-node functions, ``ACCEPTINVCHARS``, ``MAXERROR``, JSON/Avro
 COPY, ``STL_LOAD_ERRORS``); the validity of the IAM role; and Redshift's serializable isolation (PostgreSQL's
-default, read committed, runs the statements).
+default, read committed, runs the statements). ``MERGE`` is PostgreSQL 15's (Redshift's ``REMOVE DUPLICATES`` form
+is not emulated); Parquet columns go to the listed ones by position and their count is checked, as AWS documents, but
+Redshift's Parquet-to-column type rules are not (PostgreSQL's CSV input casts instead); a CSV quoted ``""`` loads as
+an empty string, which is PostgreSQL's rule, not necessarily Redshift's under ``EMPTYASNULL``.
 """
 
 from __future__ import annotations
