@@ -190,7 +190,9 @@ def load_profile(name_or_path: str | Path, environ: Mapping[str, str] | None = N
     overrides = ProfileEnvSource(Profile, environ)()
     if isinstance(data, dict):
         data = {**data, **overrides}
-    return _validate(Profile, data, display_path(path), {name: ENV_PREFIX + name.upper() for name in overrides})
+    profile = _validate(Profile, data, display_path(path), {name: ENV_PREFIX + name.upper() for name in overrides})
+    profile._file = display_path(path)
+    return profile
 
 
 def validate_tree(root: Path | None = None) -> tuple[int, list[str]]:

@@ -8,11 +8,12 @@ from collections.abc import Mapping
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.models.common import ENV_PREFIX, Ident, SecretRef, _exactly_one, _Model
+from config.urls import POSTGRES_BACKENDS, SOURCE_BACKENDS, url_problem
 
 
 class EncryptionKey(_Model):
@@ -187,6 +188,30 @@ class Profile(BaseSettings):
                 "warehouse_password (environment variable, Prefect Secret or AWS Secrets Manager)"
             )
         return v
+
+    @field_validator("source_url", "warehouse_url", "trends_url")
+    @classmethod
+    def _database_url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """A URL keyflow can connect with (a DuckDB warehouse is a file path); checked now, not at the first key."""
+        if not v:
+            return v
+        if info.field_name == "source_url":
+            problem = url_problem(v, SOURCE_BACKENDS)
+        elif info.field_name == "warehouse_url" and info.data.get("warehouse_kind", "duckdb") == "duckdb":
+            scheme = v.split("://", 1)[0].lower() if "://" in v else None
+            problem = None if scheme in (None, "duckdb") else "warehouse_kind 'duckdb' takes a file path, not a URL"
+        else:
+            problem = url_problem(v, POSTGRES_BACKENDS, psycopg2_only=True)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    _file: str | None = PrivateAttr(None)
+
+    @property
+    def file(self) -> str:
+        """The profile's YAML file as errors show it (``profile NAME`` for a profile built in code)."""
+        return self._file or f"profile {self.name}"
 
     @model_validator(mode="after")
     def _redshift(self) -> Profile:

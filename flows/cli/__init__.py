@@ -17,7 +17,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from config.errors import KeyflowError
-from flows.cli import control, demo, security
+from flows.cli import check, control, demo, security
 from flows.cli.etl import etl_app
 from flows.cli.events import events_app
 from flows.cli.files import files_app
@@ -69,6 +69,7 @@ app.command("demo")(demo.demo)
 app.command("keygen")(security.keygen)
 app.command("decrypt")(security.decrypt)
 app.command("audit")(security.audit_cmd)
+app.command("check")(check.check_cmd)
 
 
 def _bound_malloc_arenas() -> None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from config.errors import quoted
 from flows.cli.output import fail
+
+if TYPE_CHECKING:
+    from config.models import DatasetConfig, EventsConfig, FileSourceConfig, TrendConfig
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="profile name or path (config/profiles/)")]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name or path (config/datasets/)")]
@@ -50,22 +54,34 @@ def dataset_name(name_or_path: str) -> str:
     return load_dataset(name_or_path).name
 
 
-def check_config(profile: str, kind: str, name: str) -> None:
-    """Load the profile and a job's YAML before Prefect starts, so a user's mistake is a ``ConfigError``, not a trace.
+def check_config(profile: str, kind: str, name: str, preflight: bool = True) -> None:
+    """Load the profile and a job's YAML, then run the job's preflight, before a flow starts.
+
+    A user's mistake is a ``ConfigError`` listing every problem, one line each, not a trace (and the Prefect server
+    is not started for it).
 
     Args:
         profile: profile name or path.
         kind: the job's folder under config/: datasets, events, sources or trends.
         name: the job's name or path.
+        preflight: also check the resources the job uses (source, secrets, bucket, tables, broker…).
     """
     from config import loader
+    from config.errors import ConfigError
 
-    load = {
+    loaders: dict[str, Callable[[str], DatasetConfig | EventsConfig | FileSourceConfig | TrendConfig]] = {
         "datasets": loader.load_dataset,
         "events": loader.load_events,
         "sources": loader.load_file_source,
         "trends": loader.load_trends,
-    }[kind]
-    loader.load_profile(profile)
-    load(name)
+    }
+    load = loaders[kind]
+    prof = loader.load_profile(profile)
+    job = load(name)
     quiet_prefect()
+    if preflight:
+        from tasks.preflight import problems_before_run
+
+        problems = problems_before_run(job, prof)
+        if problems:
+            raise ConfigError(problems)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from prefect.states import State
 
     from tasks.audit import Finding
+    from tasks.preflight import CheckReport
     from tasks.transforms.keys import CampaignKey
 
 OK, FAILED, CONFIG, PAUSED = 0, 1, 2, 3
@@ -250,3 +251,17 @@ def print_findings(findings: Iterable[Finding]) -> None:
     for f in findings:
         mark = "[green]ok  [/green]" if f.ok else "[red]FAIL[/red]"
         out.print(f"{mark} {f.check}: {f.target}: {f.detail}", highlight=False, soft_wrap=True)
+
+
+def print_check(report: CheckReport) -> None:
+    """A checked job: one ``ok`` line with what was looked at and how long, else one error line per problem."""
+    if report.ok:
+        out.print(
+            f"[green]ok[/green] {report.kind} {report.name} ({report.file}): {', '.join(report.checked)} "
+            f"({report.seconds:.2f} s)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    for line in report.problems:
+        error(line)

@@ -38,6 +38,9 @@ class KeyStore(Protocol):
     def delete_key(self, dataset: str, key: str) -> None:
         """Remove a key; a missing key is an error, so a typo never passes for a deletion."""
 
+    def probe(self) -> bool:
+        """Whether the key table exists (a quick client: a down endpoint is reported in seconds)."""
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -53,6 +54,9 @@ class ObjectStore(Protocol):
 
     def head(self, key: str) -> dict[str, Any]:
         """The object's metadata (size, encryption…) without its content."""
+
+    def probe(self, prefix: str, write: bool = ...) -> None:
+        """Check, before a run, that ``prefix`` can be listed and, when ``write``, written."""
 
 
 class S3ObjectStore:
@@ -183,3 +187,20 @@ class S3ObjectStore:
             except (ClientError, BotoCoreError) as exc:
                 raise translate(exc, f"delete s3://{self.bucket}/{prefix}") from exc
         return len(keys)
+
+    def probe(self, prefix: str, write: bool = True) -> None:
+        """Check, before a run, that ``prefix`` can be listed and, when ``write``, written.
+
+        A small object is put with this store's SSE and deleted again. A quick client reports a down endpoint in
+        seconds; errors are translated (a missing bucket or a refused grant is a ``ConfigError``).
+        """
+        s3 = client("s3", self._s3.meta.region_name, self._s3.meta.endpoint_url, quick=True)
+        where = f"s3://{self.bucket}/{prefix.strip('/')}/"
+        key = f"{prefix.strip('/')}/_keyflow_preflight_{uuid.uuid4().hex[:12]}"
+        try:
+            s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix.strip("/") + "/", MaxKeys=1)
+            if write:
+                s3.put_object(Bucket=self.bucket, Key=key, Body=b"keyflow preflight probe\n", **self.sse_args)
+                s3.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, where) from exc

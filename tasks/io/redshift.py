@@ -26,10 +26,12 @@ from config.errors import ConfigError, KeyFailedError, KeyflowError, RetryableEr
 from config.types import ColumnType
 from tasks.io.aws import client, translate
 from tasks.io.objectstore import ObjectStore
+from tasks.io.warehouse import _PG_TARGET_STATE, _drift_problems, _target_problems
 from tasks.transforms.drift import type_from_catalog
 from tasks.transforms.paths import join_under
 from tasks.transforms.sql import (
     COLUMNS_QUERY,
+    LEDGER_TABLE,
     TableSpec,
     merge_stage,
     named_parameters,
@@ -329,6 +331,26 @@ class RedshiftDataApiWarehouse:
             except KeyFailedError as exc:
                 if "already exists" not in str(exc):
                     raise
+
+    def check(self, spec: TableSpec | None, schema: str) -> list[str]:
+        """Problems with the target before a run, one line each.
+
+        Privileges as the direct mode checks them, and an existing table's columns against ``spec`` and its
+        ``on_schema_change``.
+        """
+        table = spec.table if spec else None
+        sql = (
+            _PG_TARGET_STATE.replace("%(schema)s", ":schema")
+            .replace("%(ledger)s", ":ledger")
+            .replace("%(table)s", ":table" if table else "NULL")
+        )
+        params = {"schema": schema, "ledger": LEDGER_TABLE} | ({"table": table} if table else {})
+        try:
+            (state,) = self.api.query(sql, params, name="keyflow check target")
+            existing = self.columns(spec) if spec and state[3] is not None else []
+        except KeyFailedError as exc:
+            raise ConfigError(f"check the warehouse target: {exc}") from None
+        return _target_problems(state, schema, table) + (_drift_problems(spec, existing) if spec else [])
 
     def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         """Replace one key's rows in ONE batch (one transaction); a load already submitted is asked about first."""

@@ -119,6 +119,24 @@ class CheckpointTable(DynamoTable):
             raise translate(exc, f"write checkpoint {consumer}#{shard}") from exc
 
 
+def check_stream(stream: str, region: str, endpoint_url: str | None = None) -> list[str]:
+    """Problems with a Kinesis stream before a drain: it exists and can be read.
+
+    A quick client; a missing stream or a refused grant is a problem, connection trouble raises
+    :class:`RetryableError`.
+    """
+    kinesis = client("kinesis", region, endpoint_url, quick=True)
+    try:
+        kinesis.describe_stream_summary(StreamName=stream)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return [f"source.stream: Kinesis stream {stream!r} does not exist"]
+        raise translate(exc, f"Kinesis stream {stream}") from exc
+    except BotoCoreError as exc:
+        raise translate(exc, f"Kinesis stream {stream}") from exc
+    return []
+
+
 class KinesisSource:
     """Records of one stream as batches of messages; acknowledging a batch advances its shard's checkpoint."""
 

@@ -26,9 +26,10 @@ from config.types import ColumnType
 from tasks.io.databases import CREATE_RACES, pg_connection, pg_dsn, pg_error
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.arrow import csv_read_options
-from tasks.transforms.drift import type_from_catalog
+from tasks.transforms.drift import plan_drift, type_from_catalog
 from tasks.transforms.sql import (
     COLUMNS_QUERY,
+    LEDGER_TABLE,
     MERGE_STAGE,
     TableSpec,
     merge_stage,
@@ -78,6 +79,9 @@ class Warehouse(Protocol):
     def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]:
         """The keys of ``dataset`` the ledger records as loaded for ``run_date``."""
 
+    def check(self, spec: TableSpec | None, schema: str) -> list[str]:
+        """Problems with the target before a run, one line each (schema, privileges, an existing table's columns)."""
+
 
 def decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
     """A streaming reader of a staged object's CSV bytes."""
@@ -93,6 +97,51 @@ def _not_unique(spec: TableSpec, exc: BaseException) -> ConfigError:
         f"target.primary_key: ({', '.join(spec.primary_key)}) is not unique in {spec.schema}.{spec.table}, so "
         f"load_mode merge cannot upsert by it: {first_line(exc)}"
     )
+
+
+def _drift_problems(spec: TableSpec, existing: Sequence[tuple[str, ColumnType | None]]) -> list[str]:
+    """An existing table's differences from the planned ``spec`` that its ``on_schema_change`` does not accept."""
+    try:
+        plan_drift(spec, existing, spec.on_schema_change, "")
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def _target_problems(state: Sequence[Any], schema: str, table: str | None) -> list[str]:
+    """The lines of a privileges row from ``_PG_TARGET_STATE`` (PostgreSQL and Redshift alike)."""
+    user, create_schema, in_schema, on_table, on_ledger = state
+    problems = []
+    if in_schema is None and not create_schema:
+        problems.append(
+            f"target.schema: schema {schema!r} does not exist and {user} may not create it "
+            "(GRANT CREATE ON DATABASE, or create the schema)"
+        )
+    elif in_schema is False and (on_table is None or on_ledger is None):
+        problems.append(f"target.schema: {user} may not create tables in schema {schema!r} (GRANT CREATE, USAGE)")
+    if on_table is False:
+        problems.append(f"target.table: {user} may not SELECT, INSERT and DELETE on {schema}.{table}")
+    if on_ledger is False:
+        problems.append(f"target.schema: {user} may not INSERT and DELETE on {schema}.{LEDGER_TABLE}")
+    return problems
+
+
+# Names, not oids: Redshift's privilege functions take names too.
+_PG_TARGET_STATE = """
+SELECT current_user,
+       has_database_privilege(current_database(), 'CREATE'),
+       (SELECT has_schema_privilege(nspname, 'CREATE') AND has_schema_privilege(nspname, 'USAGE')
+          FROM pg_namespace WHERE nspname = %(schema)s),
+       (SELECT has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'SELECT')
+               AND has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'INSERT')
+               AND has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'DELETE')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %(schema)s AND c.relname = %(table)s),
+       (SELECT has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'INSERT')
+               AND has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'DELETE')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %(schema)s AND c.relname = %(ledger)s)
+"""
 
 
 class _PsycopgWarehouse:
@@ -135,6 +184,29 @@ class _PsycopgWarehouse:
                 except psycopg2.errors.UniqueViolation as exc:
                     conn.rollback()
                     raise _not_unique(spec, exc) from None
+
+    def check(self, spec: TableSpec | None, schema: str) -> list[str]:
+        """Problems with the target before a run, one line each.
+
+        The schema there or creatable, the table and the load ledger writable or creatable, an existing table's
+        columns those ``spec`` plans (skipped without one). Connection trouble raises :class:`RetryableError`, a
+        wrong password or database :class:`ConfigError`.
+        """
+        table = spec.table if spec else None
+        with self.connect() as conn, conn.cursor() as cur:
+            try:
+                cur.execute(_PG_TARGET_STATE, {"schema": schema, "table": table, "ledger": LEDGER_TABLE})
+                state = cur.fetchone()
+                existing: list[tuple[str, ColumnType | None]] = []
+                if spec and state[3] is not None:
+                    cur.execute(COLUMNS_QUERY, (schema, spec.table))
+                    existing = [(r[0], type_from_catalog(r[1], r[2], r[3])) for r in cur.fetchall()]
+            except psycopg2.Error as exc:
+                raise pg_error(exc, "check the warehouse target") from None
+            finally:
+                conn.rollback()
+        problems = _target_problems(state, schema, table)
+        return problems + (_drift_problems(spec, existing) if spec else [])
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         raise NotImplementedError
@@ -297,6 +369,20 @@ class DuckDBWarehouse:
                     conn.execute(render_merge_index(spec, self.dialect))
                 except duckdb.ConstraintException as exc:
                     raise _not_unique(spec, exc) from None
+
+    def check(self, spec: TableSpec | None, schema: str) -> list[str]:
+        """Problems with the target before a run.
+
+        The file can be opened (its folder made), and an existing table's columns are those ``spec`` plans, or
+        differ only as its ``on_schema_change`` accepts.
+        """
+        try:
+            with self.connect() as conn:
+                rows = conn.execute(COLUMNS_QUERY.replace("%s", "?"), [schema, spec.table if spec else ""]).fetchall()
+        except Exception as exc:  # duckdb.IOException (locked, unwritable) and kin
+            return [f"cannot open the DuckDB file {self.path}: {first_line(exc)}"]
+        existing = [(r[0], type_from_catalog(r[1], r[2], r[3])) for r in rows]
+        return _drift_problems(spec, existing) if spec else []
 
     def _batches(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> Iterator[pa.RecordBatch]:
         schema = pa.schema([(n, arrow_type(t)) for n, t, _ in spec.columns])

@@ -73,10 +73,12 @@ class DriftPlan:
 def plan_drift(spec: TableSpec, existing: Sequence[tuple[str, ColumnType | None]], mode: str, where: str) -> DriftPlan:
     """Compare the planned ``spec`` with the table's ``existing`` columns; raise one line per problem.
 
-    ``where`` prefixes errors (the dataset file). A missing table (no columns) is no drift: it is created.
+    ``where`` prefixes errors (the dataset file; none when empty). A missing table (no columns) is no drift: it is
+    created.
     """
     if not existing:
         return DriftPlan(spec)
+    lead = f"{where}: " if where else ""
     table = f"{spec.schema}.{spec.table}"
     have = {name.lower(): (name, kind) for name, kind in existing}
     produced = {name.lower(): (name, kind) for name, kind, _ in spec.columns}
@@ -87,7 +89,7 @@ def plan_drift(spec: TableSpec, existing: Sequence[tuple[str, ColumnType | None]
     ]
     if changed:
         raise ConfigError(
-            f"{where}: target: {table} has other types than the dataset now produces: {'; '.join(changed)} "
+            f"{lead}target: {table} has other types than the dataset now produces: {'; '.join(changed)} "
             "(migrate the column, or cast it with a rule)"
         )
     new = [c for c in spec.columns if c[0].lower() not in have]
@@ -95,12 +97,12 @@ def plan_drift(spec: TableSpec, existing: Sequence[tuple[str, ColumnType | None]
     problems, warnings = [], []
     if new and mode == "fail":
         problems.append(
-            f"{where}: target: the dataset now produces column(s) {', '.join(c[0] for c in new)} that {table} lacks "
+            f"{lead}target: the dataset now produces column(s) {', '.join(c[0] for c in new)} that {table} lacks "
             "(target.on_schema_change: add_columns adds them, ignore leaves them out)"
         )
     if gone and mode == "fail":
         problems.append(
-            f"{where}: target: column(s) {', '.join(gone)} of {table} no longer come from the source "
+            f"{lead}target: column(s) {', '.join(gone)} of {table} no longer come from the source "
             "(target.on_schema_change: add_columns or ignore loads them as NULL)"
         )
     if problems:

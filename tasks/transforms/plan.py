@@ -57,6 +57,7 @@ def plan_table(dataset: DatasetConfig, source_schema: pa.Schema | None, where: s
         sortkey=tuple(target.sortkey),
         load_mode=target.load_mode,
         primary_key=tuple(target.primary_key),
+        on_schema_change=target.on_schema_change,
     )
 
 

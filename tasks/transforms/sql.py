@@ -54,6 +54,7 @@ class TableSpec:
     sortkey: tuple[str, ...] = ()
     load_mode: str = "replace_key"
     primary_key: tuple[str, ...] = ()
+    on_schema_change: str = "fail"
 
     @property
     def column_names(self) -> list[str]:

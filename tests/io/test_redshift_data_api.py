@@ -241,3 +241,20 @@ def test_the_stand_in_lists_statements_and_answers_a_batch_sub_statement(redshif
     assert [s["Status"] for s in described["SubStatements"]] == ["FINISHED", "FINISHED"]
     listed = client.list_statements(StatementName="keyflow probe", Status="FINISHED")["Statements"]
     assert [(s["Id"], s["IsBatchStatement"]) for s in listed] == [(sid, True)]
+
+
+def test_check_through_the_data_api_names_drift_its_mode_does_not_accept(
+    redshift_standin: Any, schema: str, store: Any
+) -> None:
+    from dataclasses import replace
+
+    wh = warehouse(redshift_standin)
+    assert wh.check(spec(schema), schema) == []  # nothing there yet: created at the first run
+    assert wh.check(None, schema) == []
+    wh.prepare(spec(schema))
+    grown = replace(spec(schema), columns=(*spec(schema).columns, ("qty", parse_type("integer"), True)))
+    assert wh.check(grown, schema) == [
+        f"target: the dataset now produces column(s) qty that {schema}.facts lacks (target.on_schema_change: "
+        "add_columns adds them, ignore leaves them out)"
+    ]
+    assert wh.check(replace(grown, on_schema_change="add_columns"), schema) == []
