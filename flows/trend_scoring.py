@@ -189,6 +189,7 @@ def trend_backfill(
 
 
 @flow(name="trend-compaction", validate_parameters=True)
+@ends_failed_on_errors
 def trend_compaction(job: str, start: datetime, end: datetime, profile: str = "local") -> State[Any]:
     """Compact the archive hours of ``[start, end)`` that are closed to late events (idempotent)."""
     prof, cfg = load_profile(profile), load_trends(job)
