@@ -375,7 +375,9 @@ class HourIds:
         self._lock = threading.Lock()
         self._bits_log2 = 0
         self._words = np.zeros(0, np.uint64)
-        self._admitted: list[np.ndarray] = []
+        # One growing array, not a list of small ones: freed at the hour's end it goes back to the system at once.
+        self._log = np.empty(max(expected_events, 1 << 12), np.uint64)
+        self._logged = 0
         self._held: list[tuple[pa.Table, np.ndarray]] = []
         self._count = 0
         self.duplicates = 0
@@ -384,10 +386,17 @@ class HourIds:
     def _resize(self, events: int) -> None:
         self._bits_log2 = min(max(int(np.ceil(np.log2(events * 16))), 16), 30)
         self._words = np.zeros(1 << (self._bits_log2 - 6), np.uint64)
-        for h in self._admitted:
-            self._set(h)
+        self._set(self._log[: self._logged])
         for _, h in self._held:
             self._set(h)
+
+    def _append(self, h: np.ndarray) -> None:
+        if self._logged + len(h) > len(self._log):
+            grown = np.empty(max(2 * len(self._log), self._logged + len(h)), np.uint64)
+            grown[: self._logged] = self._log[: self._logged]
+            self._log = grown
+        self._log[self._logged : self._logged + len(h)] = h
+        self._logged += len(h)
 
     def _bit_of(self, h: np.ndarray) -> np.ndarray:
         return h >> np.uint64(64 - self._bits_log2)
@@ -428,9 +437,9 @@ class HourIds:
             self._set(h, bits)
             self._count += len(h)
             if not held.any():
-                self._admitted.append(h)
+                self._append(h)
                 return None
-            self._admitted.append(h[~held])
+            self._append(h[~held])
             at = np.flatnonzero(held)
             self._held.append((events.take(pa.array(at)), h[at]))
             return held
@@ -442,7 +451,7 @@ class HourIds:
                 self._resize(4 * (self._count + len(hashes)))
             self._set(hashes)
             self._count += len(hashes)
-            self._admitted.append(hashes)
+            self._append(hashes)
 
     def release(self, last: bool = False) -> pa.Table | None:
         """The held events that are first copies (in the order read); the rest count as :attr:`duplicates`.
@@ -454,7 +463,7 @@ class HourIds:
                 return self._release()
             finally:
                 if last:
-                    self._admitted, self._words = [], np.zeros(0, np.uint64)
+                    self._log, self._logged, self._words = np.zeros(0, np.uint64), 0, np.zeros(0, np.uint64)
 
     def _release(self) -> pa.Table | None:
         if not self._held:
@@ -463,13 +472,13 @@ class HourIds:
         h = np.concatenate([x for _, x in self._held])
         self._held = []
         candidates = pa.array(np.unique(h))
-        admitted = pa.chunked_array([pa.array(x) for x in self._admitted if len(x)], pa.uint64())
+        admitted = pa.array(self._log[: self._logged])
         seen = admitted.filter(pc.is_in(admitted, value_set=candidates))
         dup = np.isin(h, np.asarray(seen.to_numpy())) if len(seen) else np.zeros(len(h), bool)
         keep = np.zeros(len(h), bool)
         rest = np.flatnonzero(~dup)
         _, first = np.unique(h[rest], return_index=True)
         keep[rest[np.sort(first)]] = True
-        self._admitted.append(h[keep])
+        self._append(h[keep])
         self.duplicates += int(len(h) - keep.sum())
         return table.filter(pa.array(keep))

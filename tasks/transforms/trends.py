@@ -300,6 +300,7 @@ def count_stream(
             "clicks": pa.array(np.where(click, n, 0)),
         }
     )
+    del out, packed_np, code, counted, click, n  # a million groups each: memory peaks here, so free them now
     # Impressions and clicks of one group were two rows (the action is in the key): one row each.
     keyed = keyed.group_by(["window_start", "audience", "article_key"], use_threads=False).aggregate(
         [("impressions", "sum"), ("clicks", "sum")]
@@ -530,6 +531,7 @@ def scored_pairs(
     clicks = np.bincount(group, weights=clicks_row, minlength=n)
     current = np.bincount(group, weights=np.where(ws == latest_us, events, 0.0), minlength=n)
     baseline = np.bincount(group, weights=np.where((ws >= base_us) & (ws < latest_us), events, 0.0), minlength=n)
+    del imps_row, clicks_row, events, group, groups, audience  # one value a row: free them before the pairs
     # Each article's first-seen time: its earliest window here, or its publication time when given.
     earliest = np.full(n_articles, np.iinfo(np.int64).max)
     np.minimum.at(earliest, article_code, ws)
