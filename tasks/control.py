@@ -15,14 +15,14 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import MissingContextError, ObjectNotFound
+from prefect.exceptions import MissingContextError, ObjectAlreadyExists, ObjectNotFound
 
 from config.errors import RetryableError, first_line
 
@@ -143,7 +143,9 @@ def _ensure(name: str, slots: int) -> None:
         try:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            client.upsert_global_concurrency_limit_by_name(name, max(slots, 1))
+            # Another run may create it between our read and our create: theirs stands, as any existing one does.
+            with suppress(ObjectAlreadyExists):
+                client.upsert_global_concurrency_limit_by_name(name, max(slots, 1))
 
 
 def ensure_limit(name: str, slots: int) -> None:

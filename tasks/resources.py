@@ -28,9 +28,11 @@ from pydantic import SecretStr
 from config.errors import ConfigError
 from config.loader import config_dir
 from config.models import EventsConfig, KinesisSourceConfig, Profile, SecretRef, TrendConfig
+from tasks.io.databases import pg_dsn
 from tasks.io.keystore import DynamoKeyStore, KeyStore
 from tasks.io.kms import kms_data_keys
 from tasks.io.objectstore import ObjectStore, S3ObjectStore
+from tasks.io.redshift import DataApi, IamCredentials, RedshiftDataApiWarehouse
 from tasks.io.secrets import resolve_secret
 from tasks.io.source import SourceDatabase, SqlSource
 from tasks.io.warehouse import DuckDBWarehouse, PostgresWarehouse, RedshiftWarehouse, Warehouse
@@ -140,14 +142,41 @@ class Resources:
             p = self.profile
             if p.warehouse_kind == "duckdb":
                 return DuckDBWarehouse(p.warehouse_url)
+            if p.warehouse_kind == "redshift":
+                return self._redshift()
             password = self._password(p.warehouse_password, "KEYFLOW_WAREHOUSE_PASSWORD", "warehouse_password")
             with self._field("warehouse_url"):
-                if p.warehouse_kind == "redshift":
-                    assert p.redshift_iam_role is not None
-                    return RedshiftWarehouse(p.warehouse_url, password, p.redshift_iam_role, p.aws_region)
                 return PostgresWarehouse(p.warehouse_url, password)
 
         return self._cached(("warehouse",), build)
+
+    def _redshift(self) -> Warehouse:
+        """Redshift in the profile's mode: the Data API, or a connection with a password or IAM credentials."""
+        p, rs = self.profile, self.profile.redshift
+        assert p.redshift_iam_role is not None
+        endpoint = rs.endpoint_url or p.aws_endpoint_url
+        if rs.mode == "data_api":
+            assert rs.database is not None
+            api = DataApi(
+                p.aws_region,
+                endpoint,
+                rs.database,
+                cluster_id=rs.cluster_id,
+                workgroup=rs.workgroup,
+                db_user=rs.db_user,
+                secret_arn=rs.secret_arn,
+                poll_max_seconds=rs.poll_max_seconds,
+                timeout_seconds=rs.timeout_seconds,
+            )
+            return RedshiftDataApiWarehouse(api, p.redshift_iam_role, p.aws_region, p.prefix)
+        if rs.iam_auth:
+            with self._field("warehouse_url"):
+                database = str(pg_dsn(p.warehouse_url).get("dbname") or "dev")
+                credentials = IamCredentials(p.aws_region, endpoint, database, rs.cluster_id, rs.db_user, rs.workgroup)
+                return RedshiftWarehouse(p.warehouse_url, None, p.redshift_iam_role, p.aws_region, credentials)
+        password = self._password(p.warehouse_password, "KEYFLOW_WAREHOUSE_PASSWORD", "warehouse_password")
+        with self._field("warehouse_url"):
+            return RedshiftWarehouse(p.warehouse_url, password, p.redshift_iam_role, p.aws_region)
 
     def object_store(self) -> ObjectStore:
         """The staging bucket of the profile (also where landing files and the event archive live)."""
@@ -274,17 +303,17 @@ def resources_for(profile: Profile) -> Resources:
 
 
 _process_lock = threading.Lock()
-_users_cache: dict[tuple[str, str, str | None], UserDirectory] = {}
+_users_cache: dict[tuple[str, str, str | None, str], UserDirectory] = {}
 _articles_cache: dict[tuple[str, str | None, int, int], ArticleDirectory] = {}
 
 
 def _users(profile: Profile, job: TrendConfig) -> UserDirectory:
     from tasks.io.archive import UserDirectory
 
-    cache_key = (profile.bucket, job.users_key, profile.aws_endpoint_url)
+    cache_key = (profile.bucket, job.users_key, profile.aws_endpoint_url, job.file)
     with _process_lock:
         if cache_key not in _users_cache:
-            _users_cache[cache_key] = UserDirectory(object_store_for(profile), job.users_key)
+            _users_cache[cache_key] = UserDirectory(object_store_for(profile), job.users_key, f"{job.file}: users_key")
         return _users_cache[cache_key]
 
 

@@ -63,6 +63,73 @@ class ProfileEnvSource(EnvSettingsSource):
         }
 
 
+class RedshiftConfig(_Model):
+    """How keyflow reaches Redshift: a database connection (``direct``) or the Redshift Data API (``data_api``)."""
+
+    mode: Literal["direct", "data_api"] = Field(
+        "direct",
+        description="direct: a connection to warehouse_url (psycopg2); data_api: the Redshift Data API over HTTPS, "
+        "no network path to the cluster needed",
+    )
+    cluster_id: str | None = Field(
+        None, pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=63, description="provisioned cluster identifier"
+    )
+    workgroup: str | None = Field(None, pattern=r"^[a-z0-9-]{3,63}$", description="Redshift Serverless workgroup name")
+    database: Ident | None = Field(None, description="database (data_api; direct mode takes it from warehouse_url)")
+    db_user: str | None = Field(
+        None,
+        min_length=1,
+        max_length=127,
+        description="database user for temporary credentials (GetClusterCredentials) on a provisioned cluster",
+    )
+    secret_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:secretsmanager:", description="data_api: Secrets Manager secret of the user"
+    )
+    iam_auth: bool = Field(
+        False,
+        description="direct: connect with temporary IAM credentials (GetClusterCredentials for cluster_id + db_user, "
+        "redshift-serverless GetCredentials for workgroup) instead of a password",
+    )
+    endpoint_url: str | None = Field(
+        None, description="endpoint of the Redshift APIs (a VPC endpoint); default: aws_endpoint_url"
+    )
+    poll_max_seconds: float = Field(
+        5.0, ge=0.05, le=60, description="data_api: longest pause between two DescribeStatement polls"
+    )
+    timeout_seconds: int = Field(
+        3600, ge=10, le=86_400, description="data_api: how long a load is waited for before the key is retried"
+    )
+
+    @model_validator(mode="after")
+    def _combination(self) -> RedshiftConfig:
+        if self.cluster_id and self.workgroup:
+            raise ValueError("give cluster_id (provisioned) or workgroup (Serverless), not both")
+        if self.mode == "data_api":
+            if not (self.cluster_id or self.workgroup):
+                raise ValueError("mode data_api needs cluster_id (provisioned) or workgroup (Serverless)")
+            if not self.database:
+                raise ValueError("mode data_api needs database")
+            if self.iam_auth:
+                raise ValueError("iam_auth is for mode direct; data_api authenticates with secret_arn or db_user")
+            if self.cluster_id and bool(self.secret_arn) == bool(self.db_user):
+                raise ValueError("mode data_api on a cluster needs exactly one of secret_arn or db_user")
+            if self.workgroup and self.db_user:
+                raise ValueError(
+                    "db_user is for a provisioned cluster; a Serverless workgroup uses secret_arn or the caller's "
+                    "IAM identity"
+                )
+        else:
+            if self.secret_arn:
+                raise ValueError("secret_arn is for mode data_api; mode direct uses warehouse_password or iam_auth")
+            if self.iam_auth and not (self.cluster_id or self.workgroup):
+                raise ValueError("iam_auth needs cluster_id and db_user (provisioned) or workgroup (Serverless)")
+            if self.iam_auth and self.cluster_id and not self.db_user:
+                raise ValueError("iam_auth on a cluster needs db_user (GetClusterCredentials)")
+            if not self.iam_auth and (self.cluster_id or self.workgroup or self.db_user):
+                raise ValueError("cluster_id, workgroup and db_user are used by mode data_api or iam_auth: set one")
+        return self
+
+
 class Profile(BaseSettings):
     """Where keyflow runs: source database, warehouse, AWS endpoint, bucket, keys table, parallelism."""
 
@@ -81,9 +148,15 @@ class Profile(BaseSettings):
         description="Prefect global concurrency limit held by every extraction from this source, across runs",
     )
     warehouse_kind: Literal["postgres", "redshift", "duckdb"] = "duckdb"
-    warehouse_url: str = Field(description="postgresql://… (postgres, redshift) or a DuckDB file path")
+    warehouse_url: str = Field(
+        "", description="postgresql://… (postgres, redshift direct) or a DuckDB file path; unused by redshift data_api"
+    )
     warehouse_password: SecretRef | None = Field(None, description="defaults to $KEYFLOW_WAREHOUSE_PASSWORD")
     redshift_iam_role: str | None = Field(None, description="IAM role ARN for Redshift COPY")
+    redshift: RedshiftConfig = Field(
+        default_factory=RedshiftConfig,  # type: ignore[arg-type]
+        description="how Redshift is reached (warehouse_kind redshift): connection mode and authentication",
+    )
     trends_url: str | None = Field(
         None, description="PostgreSQL URL of trend counts; default: warehouse_url when warehouse_kind is postgres"
     )
@@ -153,6 +226,13 @@ class Profile(BaseSettings):
     def _redshift(self) -> Profile:
         if self.warehouse_kind == "redshift" and not self.redshift_iam_role:
             raise ValueError("warehouse_kind 'redshift' needs redshift_iam_role (COPY runs with an IAM role)")
+        data_api = self.warehouse_kind == "redshift" and self.redshift.mode == "data_api"
+        if not self.warehouse_url and not data_api:
+            raise ValueError(f"warehouse_kind {self.warehouse_kind!r} needs warehouse_url")
+        redshift_iam = self.warehouse_kind == "redshift" and (data_api or self.redshift.iam_auth)
+        if redshift_iam and self.warehouse_password is not None:
+            how = "mode data_api" if data_api else "iam_auth"
+            raise ValueError(f"warehouse_password is not used with redshift {how}; remove it")
         return self
 
     @classmethod

@@ -11,6 +11,7 @@ from config.errors import ReconciliationError
 from tasks.transforms.paths import join_under
 
 EXTENSIONS = {"zstd": ".csv.zst", "gzip": ".csv.gz", "none": ".csv"}
+PARQUET_EXTENSIONS = {"zstd": ".zstd.parquet", "gzip": ".gz.parquet", "none": ".parquet"}  # codec inside the file
 
 
 def key_segment(key: str) -> str:
@@ -24,9 +25,10 @@ def key_prefix(prefix: str, dataset: str, run_id: str, key: str) -> str:
     return join_under(prefix, f"{dataset}/{run_id}/{key_segment(key)}") + "/"
 
 
-def part_name(key_prefix_: str, n: int, compression: str) -> str:
-    """The object key of part ``n`` of a staged key, with the compression's extension."""
-    return f"{key_prefix_}part-{n:05d}{EXTENSIONS[compression]}"
+def part_name(key_prefix_: str, n: int, compression: str, fmt: str = "csv") -> str:
+    """The object key of part ``n`` of a staged key, with the format's and compression's extension."""
+    extension = PARQUET_EXTENSIONS[compression] if fmt == "parquet" else EXTENSIONS[compression]
+    return f"{key_prefix_}part-{n:05d}{extension}"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class StagedKey:
     bytes_staged: int
     seconds: float
     parts: tuple[StagedPart, ...] = field(default_factory=tuple)
+    format: str = "csv"  # csv (compressed whole) or parquet (compressed inside, column by column)
 
     @property
     def manifest_url(self) -> str:

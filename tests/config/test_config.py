@@ -108,8 +108,8 @@ def test_bad_rule_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule
             f"{F}: source: 'query' must filter on the bound parameter :key",
         ),
         (
-            GOOD_DATASET.replace("target: {table: facts}", "target: {table: facts, load_mode: merge}"),
-            f"{F}: target.load_mode: Input should be 'replace_key' or 'replace_table'",
+            GOOD_DATASET.replace("target: {table: facts}", "target: {table: facts, load_mode: upsert}"),
+            f"{F}: target.load_mode: Input should be 'replace_key', 'replace_table' or 'merge'",
         ),
         (
             "name: t\nsource:\n\ttable: x\n",

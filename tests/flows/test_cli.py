@@ -108,10 +108,10 @@ def test_etl_run_exit_code_and_summary(pg: Any, names: dict[str, str], make_prof
 
 def test_etl_run_with_bad_config_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nsource: {table: t, key_column: k}\ntarget: {table: t, load_mode: merge}\n")
+    bad.write_text("name: x\nsource: {table: t, key_column: k}\ntarget: {table: t, load_mode: upsert}\n")
     result = runner.invoke(app, ["etl", "run", "-d", str(bad), "--date", "2017-03-20"])
     assert result.exit_code == 2
-    assert "target.load_mode: Input should be 'replace_key' or 'replace_table'" in result.output
+    assert "target.load_mode: Input should be 'replace_key', 'replace_table' or 'merge'" in result.output
     assert "Traceback" not in result.output
 
 
