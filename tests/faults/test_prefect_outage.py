@@ -144,3 +144,70 @@ def test_a_failed_run_raises_its_error_not_a_type_error(
         with pg.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
             cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_deployment_run_that_ends_failed_logs_no_type_error(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    """Issue 18 item 5 through a real worker: the run ends Failed naming its key, without Prefect's TypeError."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.helpers.config_files import write_yaml
+
+    root = Path(__file__).resolve().parents[2]
+    rows = source_rows([k[0] for k in KEYS], per_key=5)
+    create_pg_source(pg, names["src_table"], rows)
+    try:
+        profile = make_profile()
+        put_keys(profile)
+        dataset = write_dataset(tmp_path, names)
+        run(dataset, profile, D1)  # creates the target; K2's rows then break it
+        with pg.cursor() as cur:
+            cur.execute(
+                f"ALTER TABLE {names['wh_schema']}.facts ADD CONSTRAINT no_k2 CHECK (campaign_key <> 'K2') NOT VALID"
+            )
+        pool = names["keys_table"].replace("_", "-")
+        spec = yaml.safe_load((root / "deployments" / "prefect.yaml").read_text())
+        spec["deployments"] = [
+            {
+                **spec["deployments"][0],
+                "name": "failing",
+                "parameters": {"dataset": str(dataset), "profile": str(profile), "run_date": D1.isoformat()},
+                "work_pool": {**spec["deployments"][0]["work_pool"], "name": pool},
+            }
+        ]
+        prefect_file = write_yaml(tmp_path / "prefect.yaml", spec)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "KEYFLOW_HOME": str(root),
+        }
+        prefect = str(Path(sys.executable).parent / "prefect")
+        output = ""
+        for args in (
+            ["work-pool", "create", pool, "--type", "process"],
+            ["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)],
+            ["deployment", "run", "rds-to-redshift/failing"],
+            ["worker", "start", "--pool", pool, "--run-once"],
+        ):
+            proc = subprocess.run([prefect, *args], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            output = proc.stdout + proc.stderr
+        assert "cannot be resolved into an exception" not in output and "TypeError" not in output, output
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs()
+        (flow_run,) = [r for r in runs if r.deployment_id and r.parameters.get("profile") == str(profile)]
+        assert flow_run.state is not None and flow_run.state.is_failed()
+        assert flow_run.state.message == "1 of 3 key(s) failed: K2"
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
