@@ -113,12 +113,13 @@ class PrivateMariaDB:
         self.port = free_port()
         self.socket = self.dir / "mysqld.sock"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._as_root = ["--user=root"] if os.geteuid() == 0 else []  # mariadbd refuses root unless told
         subprocess.run(
             [
                 shutil.which("mariadb-install-db") or "mariadb-install-db",
                 "--no-defaults",
                 f"--datadir={self.data}",
-                "--user=root",
+                *self._as_root,
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
             ],
@@ -144,7 +145,7 @@ class PrivateMariaDB:
                 "--bind-address=127.0.0.1",
                 f"--socket={self.socket}",
                 f"--pid-file={self.dir / 'mysqld.pid'}",
-                "--user=root",
+                *self._as_root,
                 "--skip-log-bin",
                 "--innodb-buffer-pool-size=32M",
                 f"--log-error={self.dir / 'error.log'}",
