@@ -61,3 +61,63 @@ def test_the_zombie_automation_is_created_by_one_command_and_matches_keyflow_run
         assert isinstance(action, ChangeFlowRunState) and action.state == StateType.CRASHED
     finally:
         created.delete()
+
+
+def test_a_keyflow_run_whose_heartbeats_stop_is_crashed(tmp_path: Path) -> None:
+    """The shipped automation on a real server with its services: a keyflow run that sent a heartbeat, then went
+    silent, is marked Crashed; an untagged run is left alone. The window is cut to 15 s so the test is quick."""
+    import asyncio
+    import time
+    import uuid
+
+    from prefect import Flow
+    from prefect.client.orchestration import get_client
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Running
+
+    from tests.helpers.private_db import PrivatePrefect
+
+    data = yaml.safe_load(AUTOMATIONS.read_text())
+    data["automations"][0]["trigger"]["within"] = 15
+    quick = tmp_path / "automations.yaml"
+    quick.write_text(yaml.safe_dump(data))
+    server = PrivatePrefect(services=True)
+    try:
+        server.start()
+        prefect = [str(Path(sys.executable).parent / "prefect"), "automation", "create", "--from-file", str(quick)]
+        proc = subprocess.run(prefect, env=server.env(), capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        with temporary_settings({PREFECT_API_URL: server.url}), get_client(sync_client=True) as client:
+            stand_in = Flow(fn=lambda: None, name="rds-to-redshift")
+            runs = {
+                tag: client.create_flow_run(flow=stand_in, tags=[tag], state=Running()) for tag in ("keyflow", "other")
+            }
+
+            async def heartbeat() -> None:
+                async with PrefectEventsClient(server.url) as events:
+                    for tag, run in runs.items():
+                        await events.emit(
+                            Event(
+                                event="prefect.flow-run.heartbeat",
+                                resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"},
+                                related=[{"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"}],
+                                id=uuid.uuid4(),
+                            )
+                        )
+
+            asyncio.run(heartbeat())
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                state = client.read_flow_run(runs["keyflow"].id).state
+                if state is not None and state.is_crashed():
+                    break
+                time.sleep(2)
+            crashed = client.read_flow_run(runs["keyflow"].id).state
+            other = client.read_flow_run(runs["other"].id).state
+        assert crashed is not None and crashed.is_crashed(), crashed
+        assert "No heartbeat for 90 s" in (crashed.message or "")
+        assert other is not None and other.is_running()
+    finally:
+        server.remove()
