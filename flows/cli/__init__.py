@@ -17,7 +17,7 @@ from typing import NoReturn
 import typer
 
 from config.errors import KeyflowError
-from flows.cli import control, demo, security
+from flows.cli import control, demo, security, setup
 from flows.cli.etl import etl_app
 from flows.cli.events import events_app
 from flows.cli.files import files_app
@@ -43,6 +43,7 @@ app.command("demo")(demo.demo)
 app.command("keygen")(security.keygen)
 app.command("decrypt")(security.decrypt)
 app.command("audit")(security.audit_cmd)
+app.command("setup")(setup.setup_cmd)
 
 
 def _bound_malloc_arenas() -> None:

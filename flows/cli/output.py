@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from config.errors import ConfigError, KeyflowError
@@ -200,3 +201,23 @@ def print_findings(findings: Iterable[Finding]) -> None:
     for f in findings:
         mark = "[green]ok  [/green]" if f.ok else "[red]FAIL[/red]"
         out.print(f"{mark} {f.check}: {f.target}: {f.detail}", highlight=False, soft_wrap=True)
+
+
+STATUS_COLORS = {"created": "green", "removed": "green", "exists": "cyan", "kept": "cyan", "differs": "red"}
+
+
+def print_status(rows: Iterable[tuple[str, str]]) -> None:
+    """One line per resource: a status (``created``, ``exists``, ``would create``, ``removed``…) and what."""
+    for status, what in rows:
+        color = STATUS_COLORS.get(status, "yellow")
+        out.print(f"[{color}]{status:<12}[/{color}] {escape(what)}", highlight=False, soft_wrap=True)
+
+
+def hint(line: str) -> None:
+    """A line telling the user what to run next, on standard error."""
+    err.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def interrupted(line: str) -> None:
+    """The one line an interrupted command ends with: ``interrupted: removed 16 staged object(s) of run …``."""
+    err.print(f"interrupted: {line}", highlight=False, soft_wrap=True, markup=False)

@@ -119,3 +119,15 @@ class DynamoTable:
     def ensure(self) -> bool:
         """Create the table (on demand, SSE with KMS) when missing; True when this call created it."""
         return ensure_dynamodb_table(self._ddb, self.table, list(self.key_schema), self.kms_key_id)
+
+    def exists(self) -> bool:
+        """Whether the table exists (a missing table is an answer; any other error is raised)."""
+        try:
+            self._ddb.describe_table(TableName=self.table)
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ResourceNotFoundException":
+                return False
+            raise translate(exc, f"describe table {self.table}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, f"describe table {self.table}") from exc
