@@ -61,5 +61,14 @@ def backfill(
         return result
 
     days = dates_between(start, end)
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, 8))) as pool:
-        return list(pool.map(one, days))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, 8)))
+    try:
+        results = list(pool.map(one, days))
+    except Exception:
+        pool.shutdown()
+        raise
+    except BaseException:  # interrupted: no date starts any more, and the command does not wait for the others
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results

@@ -18,11 +18,12 @@ import typer
 
 from config.errors import KeyflowError
 from flows.cli import control, demo, security, setup
+from flows.cli.common import Interrupted
 from flows.cli.etl import etl_app
 from flows.cli.events import events_app
 from flows.cli.files import files_app
 from flows.cli.keys import keys_app
-from flows.cli.output import fail_with
+from flows.cli.output import fail_with, interrupted
 from flows.cli.trends import trends_app
 
 __all__ = ["app", "main"]
@@ -44,6 +45,7 @@ app.command("keygen")(security.keygen)
 app.command("decrypt")(security.decrypt)
 app.command("audit")(security.audit_cmd)
 app.command("setup")(setup.setup_cmd)
+app.command("cleanup")(setup.cleanup_cmd)
 
 
 def _bound_malloc_arenas() -> None:
@@ -55,17 +57,19 @@ def _bound_malloc_arenas() -> None:
             ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX = 2
 
 
-def _leave(code: int | str | None) -> NoReturn:
+def _leave(code: int | str | None, join_threads: bool = True) -> NoReturn:
     """Exit without tearing the interpreter down module by module (0.4 s of every command after a flow run).
 
     What a normal exit does that matters still happens, in the same order: non-daemon threads are waited for and
     threading's exit hooks run (Prefect drains its log and event workers to the API there), then the atexit hooks
-    (logging flushes its handlers), then stdout and stderr are flushed.
+    (logging flushes its handlers), then stdout and stderr are flushed. An interrupted command does not wait for
+    its threads (a backfill's other dates stop at the staging gate, or with the process).
     """
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
-    threading._shutdown()  # type: ignore[attr-defined]  # joins threads, runs threading's exit hooks (Prefect's drains)
+    if join_threads:
+        threading._shutdown()  # type: ignore[attr-defined]  # joins threads, runs threading's exit hooks (Prefect's drains)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):
@@ -77,6 +81,7 @@ def main() -> None:
     """Console-script entry point."""
     _bound_malloc_arenas()
     code: int | str | None = 0
+    stopped = False
     try:
         app()
     except SystemExit as exc:
@@ -86,4 +91,9 @@ def main() -> None:
             fail_with(exc)
         except typer.Exit as stop:
             code = stop.exit_code
-    _leave(code)
+    except Interrupted as exc:  # SIGINT / SIGTERM during a flow: what it staged is gone; one line, 130 or 143
+        from tasks.cleanup import describe, interrupted_runs
+
+        interrupted(describe(interrupted_runs()))
+        code, stopped = exc.code, True
+    _leave(code, join_threads=not stopped)
