@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from config.errors import KeyFailedError, KeyflowError, PausedError
 from config.models import DatasetConfig
 from tasks.control import ensure_limit, is_paused, source_slot
-from tasks.io.stager import GATE, PartWriter
+from tasks.io.stager import GATE, PartWriter, stop_if_interrupted
 from tasks.resources import Resources
 from tasks.retries import KEY_IO, LISTING_IO, SETUP_IO
 from tasks.transforms.keys import CampaignKey
@@ -191,7 +191,7 @@ def load_key(staged: StagedKey, dataset: DatasetConfig, resources: Resources, sp
     """Replace the key's slice in the warehouse in one transaction, reconcile counts, then drop staged files."""
     logger = get_run_logger()
     started = time.perf_counter()
-    GATE.check()  # an interrupted process starts no load (its staged files are being removed)
+    stop_if_interrupted()  # an interrupted process starts no load (its staged files are being removed)
     store = resources.object_store()
     loaded = resources.warehouse().load_key(spec, staged, store)
     if not resources.profile.keep_staged:

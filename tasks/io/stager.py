@@ -100,6 +100,15 @@ GATE = StagingGate()
 """The process's gate: every staged upload passes it (parts here, manifests and leases in the tasks)."""
 
 
+def stop_if_interrupted() -> None:
+    """Raise :class:`StagingStopped` once this process is being interrupted.
+
+    A function, not ``GATE.check``, for task bodies: a task shipped to a Dask worker pickles what its body names,
+    and the gate's lock does not pickle.
+    """
+    GATE.check()
+
+
 def _compressor(raw: IO[bytes], compression: str, level: int) -> IO[bytes]:
     if compression == "zstd":
         return zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False)
