@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from config.loader import load_dataset, load_profile
+from flows.local_server import watch
 from flows.rds_to_redshift import for_profile
 from tasks.etl import pending_keys
 from tasks.resources import resources_for
@@ -54,6 +55,7 @@ def backfill(
             result = DateResult(day, "skipped", len(active), "already loaded and reconciled")
         else:
             state = flow(dataset=dataset, run_date=day, profile=profile, return_state=True)
+            watch(state.state_details.flow_run_id)
             status = "loaded" if state.is_completed() else "paused" if state.is_cancelled() else "failed"
             result = DateResult(day, status, len(active), state.message or "")
         if on_done:

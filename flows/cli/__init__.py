@@ -96,4 +96,18 @@ def main() -> None:
 
         interrupted(describe(interrupted_runs()))
         code, stopped = exc.code, True
+    _stop_local_server(quick=stopped)
     _leave(code, join_threads=not stopped)
+
+
+def _stop_local_server(quick: bool) -> None:
+    """Stop the temporary Prefect server, if the command started one, once its flows' task runs are recorded."""
+    from flows.local_server import stop_api
+
+    try:
+        if quick:
+            stop_api(timeout=10, require_final=False)
+        else:
+            stop_api()
+    except (Exception, KeyboardInterrupt):  # the server is stopped whatever happened; the command's code stands
+        pass

@@ -23,10 +23,15 @@ JobOpt = Annotated[str, typer.Option("--job", "-j", help="trend job name or path
 
 
 def quiet_prefect() -> None:
-    """Offline-friendly Prefect defaults, set before Prefect is imported (a user's own settings win)."""
+    """Offline-friendly Prefect defaults, set before Prefect is imported (a user's own settings win); then, when no
+    Prefect API is configured, the one temporary server this command's flows run against (see
+    :mod:`flows.local_server`; ``main()`` stops it once every task run was recorded)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    from flows.local_server import ensure_api
+
+    ensure_api()
 
 
 class Interrupted(BaseException):

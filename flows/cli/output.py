@@ -88,6 +88,9 @@ def finish(
     A run that ended in an error prints it (one line each) and exits 1, or 2 for a config error; a run cancelled by
     the kill switch prints how to resume the family, calls ``on_paused`` with what the run returned, and exits 3.
     """
+    from flows.local_server import watch
+
+    watch(state.state_details.flow_run_id)  # the local server stops only once this run's task runs are recorded
     result: Any = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         fail(*(str(result).strip() or type(result).__name__).splitlines(), code=exit_code(result))

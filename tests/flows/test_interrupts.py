@@ -19,22 +19,11 @@ import yaml
 
 from tests.helpers.config_files import write_yaml
 from tests.helpers.etl import put_keys
+from tests.helpers.services import processes_with
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYFLOW = str(Path(sys.executable).parent / "keyflow")
 LINE = re.compile(r"interrupted: removed (\d+) staged object\(s\) of run (\S+)")
-
-
-def processes_with(marker: str) -> list[int]:
-    """Processes whose environment carries ``marker`` (a command and everything it started)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture()
