@@ -22,6 +22,7 @@ kernel if the command dies (Linux), so no server outlives its command.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -57,20 +58,33 @@ _BOOT = (
 
 
 _lock = threading.Lock()
+_enabled = False
 _server: SubprocessASGIServer | None = None
 _started = 0.0
 _watched: set[UUID] = set()
 
 
+def enable() -> None:
+    """Let :func:`ensure_api` start a server: the ``keyflow`` command does, as it also stops it (:func:`stop_api`).
+
+    Code that calls the commands in-process (tests, scripts) keeps Prefect's own behaviour.
+    """
+    global _enabled
+    _enabled = True
+
+
 def ensure_api() -> str | None:
     """Start the local server unless a Prefect API is configured (or ephemeral mode is off); its URL, or None.
 
-    Safe to call more than once: the first call starts it, the others return its URL.
+    Safe to call more than once: the first call starts it, the others return its URL. Does nothing until
+    :func:`enable` was called.
     """
     global _server, _started
     with _lock:
         if _server is not None:
             return _server.api_url
+        if not _enabled:
+            return None
         from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
         if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
@@ -99,11 +113,12 @@ def watch(flow_run_id: UUID | str | None) -> None:
             _watched.add(UUID(str(flow_run_id)))
 
 
-def stop_api(timeout: float = 60.0, require_final: bool = True) -> None:
+def stop_api(timeout: float = 60.0, interrupted: bool = False) -> None:
     """Drain the client's events and logs, wait until the watched runs' task runs are recorded, stop the server.
 
-    ``require_final=False`` (an interrupted command) waits only until the counts stop changing: a task run killed
-    with its process never reaches a final state.
+    An ``interrupted`` command waits only until the counts stop changing (a task run killed with its process
+    never reaches a final state), and stops sending logs once drained: flows still ending on other threads must not
+    print failed deliveries after the command's last line.
     """
     global _server
     with _lock:
@@ -114,21 +129,22 @@ def stop_api(timeout: float = 60.0, require_final: bool = True) -> None:
         return
     try:
         from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
+        from prefect.logging.handlers import APILogHandler, APILogWorker
 
         deadline = time.monotonic() + timeout
         EventsWorker.drain_all(timeout=timeout / 2)
         APILogWorker.drain_all(timeout=timeout / 2)
+        if interrupted:
+            for logger in [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]:
+                for handler in list(getattr(logger, "handlers", [])):
+                    if isinstance(handler, APILogHandler):
+                        logger.removeHandler(handler)
         if watched:
-            asyncio.run(_recorded(watched, deadline, require_final))
+            asyncio.run(_recorded(watched, deadline, require_final=not interrupted))
     finally:
+        # PREFECT_API_URL keeps naming the stopped server: a flow still running on another thread (an interrupted
+        # backfill's) then fails to reach it, instead of Prefect starting a server of its own that nobody stops.
         server.stop()
-        os.environ.pop("PREFECT_API_URL", None)
-        if os.environ.get("PREFECT_UI_URL") == "":
-            del os.environ["PREFECT_UI_URL"]
-        import prefect.context
-
-        prefect.context.refresh_global_settings_context()
 
 
 async def _recorded(flow_runs: list[UUID], deadline: float, require_final: bool) -> None:

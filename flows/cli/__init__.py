@@ -25,6 +25,7 @@ from flows.cli.files import files_app
 from flows.cli.keys import keys_app
 from flows.cli.output import fail_with, interrupted
 from flows.cli.trends import trends_app
+from flows.local_server import enable as enable_local_server
 
 __all__ = ["app", "main"]
 
@@ -80,6 +81,7 @@ def _leave(code: int | str | None, join_threads: bool = True) -> NoReturn:
 def main() -> None:
     """Console-script entry point."""
     _bound_malloc_arenas()
+    enable_local_server()  # flows run against one temporary Prefect server, stopped below, when no API is set
     code: int | str | None = 0
     stopped = False
     try:
@@ -104,10 +106,5 @@ def _stop_local_server(quick: bool) -> None:
     """Stop the temporary Prefect server, if the command started one, once its flows' task runs are recorded."""
     from flows.local_server import stop_api
 
-    try:
-        if quick:
-            stop_api(timeout=10, require_final=False)
-        else:
-            stop_api()
-    except (Exception, KeyboardInterrupt):  # the server is stopped whatever happened; the command's code stands
-        pass
+    with suppress(Exception, KeyboardInterrupt):  # the server is stopped whatever happened; the code stands
+        stop_api(timeout=10, interrupted=True) if quick else stop_api()

@@ -24,6 +24,7 @@ from tests.helpers.services import processes_with
 ROOT = Path(__file__).resolve().parents[2]
 KEYFLOW = str(Path(sys.executable).parent / "keyflow")
 LINE = re.compile(r"interrupted: removed (\d+) staged object\(s\) of run (\S+)")
+LINES = re.compile(r"interrupted: removed (\d+) staged object\(s\) of runs? (\S+)(, \S+)?")
 
 
 @pytest.fixture()
@@ -93,12 +94,16 @@ def keyflow_env(tmp_path: Path, marker: str, api_url: str | None = None) -> dict
 
 
 def interrupt(
-    slow_etl: Any, tmp_path: Path, sig: int, api_url: str | None = None
+    slow_etl: Any, tmp_path: Path, sig: int, api_url: str | None = None, backfill: bool = False
 ) -> tuple[subprocess.CompletedProcess[str], str]:
-    """Run `keyflow etl run` on the slow source, send ``sig`` once parts are staged; the result and the marker."""
+    """Run `keyflow etl run` (or a two-date backfill) on the slow source, send ``sig`` once parts are staged; the
+    result and the marker."""
     profile, dataset, store = slow_etl
     marker = uuid.uuid4().hex
     args = [KEYFLOW, "etl", "run", "-d", str(dataset), "-p", str(profile), "--date", "2017-03-20"]
+    if backfill:
+        args[2:3] = ["backfill"]
+        args[-2:] = ["--from", "2017-03-20", "--to", "2017-03-21", "--parallel", "2"]
     env = keyflow_env(tmp_path, marker, api_url)
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -123,6 +128,21 @@ def test_ctrl_c_removes_what_the_run_staged_and_exits_130_with_one_line(slow_etl
     assert staged(slow_etl[2]) == []  # parts, manifests, records and the lease: all gone
     assert list((tmp_path / "tmp").glob("keyflow-stage-*")) == []
     assert processes_with(marker) == []  # the command stopped its server before it exited
+
+
+def test_ctrl_c_during_a_parallel_backfill_removes_what_every_running_date_staged(
+    slow_etl: Any, tmp_path: Path
+) -> None:
+    """The dates' flows run on threads, where no signal arrives: the command's own handler removes their runs."""
+    result, marker = interrupt(slow_etl, tmp_path, signal.SIGINT, backfill=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 130, output
+    match = LINES.fullmatch(result.stderr.strip().splitlines()[-1])
+    assert match and int(match[1]) > 0, result.stderr
+    assert "Traceback" not in output and "| ERROR" not in output and "Error logging" not in output
+    assert staged(slow_etl[2]) == []
+    assert list((tmp_path / "tmp").glob("keyflow-stage-*")) == []
+    assert processes_with(marker) == []
 
 
 @pytest.mark.usefixtures("prefect_harness")
