@@ -57,3 +57,25 @@ def first_line(error: BaseException | str, default: str | None = None) -> str:
     if default is not None:
         return default
     return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
+ECHO_LIMIT = 40
+
+
+def quoted(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A user's value as an error message quotes it: its ``repr``, cut after ``limit`` characters.
+
+    A long value keeps its first ``limit`` characters and says how long it was, so a 10 KB key pasted by mistake
+    gives a one-line error: ``'MCS2017MCS2017…'… (10,000 characters)``.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """Text an error message shows as it is (a path, a driver's message), cut after ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"

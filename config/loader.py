@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from config.errors import ConfigError
+from config.errors import ConfigError, clip
 from config.models import (
     ENV_PREFIX,
     DatasetConfig,
@@ -64,11 +64,19 @@ _StrictLoader.add_constructor(
 )
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name the OS refuses (too long, a NUL byte) instead of raising."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def read_yaml(path: Path) -> Any:
     """Parse one YAML file strictly; raise :class:`ConfigError` naming the file and line."""
-    shown = display_path(path)
-    if not path.is_file():
-        raise ConfigError(f"{shown}: no such file")
+    shown = clip(display_path(path))
+    if not _is_file(path):
+        raise ConfigError(f"{shown}: {'not a file' if path.is_dir() else 'no such file'}")
     raw = path.read_bytes()
     if len(raw) > MAX_YAML_BYTES:
         raise ConfigError(f"{shown}: file is {len(raw)} bytes; keyflow YAML is at most {MAX_YAML_BYTES}")
@@ -128,10 +136,20 @@ def _validate(model: type[M], data: Any, shown: str, env_fields: Mapping[str, st
 
 
 def _resolve(kind: str, name_or_path: str | Path) -> Path:
+    """A path as given (``.yaml``/``.yml``, or an existing file), else ``config/<kind>/<name>.yaml``.
+
+    Raises:
+        ConfigError: a name with no file behind it, naming the file looked for and the names there are.
+    """
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.is_file():
+    if p.suffix in (".yaml", ".yml") or _is_file(p):
         return p
-    return config_dir() / kind / f"{name_or_path}.yaml"
+    folder = config_dir() / kind
+    path = folder / f"{name_or_path}.yaml"
+    if not _is_file(path):
+        known = sorted(f.stem for f in folder.glob("*.yaml"))
+        raise ConfigError(f"{clip(display_path(path))}: no such file (known {kind}: {', '.join(known) or 'none'})")
+    return path
 
 
 F = TypeVar("F", DatasetConfig, TrendConfig, EventsConfig, FileSourceConfig)
@@ -172,14 +190,22 @@ def load_profile(name_or_path: str | Path, environ: Mapping[str, str] | None = N
     overrides = ProfileEnvSource(Profile, environ)()
     if isinstance(data, dict):
         data = {**data, **overrides}
-    return _validate(Profile, data, display_path(path), {name: ENV_PREFIX + name.upper() for name in overrides})
+    profile = _validate(Profile, data, display_path(path), {name: ENV_PREFIX + name.upper() for name in overrides})
+    profile._file = display_path(path)
+    return profile
 
 
 def validate_tree(root: Path | None = None) -> tuple[int, list[str]]:
-    """Validate every dataset and profile below ``root``; return (files checked, problem lines)."""
+    """Validate every YAML in the datasets/, profiles/, trends/, events/ and sources/ folders below ``root``.
+
+    Returns:
+        (files checked, one line per problem).
+
+    Raises:
+        ConfigError: ``root`` is not a folder, or holds no keyflow YAML at all (a mistyped ``--config-dir`` must not
+            pass for "0 file(s) valid").
+    """
     base = root or config_dir()
-    problems: list[str] = []
-    checked = 0
     loaders: tuple[tuple[str, Any], ...] = (
         ("datasets", load_dataset),
         ("profiles", load_profile),
@@ -187,6 +213,15 @@ def validate_tree(root: Path | None = None) -> tuple[int, list[str]]:
         ("events", load_events),
         ("sources", load_file_source),
     )
+    shown = clip(display_path(base))
+    if not base.exists():
+        raise ConfigError(f"{shown}: no such folder")
+    if not base.is_dir():
+        raise ConfigError(f"{shown}: not a folder")
+    if not any(next((base / kind).glob("*.y*ml"), None) for kind, _ in loaders):
+        raise ConfigError(f"{shown}: no keyflow YAML in {', '.join(kind + '/' for kind, _ in loaders)}")
+    problems: list[str] = []
+    checked = 0
     for kind, loader in loaders:
         for path in sorted((base / kind).glob("*.y*ml")):
             checked += 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from config.errors import quoted
+
 # name in YAML -> canonical kind; aliases users reach for are accepted.
 _KINDS = {
     "smallint": "smallint",
@@ -56,7 +58,7 @@ def parse_type(text: str) -> ColumnType:
     m = _TYPE_RE.match(str(text).lower())
     kind = _KINDS.get(m.group(1)) if m else None
     if not m or kind is None:
-        raise ValueError(f"unknown type {text!r} (known: {', '.join(sorted(set(_KINDS.values())))})")
+        raise ValueError(f"unknown type {quoted(text)} (known: {', '.join(sorted(set(_KINDS.values())))})")
     a, b = m.group(2), m.group(3)
     if kind == "decimal":
         precision = int(a) if a else 38

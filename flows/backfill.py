@@ -7,10 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from config.errors import ConfigError
 from config.loader import load_dataset, load_profile
 from flows.local_server import watch
 from flows.rds_to_redshift import for_profile
 from tasks.etl import pending_keys
+from tasks.preflight import problems_before_run
 from tasks.resources import resources_for
 
 
@@ -39,12 +41,20 @@ def backfill(
     force: bool = False,
     parallel: int = 1,
     on_done: Callable[[DateResult], None] | None = None,
+    preflight: bool = True,
 ) -> list[DateResult]:
     """Load each date's active keys; a date whose keys all have a ledger row is skipped unless ``force``.
 
+    Every problem of the configuration is raised (:class:`ConfigError`) before any date starts, unless the caller
+    checked already (``preflight=False``; each date's run checks again anyway).
+
     The ledger row of a key is committed with its rows, so an interrupted backfill resumes where it stopped.
     """
-    ds, resources = load_dataset(dataset), resources_for(load_profile(profile))
+    ds, prof = load_dataset(dataset), load_profile(profile)
+    problems = problems_before_run(ds, prof) if preflight else []
+    if problems:
+        raise ConfigError(problems)
+    resources = resources_for(prof)
     flow = for_profile(profile)
 
     def one(day: date) -> DateResult:

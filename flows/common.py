@@ -1,19 +1,73 @@
-"""Steps every flow shares: refuse to start while paused, gather mapped branches, end in one state, name artifacts."""
+"""Steps every flow shares: refuse to start while paused or misconfigured, gather mapped branches, end in one state.
+
+A keyflow error ends a flow in its Failed state too, without a traceback; artifact keys are named here.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, Completed, Failed, State
 
+from config.errors import ConfigError, KeyflowError, first_line
 from tasks.control import is_paused
+from tasks.preflight import Job, check_before_run
+
+if TYPE_CHECKING:
+    from tasks.resources import Resources
 
 T = TypeVar("T")
 R = TypeVar("R")
+P = ParamSpec("P")
+
+
+def ends_failed_on_errors(body: Callable[P, State[Any]]) -> Callable[P, State[Any]]:
+    """A flow body whose keyflow error ends the run Failed, with one log line per problem and no traceback.
+
+    The error (a config problem, a failed step) becomes the Failed state's data, instead of Prefect's traceback.
+    Other exceptions (bugs) still raise. Put it under ``@flow``: the flow keeps the body's name, signature and
+    parameters.
+    """
+
+    @functools.wraps(body)
+    def run(*args: P.args, **kwargs: P.kwargs) -> State[Any]:
+        try:
+            return body(*args, **kwargs)
+        except KeyflowError as exc:
+            lines = exc.problems if isinstance(exc, ConfigError) else [first_line(exc)]
+            logger = get_run_logger()
+            for line in lines:
+                logger.error("%s", line)
+            more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+            return Failed(message=f"{lines[0]}{more}", data=exc)
+
+    # Prefect reads the parameters' types from the signature and resolves names in the function's module: give it
+    # the body's signature with its annotations already resolved (this module does not import `date`).
+    run.__signature__ = inspect.signature(body, eval_str=True)  # type: ignore[attr-defined]
+    return run
+
+
+def refuse_if_misconfigured(job: Job, resources: Resources, within: float | None = None) -> State[Any] | None:
+    """The Failed state of a run whose preflight found problems; None when the run may start.
+
+    Each problem is logged, all are in a :class:`ConfigError` as the state's data, nothing is run. Connection
+    trouble is checked again while the run's time allows (``within`` seconds, when it has a limit).
+    """
+    problems = check_before_run(job, resources, within)
+    if not problems:
+        return None
+    logger = get_run_logger()
+    for line in problems:
+        logger.error("%s", line)
+    return Failed(
+        message=f"preflight: {len(problems)} problem(s), nothing was run: {problems[0]}", data=ConfigError(problems)
+    )
 
 
 def refuse_if_paused(family: str, data: Any, warning: str | None = None) -> State[Any] | None:
@@ -57,6 +111,8 @@ def final_state(data: Any, done: str, failed: str | None = None, paused: str | N
 
 
 def artifact_key(name: str, kind: str) -> str:
-    """The key of a flow's ``kind`` of artifact for ``name``: lower case, dashes (``campaign_facts`` →
-    ``campaign-facts-run-summary``), the only characters Prefect allows in a key."""
+    """The key of a flow's ``kind`` of artifact for ``name``, in the only characters Prefect allows in a key.
+
+    Lower case and dashes: ``campaign_facts`` → ``campaign-facts-run-summary``.
+    """
     return re.sub(r"[^a-z0-9-]", "-", f"{name}-{kind}".lower())

@@ -10,7 +10,14 @@ from prefect.states import State
 
 from config.errors import first_line
 from config.loader import load_file_source, load_profile
-from flows.common import artifact_key, final_state, gather, refuse_if_paused
+from flows.common import (
+    artifact_key,
+    ends_failed_on_errors,
+    final_state,
+    gather,
+    refuse_if_misconfigured,
+    refuse_if_paused,
+)
 from tasks.ingest_files import FileResult, ingest_file, list_landing_files, prepare_file_target
 from tasks.resources import resources_for
 
@@ -19,13 +26,19 @@ STATUSES = ("loaded", "skipped", "quarantined", "failed")
 
 
 @flow(name="ingest-files", validate_parameters=True)
+@ends_failed_on_errors
 def ingest_files(source: str = "campaign_facts_files", profile: str = "local") -> State[Any]:
-    """Load every new landing file of ``source`` (one parallel branch per file); files already loaded are skipped
-    by content hash, unreadable files are quarantined whole, bad rows are set aside with their reason."""
+    """Load every new landing file of ``source`` (one parallel branch per file).
+
+    Files already loaded are skipped by content hash, unreadable files are quarantined whole, bad rows are set aside
+    with their reason.
+    """
     prof, src = load_profile(profile), load_file_source(source)
     if refused := refuse_if_paused("ingest", data=[], warning=PAUSED):
         return refused
     resources = resources_for(prof)
+    if refused := refuse_if_misconfigured(src, resources):
+        return refused
     prepare_file_target(src, resources)
     keys = list_landing_files(src, resources)
     futures = ingest_file.map(unmapped(src), unmapped(resources), keys)

@@ -15,7 +15,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from config.errors import PausedError, first_line
 from config.loader import load_dataset, load_profile
 from config.models import DatasetConfig
-from flows.common import artifact_key, final_state, gather, refuse_if_paused, settled
+from flows.common import (
+    artifact_key,
+    ends_failed_on_errors,
+    final_state,
+    gather,
+    refuse_if_misconfigured,
+    refuse_if_paused,
+    settled,
+)
 from tasks.cleanup import staged_run
 from tasks.etl import KeyResult, list_active_keys, load_key, prepare_target, remove_inactive_keys, stage_key
 from tasks.resources import Resources, resources_for
@@ -31,6 +39,7 @@ PAUSED = "The etl flows are paused: nothing started (`keyflow resume etl` switch
     task_runner=ThreadPoolTaskRunner(max_workers=16),  # type: ignore[arg-type]
     validate_parameters=True,
 )
+@ends_failed_on_errors
 def rds_to_redshift(
     dataset: str = "campaign_facts", run_date: date | None = None, profile: str = "local"
 ) -> State[Any]:
@@ -48,6 +57,8 @@ def rds_to_redshift(
     logger.info("Run %s: dataset %s, run date %s, profile %s", run_id, ds.name, day, prof.name)
 
     resources = resources_for(prof)
+    if refused := refuse_if_misconfigured(ds, resources):
+        return refused
     spec = prepare_target(ds, resources)
     keys = list_active_keys(ds.name, day, resources)
     if not keys:

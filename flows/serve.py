@@ -32,7 +32,15 @@ def deployment_specs(path: Path) -> list[dict[str, Any]]:
     if not isinstance(specs, list) or not specs:
         raise ConfigError(f"{shown}: deployments: expected a non-empty list")
     for i, spec in enumerate(specs):
-        flow = load_flow(spec["entrypoint"])
+        entrypoint = spec.get("entrypoint") if isinstance(spec, dict) else None
+        if not isinstance(entrypoint, str) or ":" not in entrypoint:
+            raise ConfigError(f"{shown}: deployments[{i}].entrypoint: expected path/to/file.py:flow_function")
+        try:
+            flow = load_flow(entrypoint)
+        except ImportError as exc:
+            raise ConfigError(f"{shown}: deployments[{i}].entrypoint: cannot import {entrypoint!r}: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{shown}: deployments[{i}].entrypoint: {exc}") from None
         try:
             flow.validate_parameters(spec.get("parameters") or {})
         except Exception as exc:

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 
 from config.loader import load_profile, load_trends
-from flows.common import artifact_key, refuse_if_paused
+from flows.common import artifact_key, ends_failed_on_errors, refuse_if_misconfigured, refuse_if_paused
 from tasks.resources import resources_for
 from tasks.transforms.trends import floor_time
 from tasks.trends import CountSummary, advance_watermark, count_windows, plan_windows, score_trends, window_spec
@@ -36,6 +36,7 @@ def _hours(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
 
 
 @flow(name="trend-scoring", validate_parameters=True)
+@ends_failed_on_errors
 def trend_scoring(job: str = "trending", profile: str = "local", end: datetime | None = None) -> State[Any]:
     """Recount the windows still open to late events and any missed since the last run, then rank fresh articles.
 
@@ -46,6 +47,8 @@ def trend_scoring(job: str = "trending", profile: str = "local", end: datetime |
     if refused := refuse_if_paused("trends", data={}, warning=PAUSED):
         return refused
     resources = resources_for(prof)
+    if refused := refuse_if_misconfigured(cfg, resources):
+        return refused
     until = floor_time(_utc(end), window_spec(cfg).width)
     planned = plan_windows(cfg, resources, until)
     # Catch-up after downtime may span hours: count an hour at a time, so memory follows an hour's groups.
@@ -81,6 +84,7 @@ def trend_scoring(job: str = "trending", profile: str = "local", end: datetime |
 
 
 @flow(name="trend-backfill", validate_parameters=True)
+@ends_failed_on_errors
 def trend_backfill(job: str, start: datetime, end: datetime, profile: str = "local") -> State[Any]:
     """Recount every window in ``[start, end)`` from the archive, an hour at a time (the watermark is left alone)."""
     prof, cfg = load_profile(profile), load_trends(job)
@@ -91,6 +95,8 @@ def trend_backfill(job: str, start: datetime, end: datetime, profile: str = "loc
     if refused := refuse_if_paused("trends", data=[]):
         return refused
     resources = resources_for(prof)
+    if refused := refuse_if_misconfigured(cfg, resources):
+        return refused
     summaries = [count_windows(cfg, resources, x, y) for x, y in _hours(a, b)]
     rows = [s.as_row() for s in summaries]
     create_table_artifact(key=artifact_key(cfg.name, "backfill"), table=rows, description=f"{cfg.name} backfill")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from config.errors import KeyflowError
+from config.errors import KeyflowError, RetryableError
 from config.models import Profile
 from tasks.cleanup import LEASE_SECONDS
 from tasks.resources import resources_for
@@ -34,6 +34,8 @@ def audit(profile: Profile, max_age: timedelta = timedelta(hours=24), now: datet
     bucket = f"s3://{profile.bucket}"
     try:
         rule = store.default_encryption()
+    except RetryableError:
+        raise  # the endpoint cannot be reached (botocore already retried): nothing else can be checked either
     except KeyflowError as exc:
         rule, findings = None, [Finding("bucket encryption", bucket, False, str(exc))]
     if not findings:

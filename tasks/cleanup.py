@@ -254,9 +254,11 @@ def find_leftovers(
     now: datetime | None = None,
     lease_seconds: float = LEASE_SECONDS,
 ) -> Leftovers:
-    """The runs under the profile's staging prefix whose lease is stale and whose newest object is older than
-    ``older_than``; the others with the reason they stay; incomplete uploads of removable or vanished runs; local
-    part folders of dead processes."""
+    """What ``keyflow cleanup`` would remove under the profile's staging prefix, and what it keeps and why.
+
+    A run goes when its lease is stale and its newest object older than ``older_than``; its incomplete uploads go
+    with it; so do the local part folders of dead processes.
+    """
     now = now or datetime.now(UTC)
     store = object_store_for(profile)
     prefix = profile.prefix.strip("/") + "/"

@@ -12,26 +12,52 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from prefect.client.orchestration import get_client
+import httpx
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
+
+from config.errors import RetryableError
 
 FAMILIES = ("etl", "trends", "ingest")
 
 
 def switch_name(family: str) -> str:
+    """The name of the global concurrency limit that switches ``family`` on and off."""
     return f"keyflow-{family}-switch"
 
 
+@contextmanager
+def _prefect_api() -> Iterator[SyncPrefectClient]:
+    """A client of the Prefect API; a server that cannot be reached is one line naming its URL, not a traceback."""
+    try:
+        with get_client(sync_client=True) as client:
+            yield client
+    except httpx.TransportError as exc:
+        from prefect.settings import PREFECT_API_URL
+
+        raise RetryableError(
+            f"Prefect API at {PREFECT_API_URL.value() or 'the temporary local server'}: cannot connect ({exc})"
+        ) from exc
+
+
 def pause(family: str) -> None:
-    """Switch a flow family off."""
-    with get_client(sync_client=True) as client:
+    """Switch a flow family off.
+
+    Raises:
+        RetryableError: the Prefect API cannot be reached.
+    """
+    with _prefect_api() as client:
         client.upsert_global_concurrency_limit_by_name(switch_name(family), 0)
 
 
 def resume(family: str) -> bool:
-    """Switch a flow family back on; False when it was not paused."""
-    with get_client(sync_client=True) as client:
+    """Switch a flow family back on; False when it was not paused.
+
+    Raises:
+        RetryableError: the Prefect API cannot be reached.
+    """
+    with _prefect_api() as client:
         try:
             client.delete_global_concurrency_limit_by_name(switch_name(family))
         except ObjectNotFound:

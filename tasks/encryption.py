@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,15 +16,33 @@ from tasks.transforms.crypto import (
     rsa_unwrapper,
 )
 
+DEFAULT_KEY_NAME = "keyflow"
 
-def write_key_pair(prefix: Path, bits: int = 3072) -> tuple[Path, Path, str]:
-    """Write PREFIX.pem (private, mode 0600) and PREFIX.pub.pem; returns both paths and the key id.
+
+def key_pair_paths(out: str | Path) -> tuple[Path, Path]:
+    """Where ``keygen --out OUT`` writes the private and the public key.
+
+    ``OUT.pem`` and ``OUT.pub.pem``; but when ``OUT`` is an existing folder or ends with a slash (``--out keys/``),
+    inside it: ``OUT/keyflow.pem`` and ``OUT/keyflow.pub.pem``.
+    """
+    text = str(out)
+    base = Path(text)
+    if text.endswith(("/", os.sep)) or base.is_dir():
+        base = base / DEFAULT_KEY_NAME
+    return base.with_name(base.name + ".pem"), base.with_name(base.name + ".pub.pem")
+
+
+def write_key_pair(out: str | Path, bits: int = 3072) -> tuple[Path, Path, str]:
+    """Write the private key (mode 0600) and the public key where :func:`key_pair_paths` says.
+
+    Returns:
+        The private key's path, the public key's path and the key id.
 
     Raises:
         FileExistsError: either file exists (a key is never overwritten).
+        OSError: the folder cannot be made or written.
     """
-    private = prefix.with_name(prefix.name + ".pem")
-    public = prefix.with_name(prefix.name + ".pub.pem")
+    private, public = key_pair_paths(out)
     if private.exists() or public.exists():
         raise FileExistsError(f"{private} or {public} exists; keyflow never overwrites a key")
     private_pem, public_pem = generate_key_pair(bits)

@@ -10,12 +10,13 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from config.errors import KeyFailedError, KeyflowError, PausedError
+from config.errors import ConfigError, KeyFailedError, KeyflowError, PausedError
 from config.models import DatasetConfig
 from tasks.control import ensure_limit, is_paused, source_slot
 from tasks.io.stager import GATE, PartWriter, stop_if_interrupted
 from tasks.resources import Resources
 from tasks.retries import KEY_IO, LISTING_IO, SETUP_IO
+from tasks.transforms.drift import plan_drift
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.plan import arrow_schema, plan_table
 from tasks.transforms.rules import RuleEngine, RuleError, as_text, conform, passthrough_columns
@@ -50,18 +51,29 @@ class KeyResult:
     error: str = ""
 
     def as_row(self) -> dict[str, Any]:
+        """The result as one summary-table row."""
         return asdict(self)
 
 
 @task(name="prepare_target", **SETUP_IO)
 def prepare_target(dataset: DatasetConfig, resources: Resources) -> TableSpec:
     """Plan the target table from the source schema and rules; create it when missing."""
-    logger = get_run_logger()
     profile = resources.profile
+    if dataset.staging.format_for(profile.warehouse_kind) == "parquet" and profile.warehouse_kind != "redshift":
+        raise ConfigError(
+            f"{dataset.file}: staging.format: parquet loads only into Redshift; the profile's warehouse is "
+            f"{profile.warehouse_kind!r} (use csv)"
+        )
+    logger = get_run_logger()
     if profile.source_concurrency_limit:
         ensure_limit(profile.source_concurrency_limit, profile.source_max_connections)
-    spec = plan_table(dataset, resources.source().source_schema(dataset.source), dataset.file)
-    resources.warehouse().prepare(spec)
+    planned = plan_table(dataset, resources.source().source_schema(dataset.source), dataset.file)
+    warehouse = resources.warehouse()
+    drift = plan_drift(planned, warehouse.columns(planned), dataset.target.on_schema_change, dataset.file)
+    for warning in drift.warnings:
+        logger.warning("Schema of %s.%s: %s", planned.schema, planned.table, warning)
+    spec = drift.spec
+    warehouse.prepare(spec, drift.add)
     logger.info(
         "Target %s.%s ready on %s (%d columns)",
         spec.schema,
@@ -86,6 +98,9 @@ def list_active_keys(dataset: str, run_date: date, resources: Resources) -> list
     return keys
 
 
+PROGRESS_SECONDS = 10.0  # how often a key still staging logs its progress
+
+
 def stage_rows(
     key: CampaignKey, dataset: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, run_date: date
 ) -> StagedKey:
@@ -101,7 +116,8 @@ def stage_rows(
     )
     schema_in = source.source_schema(dataset.source)
     target_schema = arrow_schema(spec)
-    if schema_in is not None and source.text_native:
+    fmt = dataset.staging.format_for(profile.warehouse_kind)
+    if schema_in is not None and source.text_native and fmt == "csv":
         # Columns no rule touches travel as the database's own text: exact, and no parse/format round trip.
         keep = passthrough_columns(dataset.rules, schema_in, target_schema)
         schema_in, target_schema = as_text(schema_in, keep), as_text(target_schema, keep)
@@ -118,8 +134,10 @@ def stage_rows(
         dataset.staging.compression,
         dataset.staging.level,
         dataset.staging.part_rows,
+        fmt,
     )
     extracted = filtered = 0
+    report_at = time.perf_counter() + PROGRESS_SECONDS
     try:
         with (
             _limit(f"source:{profile.source_url}", profile.source_max_connections),
@@ -130,6 +148,14 @@ def stage_rows(
                 out = conform(engine.apply(batch), target_schema)
                 filtered += batch.num_rows - out.num_rows
                 writer.write(out)
+                if time.perf_counter() >= report_at:  # a long key says how far it got, in the log and on the TTY
+                    report_at = time.perf_counter() + PROGRESS_SECONDS
+                    get_run_logger().info(
+                        "Staging key %r: %d rows staged so far (%.0fs)",
+                        key.key,
+                        extracted - filtered,
+                        time.perf_counter() - started,
+                    )
         parts = writer.close()
     except RuleError as exc:
         writer.abort()
@@ -153,6 +179,7 @@ def stage_rows(
         bytes_staged=sum(p.bytes for p in parts),
         seconds=0.0,
         parts=tuple(parts),
+        format=fmt,
     )
     with GATE.upload():  # an interrupt removes the run's prefix: nothing may land after it
         store.put_bytes(redshift_manifest(store.bucket, parts), staged.manifest_key, "application/json")

@@ -54,15 +54,21 @@ class DrainSummary:
     batches: int = 0
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    unknown_only_batches: int = 0  # batches whose every event named an article the reference table lacks
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, other: DrainSummary) -> None:
-        for name in ("received", "stored", "duplicates", "rejected", "dead_lettered", "batches"):
+        """Add another drain's counts and files to this one."""
+        counts = ("received", "stored", "duplicates", "rejected", "dead_lettered", "batches", "unknown_only_batches")
+        for name in counts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.files += other.files
 
     def as_row(self) -> dict[str, Any]:
+        """The summary as one table row: the number of files instead of their names, the warnings as one text."""
         row = asdict(self)
         row["files"] = len(self.files)
+        row["warnings"] = "; ".join(self.warnings)
         return row
 
 
@@ -94,7 +100,8 @@ class EventSinks:
         events = [r for _, r in parsed if isinstance(r, Event)]
         unique = first_of_each(events)
         out.duplicates += len(events) - len(unique)
-        good, bad = check_reference(unique, self.articles.live({e.article_id for e in unique}))
+        live = self.articles.live({e.article_id for e in unique})
+        good, bad = check_reference(unique, live)
         stored_in = self.table.archived_in(e.event_id for e in good)
         fresh = [e for e in good if not (e.event_id in stored_in and self._exists(stored_in[e.event_id]))]
         out.duplicates += len(good) - len(fresh)
@@ -106,6 +113,8 @@ class EventSinks:
             self._archive_exists[key] = True
             out.files.append(key)
         out.stored += len(fresh)
+        if unique and len(bad) == len(unique) and all(e.article_id not in live for e, _ in bad):
+            out.unknown_only_batches = 1
         if bad or poison:
             rejected = [Rejected(Message(b"", e.received_at), reason, e).as_json() for e, reason in bad]
             rejected += [p.as_json() for p in poison]
@@ -119,13 +128,28 @@ class EventSinks:
 def drain(
     job: EventsConfig, sinks: EventSinks, source: EventSource, max_events: int, max_seconds: float
 ) -> DrainSummary:
-    """Store and acknowledge batches until the limits or a quiet queue; the summary of everything done."""
+    """Store and acknowledge batches until the limits or a quiet queue; the summary of everything done.
+
+    The summary warns (once) when the article reference table is empty, or else when every event of a batch named
+    an article the table does not know: such events are rejected, not lost, but a drain that rejects everything
+    is almost always a table that was never filled, and must not pass for a quiet success.
+    """
     started = time.perf_counter()
     total = DrainSummary()
+    table = job.reference.table
+    if sinks.articles.is_empty():
+        total.warnings.append(
+            f"the article table {table} is empty: every event is rejected as an unknown article until it is filled"
+        )
     for batch in source.batches(job.batch_size, max_events, max_seconds, job.idle_seconds):
         summary = sinks.store_batch(batch, source)
         source.ack(batch)
         total.add(summary)
+    if total.unknown_only_batches and not total.warnings:
+        total.warnings.append(
+            f"every event of {total.unknown_only_batches} batch(es) named an article the table {table} does not "
+            "know: is it filled and up to date?"
+        )
     total.seconds = round(time.perf_counter() - started, 3)
     return total
 
@@ -164,4 +188,6 @@ def drain_events(job: EventsConfig, resources: Resources, max_events: int, max_s
         summary.rejected,
         summary.dead_lettered,
     )
+    for warning in summary.warnings:
+        logger.warning("%s", warning)
     return summary

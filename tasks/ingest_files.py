@@ -35,10 +35,12 @@ class FileResult:
     seconds: float = 0.0
 
     def as_row(self) -> dict[str, Any]:
+        """The result as one summary-table row."""
         return asdict(self)
 
 
 def relative_name(source: FileSourceConfig, key: str) -> str:
+    """The object key relative to the source's landing prefix."""
     return key[len(source.landing_prefix) :].lstrip("/")
 
 

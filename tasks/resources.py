@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,9 +28,11 @@ from pydantic import SecretStr
 from config.errors import ConfigError
 from config.loader import config_dir
 from config.models import EventsConfig, KinesisSourceConfig, Profile, SecretRef, TrendConfig
+from tasks.io.databases import pg_dsn
 from tasks.io.keystore import DynamoKeyStore, KeyStore
 from tasks.io.kms import kms_data_keys
 from tasks.io.objectstore import ObjectStore, S3ObjectStore
+from tasks.io.redshift import DataApi, IamCredentials, RedshiftDataApiWarehouse
 from tasks.io.secrets import resolve_secret
 from tasks.io.source import SourceDatabase, SqlSource
 from tasks.io.warehouse import DuckDBWarehouse, PostgresWarehouse, RedshiftWarehouse, Warehouse
@@ -86,6 +89,14 @@ class Resources:
                 self._secrets[cache_key] = value
             return self._secrets[cache_key]
 
+    @contextmanager
+    def _field(self, field: str) -> Iterator[None]:
+        """A URL an adapter cannot use is the profile's mistake: name the file and the field."""
+        try:
+            yield
+        except ConfigError as exc:
+            raise ConfigError([f"{self.profile.file}: {field}: {p}" for p in exc.problems]) from None
+
     def _password(self, ref: SecretRef | None, env_default: str, what: str) -> str | None:
         secret = self.secret(ref, what, env_default)
         return secret.get_secret_value() if secret is not None else None
@@ -119,7 +130,8 @@ class Resources:
         def build() -> SourceDatabase:
             p = self.profile
             password = self._password(p.source_password, "KEYFLOW_SOURCE_PASSWORD", "source_password")
-            return SqlSource(p.source_url, password, pool_size=max(p.source_max_connections, 1))
+            with self._field("source_url"):
+                return SqlSource(p.source_url, password, pool_size=max(p.source_max_connections, 1))
 
         return self._cached(("source",), build)
 
@@ -130,13 +142,41 @@ class Resources:
             p = self.profile
             if p.warehouse_kind == "duckdb":
                 return DuckDBWarehouse(p.warehouse_url)
-            password = self._password(p.warehouse_password, "KEYFLOW_WAREHOUSE_PASSWORD", "warehouse_password")
             if p.warehouse_kind == "redshift":
-                assert p.redshift_iam_role is not None
-                return RedshiftWarehouse(p.warehouse_url, password, p.redshift_iam_role, p.aws_region)
-            return PostgresWarehouse(p.warehouse_url, password)
+                return self._redshift()
+            password = self._password(p.warehouse_password, "KEYFLOW_WAREHOUSE_PASSWORD", "warehouse_password")
+            with self._field("warehouse_url"):
+                return PostgresWarehouse(p.warehouse_url, password)
 
         return self._cached(("warehouse",), build)
+
+    def _redshift(self) -> Warehouse:
+        """Redshift in the profile's mode: the Data API, or a connection with a password or IAM credentials."""
+        p, rs = self.profile, self.profile.redshift
+        assert p.redshift_iam_role is not None
+        endpoint = rs.endpoint_url or p.aws_endpoint_url
+        if rs.mode == "data_api":
+            assert rs.database is not None
+            api = DataApi(
+                p.aws_region,
+                endpoint,
+                rs.database,
+                cluster_id=rs.cluster_id,
+                workgroup=rs.workgroup,
+                db_user=rs.db_user,
+                secret_arn=rs.secret_arn,
+                poll_max_seconds=rs.poll_max_seconds,
+                timeout_seconds=rs.timeout_seconds,
+            )
+            return RedshiftDataApiWarehouse(api, p.redshift_iam_role, p.aws_region, p.prefix)
+        if rs.iam_auth:
+            with self._field("warehouse_url"):
+                database = str(pg_dsn(p.warehouse_url).get("dbname") or "dev")
+                credentials = IamCredentials(p.aws_region, endpoint, database, rs.cluster_id, rs.db_user, rs.workgroup)
+                return RedshiftWarehouse(p.warehouse_url, None, p.redshift_iam_role, p.aws_region, credentials)
+        password = self._password(p.warehouse_password, "KEYFLOW_WAREHOUSE_PASSWORD", "warehouse_password")
+        with self._field("warehouse_url"):
+            return RedshiftWarehouse(p.warehouse_url, password, p.redshift_iam_role, p.aws_region)
 
     def object_store(self) -> ObjectStore:
         """The staging bucket of the profile (also where landing files and the event archive live)."""
@@ -153,9 +193,9 @@ class Resources:
             from tasks.io.rds_writer import RdsWriter
 
             p = self.profile
-            return RdsWriter(
-                p.source_url, self._password(p.source_password, "KEYFLOW_SOURCE_PASSWORD", "source_password")
-            )
+            password = self._password(p.source_password, "KEYFLOW_SOURCE_PASSWORD", "source_password")
+            with self._field("source_url"):
+                return RdsWriter(p.source_url, password)
 
         return self._cached(("rds_writer",), build)
 
@@ -195,14 +235,16 @@ class Resources:
             p = self.profile
             if p.trends_url:
                 password = self._password(p.trends_password, "KEYFLOW_TRENDS_PASSWORD", "trends_password")
-                return TrendCounts(p.trends_url, password, job.counts_schema, job.counts_table)
+                with self._field("trends_url"):
+                    return TrendCounts(p.trends_url, password, job.counts_schema, job.counts_table)
             if p.warehouse_kind != "postgres":
                 raise ConfigError(
                     f"profile {p.name}: trends_url: trend counts need PostgreSQL; set trends_url "
                     f"(the warehouse is {p.warehouse_kind!r})"
                 )
             password = self._password(p.warehouse_password, "KEYFLOW_WAREHOUSE_PASSWORD", "warehouse_password")
-            return TrendCounts(p.warehouse_url, password, job.counts_schema, job.counts_table)
+            with self._field("warehouse_url"):
+                return TrendCounts(p.warehouse_url, password, job.counts_schema, job.counts_table)
 
         return self._cached(("trend_counts", job.counts_schema, job.counts_table), build)
 
@@ -241,6 +283,18 @@ class Resources:
             return KinesisSource(src.stream, p.aws_region, p.aws_endpoint_url, checkpoints, job.name, src.start)
         password = self._password(src.password, "KEYFLOW_BROKER_PASSWORD", "source.password")
         return RabbitMQSource(src.url, password, src.queue, src.dead_letter_queue, src.prefetch)
+
+    def check_event_source(self, job: EventsConfig) -> list[str]:
+        """Problems reaching the broker queues or the stream an ingestion drains (checked, not opened for long)."""
+        p, src = self.profile, job.source
+        if isinstance(src, KinesisSourceConfig):
+            from tasks.io.stream import check_stream
+
+            return check_stream(src.stream, p.aws_region, p.aws_endpoint_url)
+        from tasks.io.broker import check_queues
+
+        password = self._password(src.password, "KEYFLOW_BROKER_PASSWORD", "source.password")
+        return check_queues(src.url, password, [src.queue, src.dead_letter_queue])
 
 
 def resources_for(profile: Profile) -> Resources:

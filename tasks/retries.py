@@ -1,11 +1,19 @@
 """The retry condition every I/O task of every flow family shares, and the named retry presets the tasks use.
 
 A preset is a dict of ``@task`` options: ``@task(name="load_key", **KEY_IO)``. Each retry waits the next delay
-(seconds); only errors that can succeed on retry (:class:`~config.errors.RetryableError`) are retried.
+(seconds); only errors that can succeed on retry (:class:`~config.errors.RetryableError`: throttling, connection
+trouble) are retried, and only while the task's total time stays within the preset's deadline. A permanent error
+(a :class:`~config.errors.ConfigError` such as a wrong password, or a failed key) is never retried.
+
+The condition, not Prefect's retry count, decides when to stop: a preset allows one retry more than it has delays,
+and :class:`RetryTransient` refuses that last one. So a task that gives up ends Failed with its error's one line,
+without the "Retries are exhausted" traceback Prefect logs when its own count runs out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect.client.schemas.objects import TaskRun
@@ -26,29 +34,78 @@ def retry_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) 
     return False
 
 
-def retrying(*delays: float, jitter: float | None = None) -> dict[str, Any]:
-    """``@task`` options: one retry per delay in ``delays`` (seconds), transient errors only, optional jitter."""
+def _elapsed(task_run: TaskRun, now: datetime | None = None) -> float:
+    """Seconds since the task run's first attempt started (0 when Prefect has not recorded it)."""
+    if task_run.start_time is None:
+        return 0.0
+    start = task_run.start_time
+    return ((now or datetime.now(UTC)) - (start if start.tzinfo else start.replace(tzinfo=UTC))).total_seconds()
+
+
+class RetryTransient:
+    """A retry condition: a transient error, a delay left for this attempt, and the next start before the deadline.
+
+    Args:
+        delays: the wait before each retry, in seconds; attempt ``n`` (1-based) that fails waits ``delays[n-1]``.
+        deadline: seconds from the first attempt's start after which no retry starts (None: no deadline).
+    """
+
+    def __init__(self, delays: Sequence[float], deadline: float | None = None) -> None:
+        self.delays = tuple(delays)
+        self.deadline = deadline
+
+    def __repr__(self) -> str:
+        return f"RetryTransient(delays={list(self.delays)}, deadline={self.deadline})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RetryTransient) and (self.delays, self.deadline) == (other.delays, other.deadline)
+
+    def __hash__(self) -> int:
+        return hash((self.delays, self.deadline))
+
+    def __call__(self, task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+        """Whether Prefect should run the task again."""
+        if not retry_transient(task, task_run, state):
+            return False
+        attempt = max(task_run.run_count, 1)
+        if attempt > len(self.delays):
+            return False
+        return self.deadline is None or _elapsed(task_run) + self.delays[attempt - 1] <= self.deadline
+
+
+def retrying(*delays: float, jitter: float | None = None, deadline: float | None = None) -> dict[str, Any]:
+    """``@task`` options: one retry per delay in ``delays`` (seconds), transient errors only.
+
+    No retry starts later than ``deadline`` seconds after the first attempt; ``jitter`` spreads the delays.
+    """
     options: dict[str, Any] = {
-        "retries": len(delays),
+        "retries": len(delays) + 1,  # the condition refuses the last: see the module docstring
         "retry_delay_seconds": list(delays),
-        "retry_condition_fn": retry_transient,
+        "retry_condition_fn": RetryTransient(delays, deadline),
     }
     if jitter is not None:
         options["retry_jitter_factor"] = jitter
     return options
 
 
-SETUP_IO = retrying(2, 8)
+def within(preset: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The ``preset`` with its deadline cut to ``seconds`` (a drain that must end by ``--max-seconds``)."""
+    condition: RetryTransient = preset["retry_condition_fn"]
+    deadline = seconds if condition.deadline is None else min(condition.deadline, seconds)
+    return {**preset, "retry_condition_fn": RetryTransient(condition.delays, deadline)}
+
+
+SETUP_IO = retrying(2, 8, deadline=120)
 """One short call that creates, lists or records something (a table, the landing files, a watermark)."""
 
-LISTING_IO = retrying(1, 4, 10)
+LISTING_IO = retrying(1, 4, 10, deadline=120)
 """Reading the run's work list (the active keys): soon, then a little later."""
 
-BATCH_IO = retrying(2, 10)
+BATCH_IO = retrying(2, 10, deadline=900)
 """One unit of work (a landing file, an hour of windows, a scoring pass)."""
 
-KEY_IO = retrying(2, 10, jitter=0.5)
+KEY_IO = retrying(2, 10, jitter=0.5, deadline=900)
 """One key of the ETL; many run at once, so the jitter spreads their retries."""
 
-DRAIN_IO = retrying(2, 10, 30)
-"""A broker drain: a broker that restarts may need half a minute."""
+DRAIN_IO = retrying(2, 10, 30, deadline=300)
+"""A broker drain: a broker that restarts may need half a minute (the flow cuts the deadline to ``max_seconds``)."""

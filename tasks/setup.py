@@ -57,7 +57,7 @@ def lifecycle_rule_id(prefix: str) -> str:
 
 
 def lifecycle_rule(prefix: str, expire_days: int = STAGED_EXPIRY_DAYS) -> dict[str, object]:
-    """keyflow's lifecycle rule: staged objects under ``prefix`` expire, incomplete multipart uploads are aborted."""
+    """The lifecycle rule setup adds: staged objects under ``prefix`` expire, incomplete uploads are aborted."""
     return {
         "ID": lifecycle_rule_id(prefix),
         "Filter": {"Prefix": prefix.strip("/") + "/"},
@@ -135,7 +135,7 @@ def setup_resources(profile: Profile, jobs: SetupJobs = SetupJobs(), dry_run: bo
 
 def _table_step(table: DynamoTable, kind: str, detail: str, dry_run: bool) -> SetupStep:
     what = f"{kind} {table.table}"
-    if table.exists():
+    if table.probe():
         return SetupStep(EXISTS, what)
     if dry_run:
         return SetupStep(WOULD_CREATE, what, detail)

@@ -20,7 +20,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # A test needs a service when it uses one of these fixtures (directly or through another fixture), or when it lives in
 # a tier that runs against the real thing: adapters in tests/io, flows end to end in tests/flows (see DEVELOPERS.md).
-SERVICE_FIXTURES = frozenset({"pg", "mysql", "aws_endpoint", "prefect_harness"})
+SERVICE_FIXTURES = frozenset({"pg", "mysql", "aws_endpoint", "prefect_harness", "redshift_standin"})
 SERVICE_TIERS = tuple(Path(__file__).parent / tier for tier in ("io", "flows"))
 
 
@@ -43,6 +43,15 @@ def aws_endpoint() -> Iterator[str]:
         reset_clients()
         yield aws.endpoint_url
     reset_clients()
+
+
+@pytest.fixture(scope="session")
+def redshift_standin(aws_endpoint: str, pg: Any) -> Iterator[Any]:
+    """The Redshift stand-in (tests/helpers/redshift_standin.py): the Data API over HTTP, SQL run on PostgreSQL."""
+    from tests.helpers.redshift_standin import RedshiftStandIn
+
+    with RedshiftStandIn(aws_endpoint) as standin:
+        yield standin
 
 
 @pytest.fixture(scope="session")

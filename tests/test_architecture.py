@@ -23,36 +23,41 @@ def imports(path: Path) -> set[str]:
     return found
 
 
+def rel(path: Path) -> str:
+    """A test id: the file's path in the repo."""
+    return path.relative_to(ROOT).as_posix()
+
+
 def files(folder: str) -> list[Path]:
     return sorted((ROOT / folder).rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", files("flows"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", files("flows"), ids=rel)
 def test_flows_import_no_sdk(path: Path) -> None:
     assert not imports(path) & SDKS
 
 
-@pytest.mark.parametrize("path", files("tasks/transforms"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", files("tasks/transforms"), ids=rel)
 def test_transforms_are_pure(path: Path) -> None:
     found = imports(path)
     assert not found & (SDKS | {"prefect", "os", "requests", "socket"})
     assert not {m for m in found if m.startswith("tasks.io") or m.startswith("flows")}
 
 
-@pytest.mark.parametrize("path", files("config"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", files("config"), ids=rel)
 def test_config_imports_nothing_above_it(path: Path) -> None:
     found = imports(path)
     assert not found & (SDKS | {"prefect", "tasks", "flows"})
 
 
-@pytest.mark.parametrize("path", files("tasks/io"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", files("tasks/io"), ids=rel)
 def test_adapters_do_not_import_prefect_or_flows(path: Path) -> None:
     found = imports(path)
     assert "flows" not in found
     assert "prefect" not in found or path.name == "secrets.py"  # a Prefect Secret block is an adapter's source
 
 
-@pytest.mark.parametrize("path", [p for p in files("tasks") if "io" not in p.parts], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in files("tasks") if "io" not in p.parts], ids=rel)
 def test_only_adapters_import_sdks(path: Path) -> None:
     assert not imports(path) & SDKS
 
@@ -69,7 +74,7 @@ def imported_modules(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("path", files("flows/cli"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", files("flows/cli"), ids=rel)
 def test_the_cli_calls_tasks_and_flows_not_adapters(path: Path) -> None:
     adapters = {m for m in imported_modules(path) if m.split(".")[:2] in (["tasks", "io"], ["tasks", "resources"])}
     assert not adapters

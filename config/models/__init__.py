@@ -12,7 +12,7 @@ from __future__ import annotations
 from config.models.common import ENV_PREFIX, IDENT_RE, Ident, SecretRef, TypeName
 from config.models.dataset import DatasetConfig, SourceConfig, StagingConfig, TargetColumn, TargetConfig
 from config.models.events import EventsConfig, KinesisSourceConfig, RabbitMQSourceConfig, ReferenceConfig
-from config.models.profile import EncryptionKey, Profile, ProfileEnvSource
+from config.models.profile import EncryptionKey, Profile, ProfileEnvSource, RedshiftConfig
 from config.models.rules import (
     FILTER_OPS,
     RULE_NAMES,
@@ -50,6 +50,7 @@ __all__ = [
     "Profile",
     "ProfileEnvSource",
     "RabbitMQSourceConfig",
+    "RedshiftConfig",
     "ReferenceConfig",
     "Rule",
     "ScoringConfig",

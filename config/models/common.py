@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from config.errors import quoted
 from config.types import parse_type
 
 ENV_PREFIX = "KEYFLOW_"  # the one prefix of keyflow's environment variables
@@ -15,8 +16,9 @@ IDENT_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,62}\Z")  # \Z: "$" would accep
 
 def _ident(value: str) -> str:
     if not isinstance(value, str) or not IDENT_RE.match(value):
+        shown = quoted(value) if isinstance(value, str) else repr(value)
         raise ValueError(
-            f"{value!r} is not a safe identifier (ASCII letters, digits and _, not starting with a digit, "
+            f"{shown} is not a safe identifier (ASCII letters, digits and _, not starting with a digit, "
             "at most 63 characters)"
         )
     return value

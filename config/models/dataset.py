@@ -57,15 +57,29 @@ class TargetConfig(_Model):
     )
     distkey: Ident | None = Field(None, description="Redshift DISTKEY")
     sortkey: list[Ident] = Field(default_factory=list, description="Redshift compound SORTKEY")
-    load_mode: Literal["replace_key", "replace_table"] = Field(
+    load_mode: Literal["replace_key", "replace_table", "merge"] = Field(
         "replace_key",
-        description="replace_key: replace each active key's rows; replace_table: also remove keys no longer active",
+        description="replace_key: replace each active key's rows; replace_table: also remove keys no longer "
+        "active; merge: upsert the key's rows by primary_key (rows no longer extracted stay)",
+    )
+    on_schema_change: Literal["fail", "add_columns", "ignore"] = Field(
+        "fail",
+        description="a source column the table lacks, or a table column the source lost: fail names them; "
+        "add_columns adds new ones and loads lost ones as NULL; ignore leaves new ones out and loads lost ones as "
+        "NULL. A changed type always fails",
+    )
+    primary_key: list[Ident] = Field(
+        default_factory=list, max_length=16, description="columns that identify a row (load_mode merge)"
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _unique(self) -> TargetConfig:
+        if self.load_mode == "merge" and not self.primary_key:
+            raise ValueError("load_mode merge needs primary_key (the columns that identify a row)")
+        if len({c.lower() for c in self.primary_key}) != len(self.primary_key):
+            raise ValueError("primary_key names a column twice")
         if self.columns:
             names = [c.name.lower() for c in self.columns]
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -80,9 +94,18 @@ class TargetConfig(_Model):
 class StagingConfig(_Model):
     """How staged files are written."""
 
+    format: Literal["parquet", "csv"] | None = Field(
+        None,
+        description="parquet (typed columns, real NULLs; Redshift only) or csv; default: parquet for Redshift, "
+        "csv for PostgreSQL and DuckDB",
+    )
     compression: Literal["zstd", "gzip", "none"] = "zstd"
     level: int = Field(1, ge=1, le=19, description="compression level (gzip: 1-9)")
     part_rows: int = Field(250_000, ge=1_000, le=50_000_000, description="rows per staged part file")
+
+    def format_for(self, warehouse_kind: str) -> str:
+        """The staging format for a warehouse: the one given, else Parquet for Redshift and CSV elsewhere."""
+        return self.format or ("parquet" if warehouse_kind == "redshift" else "csv")
 
 
 class DatasetConfig(_FileModel):

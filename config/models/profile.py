@@ -8,11 +8,12 @@ from collections.abc import Mapping
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.models.common import ENV_PREFIX, Ident, SecretRef, _exactly_one, _Model
+from config.urls import POSTGRES_BACKENDS, SOURCE_BACKENDS, url_problem
 
 
 class EncryptionKey(_Model):
@@ -62,6 +63,73 @@ class ProfileEnvSource(EnvSettingsSource):
         }
 
 
+class RedshiftConfig(_Model):
+    """How keyflow reaches Redshift: a database connection (``direct``) or the Redshift Data API (``data_api``)."""
+
+    mode: Literal["direct", "data_api"] = Field(
+        "direct",
+        description="direct: a connection to warehouse_url (psycopg2); data_api: the Redshift Data API over HTTPS, "
+        "no network path to the cluster needed",
+    )
+    cluster_id: str | None = Field(
+        None, pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=63, description="provisioned cluster identifier"
+    )
+    workgroup: str | None = Field(None, pattern=r"^[a-z0-9-]{3,63}$", description="Redshift Serverless workgroup name")
+    database: Ident | None = Field(None, description="database (data_api; direct mode takes it from warehouse_url)")
+    db_user: str | None = Field(
+        None,
+        min_length=1,
+        max_length=127,
+        description="database user for temporary credentials (GetClusterCredentials) on a provisioned cluster",
+    )
+    secret_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:secretsmanager:", description="data_api: Secrets Manager secret of the user"
+    )
+    iam_auth: bool = Field(
+        False,
+        description="direct: connect with temporary IAM credentials (GetClusterCredentials for cluster_id + db_user, "
+        "redshift-serverless GetCredentials for workgroup) instead of a password",
+    )
+    endpoint_url: str | None = Field(
+        None, description="endpoint of the Redshift APIs (a VPC endpoint); default: aws_endpoint_url"
+    )
+    poll_max_seconds: float = Field(
+        5.0, ge=0.05, le=60, description="data_api: longest pause between two DescribeStatement polls"
+    )
+    timeout_seconds: int = Field(
+        3600, ge=10, le=86_400, description="data_api: how long a load is waited for before the key is retried"
+    )
+
+    @model_validator(mode="after")
+    def _combination(self) -> RedshiftConfig:
+        if self.cluster_id and self.workgroup:
+            raise ValueError("give cluster_id (provisioned) or workgroup (Serverless), not both")
+        if self.mode == "data_api":
+            if not (self.cluster_id or self.workgroup):
+                raise ValueError("mode data_api needs cluster_id (provisioned) or workgroup (Serverless)")
+            if not self.database:
+                raise ValueError("mode data_api needs database")
+            if self.iam_auth:
+                raise ValueError("iam_auth is for mode direct; data_api authenticates with secret_arn or db_user")
+            if self.cluster_id and bool(self.secret_arn) == bool(self.db_user):
+                raise ValueError("mode data_api on a cluster needs exactly one of secret_arn or db_user")
+            if self.workgroup and self.db_user:
+                raise ValueError(
+                    "db_user is for a provisioned cluster; a Serverless workgroup uses secret_arn or the caller's "
+                    "IAM identity"
+                )
+        else:
+            if self.secret_arn:
+                raise ValueError("secret_arn is for mode data_api; mode direct uses warehouse_password or iam_auth")
+            if self.iam_auth and not (self.cluster_id or self.workgroup):
+                raise ValueError("iam_auth needs cluster_id and db_user (provisioned) or workgroup (Serverless)")
+            if self.iam_auth and self.cluster_id and not self.db_user:
+                raise ValueError("iam_auth on a cluster needs db_user (GetClusterCredentials)")
+            if not self.iam_auth and (self.cluster_id or self.workgroup or self.db_user):
+                raise ValueError("cluster_id, workgroup and db_user are used by mode data_api or iam_auth: set one")
+        return self
+
+
 class Profile(BaseSettings):
     """Where keyflow runs: source database, warehouse, AWS endpoint, bucket, keys table, parallelism."""
 
@@ -80,9 +148,15 @@ class Profile(BaseSettings):
         description="Prefect global concurrency limit held by every extraction from this source, across runs",
     )
     warehouse_kind: Literal["postgres", "redshift", "duckdb"] = "duckdb"
-    warehouse_url: str = Field(description="postgresql://… (postgres, redshift) or a DuckDB file path")
+    warehouse_url: str = Field(
+        "", description="postgresql://… (postgres, redshift direct) or a DuckDB file path; unused by redshift data_api"
+    )
     warehouse_password: SecretRef | None = Field(None, description="defaults to $KEYFLOW_WAREHOUSE_PASSWORD")
     redshift_iam_role: str | None = Field(None, description="IAM role ARN for Redshift COPY")
+    redshift: RedshiftConfig = Field(
+        default_factory=RedshiftConfig,  # type: ignore[arg-type]
+        description="how Redshift is reached (warehouse_kind redshift): connection mode and authentication",
+    )
     trends_url: str | None = Field(
         None, description="PostgreSQL URL of trend counts; default: warehouse_url when warehouse_kind is postgres"
     )
@@ -115,10 +189,41 @@ class Profile(BaseSettings):
             )
         return v
 
+    @field_validator("source_url", "warehouse_url", "trends_url")
+    @classmethod
+    def _database_url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """A URL keyflow can connect with (a DuckDB warehouse is a file path); checked now, not at the first key."""
+        if not v:
+            return v
+        if info.field_name == "source_url":
+            problem = url_problem(v, SOURCE_BACKENDS)
+        elif info.field_name == "warehouse_url" and info.data.get("warehouse_kind", "duckdb") == "duckdb":
+            scheme = v.split("://", 1)[0].lower() if "://" in v else None
+            problem = None if scheme in (None, "duckdb") else "warehouse_kind 'duckdb' takes a file path, not a URL"
+        else:
+            problem = url_problem(v, POSTGRES_BACKENDS, psycopg2_only=True)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    _file: str | None = PrivateAttr(None)
+
+    @property
+    def file(self) -> str:
+        """The profile's YAML file as errors show it (``profile NAME`` for a profile built in code)."""
+        return self._file or f"profile {self.name}"
+
     @model_validator(mode="after")
     def _redshift(self) -> Profile:
         if self.warehouse_kind == "redshift" and not self.redshift_iam_role:
             raise ValueError("warehouse_kind 'redshift' needs redshift_iam_role (COPY runs with an IAM role)")
+        data_api = self.warehouse_kind == "redshift" and self.redshift.mode == "data_api"
+        if not self.warehouse_url and not data_api:
+            raise ValueError(f"warehouse_kind {self.warehouse_kind!r} needs warehouse_url")
+        redshift_iam = self.warehouse_kind == "redshift" and (data_api or self.redshift.iam_auth)
+        if redshift_iam and self.warehouse_password is not None:
+            how = "mode data_api" if data_api else "iam_auth"
+            raise ValueError(f"warehouse_password is not used with redshift {how}; remove it")
         return self
 
     @classmethod

@@ -12,18 +12,18 @@ import os
 import sys
 import threading
 from contextlib import suppress
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
 from config.errors import KeyflowError
-from flows.cli import control, demo, security, setup
+from flows.cli import check, control, demo, security, setup
 from flows.cli.common import Interrupted
 from flows.cli.etl import etl_app
 from flows.cli.events import events_app
 from flows.cli.files import files_app
 from flows.cli.keys import keys_app
-from flows.cli.output import fail_with, interrupted
+from flows.cli.output import err, fail_with, interrupted, set_debug
 from flows.cli.trends import trends_app
 from flows.local_server import enable as enable_local_server
 
@@ -32,6 +32,32 @@ __all__ = ["app", "main"]
 app = typer.Typer(
     help="keyflow: key-driven ETL from RDS to Redshift through S3, as Prefect flows.", no_args_is_help=True
 )
+
+
+@app.callback()
+def options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="print the traceback of every error (one line each without it) and Prefect's log at DEBUG level",
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="print only the summary and errors: no run log (Prefect's log level CRITICAL)"
+        ),
+    ] = False,
+) -> None:
+    """keyflow: key-driven ETL from RDS to Redshift through S3, as Prefect flows."""
+    set_debug(debug)
+    if debug:  # before any command imports Prefect, which reads its logging level once
+        os.environ["PREFECT_LOGGING_LEVEL"] = "DEBUG"
+    elif quiet:  # the summary and the CLI's own error lines say what a quiet user needs
+        os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"
+
+
 app.add_typer(etl_app, name="etl")
 app.add_typer(keys_app, name="keys")
 app.add_typer(trends_app, name="trends")
@@ -45,12 +71,13 @@ app.command("demo")(demo.demo)
 app.command("keygen")(security.keygen)
 app.command("decrypt")(security.decrypt)
 app.command("audit")(security.audit_cmd)
+app.command("check")(check.check_cmd)
 app.command("setup")(setup.setup_cmd)
 app.command("cleanup")(setup.cleanup_cmd)
 
 
 def _bound_malloc_arenas() -> None:
-    """glibc gives each thread its own malloc arena; with parallel keys that inflates RSS for nothing."""
+    """Bound malloc arenas: glibc gives each thread its own, and with parallel keys that inflates RSS for nothing."""
     if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
         import ctypes
 
@@ -67,7 +94,7 @@ def _leave(code: int | str | None, join_threads: bool = True) -> NoReturn:
     its threads (a backfill's other dates stop at the staging gate, or with the process).
     """
     if isinstance(code, str):
-        print(code, file=sys.stderr)
+        err.print(code, markup=False, highlight=False, emoji=False, soft_wrap=True)  # as the interpreter prints it
         code = 1
     if join_threads:
         threading._shutdown()  # type: ignore[attr-defined]  # joins threads, runs threading's exit hooks (Prefect's drains)

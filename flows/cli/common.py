@@ -7,28 +7,39 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from config.errors import quoted
 from flows.cli.output import fail
+
+if TYPE_CHECKING:
+    from config.models import DatasetConfig, EventsConfig, FileSourceConfig, TrendConfig
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="profile name or path (config/profiles/)")]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name or path (config/datasets/)")]
 JobOpt = Annotated[str, typer.Option("--job", "-j", help="trend job name or path (config/trends/)")]
 
 
-def quiet_prefect() -> None:
-    """Offline-friendly Prefect defaults, set before Prefect is imported (a user's own settings win); then, when no
-    Prefect API is configured, the one temporary server this command's flows run against (see
-    :mod:`flows.local_server`; ``main()`` stops it once every task run was recorded)."""
+def prefect_defaults() -> None:
+    """Offline-friendly Prefect defaults, set before Prefect is imported (a user's own settings win)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+
+
+def quiet_prefect() -> None:
+    """Prefect's defaults, then the temporary Prefect server this command's flows run against, if it needs one.
+
+    The server is started only when no Prefect API is configured (see :mod:`flows.local_server`); ``main()`` stops
+    it once every task run was recorded.
+    """
+    prefect_defaults()
     from flows.local_server import ensure_api
 
     ensure_api()
@@ -47,8 +58,10 @@ class Interrupted(BaseException):
 
 
 def mute_console_logs() -> None:
-    """Stop log lines reaching the terminal (they still reach the Prefect API): an interrupted command's last
-    line is its own."""
+    """Stop log lines reaching the terminal; they still reach the Prefect API.
+
+    An interrupted command's last line is its own.
+    """
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
     for logger in loggers:
         for handler in getattr(logger, "handlers", []):
@@ -58,8 +71,10 @@ def mute_console_logs() -> None:
 
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """Around a flow call: SIGINT and SIGTERM remove what the running ETL runs staged, silence the logs and end
-    the command with :class:`Interrupted` (``main()`` prints the one line and exits 130 or 143)."""
+    """Around a flow call: SIGINT and SIGTERM remove what the running ETL runs staged, then end the command.
+
+    The logs are silenced and :class:`Interrupted` raised; ``main()`` prints the one line and exits 130 or 143.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -85,7 +100,7 @@ def parse_date(text: str, option: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        fail(f"{option}: {text!r} is not a date (YYYY-MM-DD)")
+        fail(f"{option}: {quoted(text)} is not a date (YYYY-MM-DD)")
 
 
 def parse_time(text: str, option: str) -> datetime:
@@ -93,28 +108,51 @@ def parse_time(text: str, option: str) -> datetime:
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        fail(f"{option}: {text!r} is not a date or time (YYYY-MM-DD[THH:MM[:SS]][+00:00])")
+        fail(f"{option}: {quoted(text)} is not a date or time (YYYY-MM-DD[THH:MM[:SS]][+00:00])")
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
-def check_config(profile: str, kind: str, name: str) -> None:
-    """Load the profile and a job's YAML before Prefect starts, so a user's mistake is a ``ConfigError``, not a trace.
+def dataset_name(name_or_path: str) -> str:
+    """The ``name:`` of the dataset that ``-d`` names (a name under config/datasets/ or a path to its YAML).
+
+    Keys are stored under this name, the one `etl run` looks them up by; an unknown dataset is a ``ConfigError``.
+    """
+    from config.loader import load_dataset
+
+    return load_dataset(name_or_path).name
+
+
+def check_config(profile: str, kind: str, name: str, preflight: bool = True) -> None:
+    """Load the profile and a job's YAML, then run the job's preflight, before a flow starts.
+
+    A user's mistake is a ``ConfigError`` listing every problem, one line each, not a trace (and the Prefect server
+    is not started for it).
 
     Args:
         profile: profile name or path.
         kind: the job's folder under config/: datasets, events, sources or trends.
         name: the job's name or path.
+        preflight: also check the resources the job uses (source, secrets, bucket, tables, broker…).
     """
     from config import loader
+    from config.errors import ConfigError
 
-    load = {
+    loaders: dict[str, Callable[[str], DatasetConfig | EventsConfig | FileSourceConfig | TrendConfig]] = {
         "datasets": loader.load_dataset,
         "events": loader.load_events,
         "sources": loader.load_file_source,
         "trends": loader.load_trends,
-    }[kind]
-    loader.load_profile(profile)
-    load(name)
+    }
+    load = loaders[kind]
+    prof = loader.load_profile(profile)
+    job = load(name)
+    prefect_defaults()
+    if preflight:
+        from tasks.preflight import problems_before_run
+
+        problems = problems_before_run(job, prof)
+        if problems:
+            raise ConfigError(problems)
     quiet_prefect()
 
 

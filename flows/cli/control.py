@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from config.errors import quoted
 from flows.cli.common import quiet_prefect
 from flows.cli.output import CONFIG, err, fail, out, reports_errors
 
@@ -17,7 +18,7 @@ def _family(family: str) -> str:
     from tasks.control import FAMILIES
 
     if family not in FAMILIES:
-        fail(f"unknown flow family {family!r} (known: {', '.join(FAMILIES)})")
+        fail(f"unknown flow family {quoted(family)} (known: {', '.join(FAMILIES)})")
     quiet_prefect()
     return family
 

@@ -10,7 +10,7 @@ import typer
 
 from flows.cli.common import parse_date, quiet_prefect
 from flows.cli.etl import run_etl
-from flows.cli.output import OK, out, print_status, reports_errors
+from flows.cli.output import OK, fail, out, print_status, reports_errors
 
 
 @reports_errors
@@ -26,7 +26,10 @@ def demo(
     from tasks.demo import create_kms_key, embedded_aws, seed_aws, seed_source
 
     day = parse_date(run_date, "--date")
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--dir: cannot make {workdir}: {exc.strerror or exc}")
     os.environ["KEYFLOW_SOURCE_URL"] = f"sqlite:///{(workdir / 'source.db').resolve()}"
     os.environ["KEYFLOW_WAREHOUSE_URL"] = str((workdir / "warehouse.duckdb").resolve())
     os.environ["KEYFLOW_WAREHOUSE_KIND"] = "duckdb"

@@ -84,7 +84,9 @@ def etl_backfill(
 
     with interruptible(), Progress(console=err, transient=True) as progress:
         bar = progress.add_task(f"backfill {dataset}", total=(last - first).days + 1)
-        results = backfill(dataset, first, last, profile, force, parallel, on_done=lambda _: progress.advance(bar))
+        results = backfill(
+            dataset, first, last, profile, force, parallel, on_done=lambda _: progress.advance(bar), preflight=False
+        )
     print_dates(results, f"backfill {dataset} {first} → {last}")
     counts = {s: sum(r.status == s for r in results) for s in ("loaded", "skipped", "nothing", "failed", "paused")}
     out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n))

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import ProfileOpt, check_config
-from flows.cli.output import finish, out, reports_errors
+from flows.cli.output import finish, out, reports_errors, warning
 
 events_app = typer.Typer(help="Ingest activity events from the broker.", no_args_is_help=True)
 
@@ -31,6 +31,8 @@ def events_drain(
         )
         row = finish(state, "ingest").data
         out.print(state.message or "", highlight=False)
+        if isinstance(row, dict) and row.get("warnings"):
+            warning(row["warnings"])
         if not forever:
             assert isinstance(row, dict)
             return

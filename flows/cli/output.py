@@ -1,6 +1,7 @@
 """Everything the commands print: error lines, tables, JSON, and the exit code a flow's final state maps to.
 
-Exit codes: 0 ok, 1 a key or file failed, 2 a config or usage problem, 3 the flow family is paused.
+Exit codes: 0 ok, 1 a key or file failed, 2 a config or usage problem, 3 the flow family is paused. A known error is
+one line and no traceback, unless `keyflow --debug` asked for the traceback too (:func:`set_debug`).
 """
 
 from __future__ import annotations
@@ -8,21 +9,25 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from config.errors import ConfigError, KeyflowError
+from config.errors import ConfigError, KeyflowError, first_line
 
 if TYPE_CHECKING:
     from prefect.states import State
 
     from tasks.audit import Finding
+    from tasks.preflight import CheckReport
     from tasks.transforms.keys import CampaignKey
 
 OK, FAILED, CONFIG, PAUSED = 0, 1, 2, 3
@@ -34,13 +39,36 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+_debug = False
+
+
+def set_debug(on: bool) -> None:
+    """`keyflow --debug`: every error a command reports prints its traceback before its line."""
+    global _debug
+    _debug = on
+
+
+def _show_traceback(exc: BaseException | None) -> None:
+    if _debug and exc is not None and not isinstance(exc, typer.Exit):
+        err.print("".join(traceback.format_exception(exc)).rstrip(), markup=False, highlight=False, soft_wrap=True)
+
+
 def error(line: str) -> None:
     """Print one ``error:`` line on standard error (every error a command reports goes through here)."""
     err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
 
 
-def fail(*lines: str, code: int = CONFIG) -> NoReturn:
-    """Print each line as an error and end the command with ``code`` (2, a usage or config problem, unless told)."""
+def warning(line: str) -> None:
+    """Print one ``warning:`` line on standard error (the command goes on; its exit code is unchanged)."""
+    err.print(Text.assemble(("warning:", "yellow"), " ", line), highlight=False, soft_wrap=True)
+
+
+def fail(*lines: str, code: int = CONFIG, cause: BaseException | None = None) -> NoReturn:
+    """Print each line as an error and end the command with ``code`` (2, a usage or config problem, unless told).
+
+    With `--debug`, the traceback of ``cause`` (by default the exception being handled, if any) comes first.
+    """
+    _show_traceback(cause or sys.exc_info()[1])
     for line in lines:
         error(line)
     raise typer.Exit(code) from None
@@ -53,7 +81,7 @@ def exit_code(exc: BaseException) -> int:
 
 def fail_with(exc: KeyflowError) -> NoReturn:
     """A user's mistake or a failed call: one line per problem, no traceback, its exit code."""
-    fail(*(exc.problems if isinstance(exc, ConfigError) else [str(exc)]), code=exit_code(exc))
+    fail(*(exc.problems if isinstance(exc, ConfigError) else [str(exc)]), code=exit_code(exc), cause=exc)
 
 
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -93,7 +121,7 @@ def finish(
     watch(state.state_details.flow_run_id)  # the local server stops only once this run's task runs are recorded
     result: Any = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
-        fail(*(str(result).strip() or type(result).__name__).splitlines(), code=exit_code(result))
+        fail(*(str(result).strip() or type(result).__name__).splitlines(), code=exit_code(result), cause=result)
     if state.is_cancelled():
         err.print(f"[yellow]{state.message}[/yellow] (`keyflow resume {family}` {resume_hint})")
         if on_paused is not None:
@@ -107,28 +135,51 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, default=str) + "\n")
 
 
+def human_bytes(n: int) -> str:
+    """A byte count in the shortest unit that keeps three significant figures (``0 B``, ``135 KB``, ``1.27 GB``)."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            figure = f"{int(size)}" if unit == "B" else f"{size:.3g}" if size < 1000 else f"{size:,.0f}"
+            return f"{figure} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
 def print_summary(rows: list[dict[str, Any]], title: str) -> None:
-    """The per-key summary table."""
-    table = Table(title=title, title_justify="left")
-    for col, justify in (("key", "left"), ("status", "left"), ("rows", "right"), ("bytes staged", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    table.add_column("seconds", justify="right")
-    table.add_column("detail", overflow="fold")
+    """The per-key summary table, narrow enough for an 80-column terminal, then each failed key's whole error.
+
+    The detail column is cut to the width left; ``--json`` and the run's artifact keep every figure and message.
+    """
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("key", max_width=16, no_wrap=True, overflow="ellipsis")
+    table.add_column("status", no_wrap=True)
+    table.add_column("rows", justify="right", no_wrap=True)
+    table.add_column("staged", justify="right", no_wrap=True)
+    table.add_column("s", justify="right", no_wrap=True)
+    # The other columns take at most about 60 characters: the detail gets the rest of the terminal.
+    table.add_column("detail", no_wrap=True, overflow="ellipsis", max_width=max(16, out.width - 62))
+    failed = []
     for r in rows:
         ok = r["status"] == "loaded"
+        if ok:
+            detail = f"{r['rows_filtered']:,} filtered" if r["rows_filtered"] else ""
+        else:
+            detail = first_line(r["error"], r["status"])
+            failed.append(r)
         table.add_row(
             r["key"],
             f"[green]{r['status']}[/green]" if ok else f"[red]{r['status']}[/red]",
-            f"{r['rows_loaded']:,}" if ok else f"{r['rows_extracted']:,} extracted",
-            f"{r['bytes_staged']:,}",
-            f"{r['seconds']:.2f}",
-            (
-                f"extracted {r['rows_extracted']:,}, filtered {r['rows_filtered']:,}, loaded {r['rows_loaded']:,}"
-                if ok
-                else r["error"]
-            ),
+            f"{r['rows_loaded']:,}" if ok else f"{r['rows_extracted']:,}",
+            human_bytes(r["bytes_staged"]),
+            f"{r['seconds']:.1f}",
+            detail,
         )
     out.print(table)
+    for r in failed:
+        if r["status"] == "failed":
+            message = r["error"] or "failed"
+            error(message if repr(r["key"]) in message else f"key {r['key']!r}: {message}")
 
 
 def print_dates(results: Iterable[Any], title: str) -> None:
@@ -204,6 +255,20 @@ def print_findings(findings: Iterable[Finding]) -> None:
     for f in findings:
         mark = "[green]ok  [/green]" if f.ok else "[red]FAIL[/red]"
         out.print(f"{mark} {f.check}: {f.target}: {f.detail}", highlight=False, soft_wrap=True)
+
+
+def print_check(report: CheckReport) -> None:
+    """A checked job: one ``ok`` line with what was looked at and how long, else one error line per problem."""
+    if report.ok:
+        out.print(
+            f"[green]ok[/green] {report.kind} {report.name} ({report.file}): {', '.join(report.checked)} "
+            f"({report.seconds:.2f} s)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    for line in report.problems:
+        error(line)
 
 
 STATUS_COLORS = {"created": "green", "removed": "green", "exists": "cyan", "kept": "cyan", "differs": "red"}

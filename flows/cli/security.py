@@ -15,16 +15,27 @@ from flows.cli.setup import cleanup_hint
 
 @reports_errors
 def keygen(
-    prefix: Annotated[Path, typer.Option("--out", help="file prefix: writes PREFIX.pem (private) and PREFIX.pub.pem")],
+    out_: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="file prefix: writes PREFIX.pem (private) and PREFIX.pub.pem; a folder (keys/) gets "
+            "keys/keyflow.pem and keys/keyflow.pub.pem",
+        ),
+    ],
     bits: Annotated[int, typer.Option("--bits", min=2048, max=8192)] = 3072,
 ) -> None:
     """Make an RSA key pair for field-level encryption; give the .pub.pem to the pipeline, keep the .pem apart."""
     from tasks.encryption import write_key_pair
 
+    if not out_.strip():
+        fail("--out: give a file prefix (keys/phone) or a folder (keys/)")
     try:
-        private, public, key_id = write_key_pair(prefix, bits)
+        private, public, key_id = write_key_pair(out_, bits)
     except FileExistsError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"--out: cannot write {exc.filename or out_}: {exc.strerror or exc}")
     out.print(
         f"Wrote {public} (for the profile's encryption_keys) and {private} (keep it away from the pipeline); "
         f"key id {key_id}.",
@@ -51,27 +62,44 @@ def decrypt(
     =, +, -, @, tab or carriage return) is prefixed with a single quote unless --raw is given.
     """
     from tasks.encryption import kms_unwrapper_for, private_key_unwrapper
-    from tasks.transforms.crypto import CellDecryptError, MissingColumnError, decrypt_csv
+    from tasks.transforms.crypto import CellDecryptError, MalformedCsvError, MissingColumnError, decrypt_csv
 
-    if kms:
-        from config.loader import load_profile
+    try:
+        f = source.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        fail(f"{source}: {_os_problem(exc)}")
+    with f:
+        if kms:
+            from config.loader import load_profile
 
-        unwrap = kms_unwrapper_for(load_profile(profile))
-    else:
-        if not private_keys:
-            fail("give --private-key (one per key id) or --kms")
-        try:
-            unwrap = private_key_unwrapper(private_keys)
-        except (OSError, ValueError) as exc:
-            fail(f"--private-key: {exc}")
-    with source.open(newline="", encoding="utf-8") as f:
+            unwrap = kms_unwrapper_for(load_profile(profile))
+        else:
+            if not private_keys:
+                fail("give --private-key (one per key id) or --kms")
+            try:
+                unwrap = private_key_unwrapper(private_keys)
+            except OSError as exc:
+                fail(f"--private-key: {exc.filename}: {_os_problem(exc)}")
+            except ValueError as exc:
+                fail(f"--private-key: {exc}")
         try:
             for text in decrypt_csv(f, columns, unwrap, raw=raw):
                 sys.stdout.write(text)
-        except MissingColumnError as exc:
+        except (MissingColumnError, MalformedCsvError) as exc:
             fail(f"{source}: {exc}")
         except CellDecryptError as exc:
             fail(f"{source}: {exc}", code=FAILED)
+        except UnicodeDecodeError as exc:
+            fail(f"{source}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} is {exc.reason})")
+
+
+def _os_problem(exc: OSError) -> str:
+    """Why a file cannot be opened, in a user's words."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a folder, not a file"
+    return exc.strerror or str(exc)
 
 
 @reports_errors

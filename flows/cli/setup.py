@@ -25,9 +25,12 @@ def setup_cmd(
     ] = None,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Create what the profile names, when missing: the staging bucket (default encryption, public access
-    blocked, staged objects expiring after 7 days), the key table, and the article and trend serving tables of the
-    events and trends jobs (DynamoDB, SSE). Idempotent: one line per resource, created or already there."""
+    """Create what the profile and its jobs name in AWS, when missing; one line per resource.
+
+    The staging bucket (default encryption, public access blocked, staged objects expiring after 7 days), the key
+    table, and the article and trend serving tables of the events and trends jobs (DynamoDB, SSE). Idempotent: a
+    second run reports everything as already there.
+    """
     from config.loader import load_profile
     from tasks.setup import DIFFERS, jobs_for, setup_resources
 
@@ -46,9 +49,10 @@ def cleanup_cmd(
     ] = "24h",
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Remove what interrupted or killed ETL runs left under the staging prefix: their staged objects, incomplete
-    uploads, and local part folders of processes that are gone. A run that is still running (its lease renewed in
-    the last 5 minutes) is never touched, however old its files."""
+    """Remove what killed ETL runs left: staged objects, incomplete uploads, local part folders.
+
+    A run that is still running (its lease renewed in the last 5 minutes) is never touched, however old its files.
+    """
     from config.loader import load_profile
     from tasks.cleanup import find_leftovers, remove_leftovers
 

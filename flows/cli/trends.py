@@ -13,14 +13,17 @@ trends_app = typer.Typer(help="Score trending articles from the event archive.",
 
 
 def _check_trends(job: str, profile: str) -> None:
-    """Load the profile and the job, and check the profile can keep its counts, before Prefect starts."""
+    """Load the profile and the job, and run its preflight (counts store, users file…), before Prefect starts."""
     from config.loader import load_profile, load_trends
 
     prof, spec = load_profile(profile), load_trends(job)
     quiet_prefect()
-    from tasks.trends import check_counts_store
+    from config.errors import ConfigError
+    from tasks.preflight import problems_before_run
 
-    check_counts_store(prof, spec)
+    problems = problems_before_run(spec, prof)  # the counts store, the archive, the users file
+    if problems:
+        raise ConfigError(problems)
 
 
 @trends_app.command("run")

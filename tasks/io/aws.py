@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import threading
 from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, EndpointConnectionError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
 
-from config.errors import KeyFailedError, RetryableError
+from config.errors import ConfigError, KeyFailedError, RetryableError, first_line
+from tasks.io.net import dns_is_down
 
 _lock = threading.Lock()
-_clients: dict[tuple[str, str, str | None], Any] = {}
+_clients: dict[tuple[str, str, str | None, bool], Any] = {}
 
 TRANSIENT_CODES = {
     "ProvisionedThroughputExceededException",
@@ -28,10 +37,35 @@ TRANSIENT_CODES = {
     "TransactionConflictException",
 }
 
+# Codes no retry can fix: the credentials, a grant, or the name of a bucket, table, stream or key is wrong.
+PERMANENT_CODES = {
+    "AccessDenied",
+    "AccessDeniedException",
+    "AllAccessDisabled",
+    "AuthFailure",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidAccessKeyId",
+    "InvalidClientTokenId",
+    "KMS.NotFoundException",
+    "KMSAccessDeniedException",
+    "MissingAuthenticationToken",
+    "NoSuchBucket",
+    "NotFoundException",
+    "ResourceNotFoundException",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "403",  # HEAD requests carry no error body: the status is the code
+}
 
-def client(service: str, region: str, endpoint_url: str | None = None) -> Any:
-    """A thread-safe boto3 client (sessions are not thread-safe, so clients are made under a lock)."""
-    cache_key = (service, region, endpoint_url)
+
+def client(service: str, region: str, endpoint_url: str | None = None, quick: bool = False) -> Any:
+    """A thread-safe boto3 client (sessions are not thread-safe, so clients are made under a lock).
+
+    ``quick`` clients (checks before a run) try twice with short timeouts: a down or mistyped endpoint is reported in
+    seconds, where a run's clients keep retrying.
+    """
+    cache_key = (service, region, endpoint_url, quick)
     with _lock:
         if cache_key not in _clients:
             kwargs: dict[str, Any] = {}
@@ -44,7 +78,11 @@ def client(service: str, region: str, endpoint_url: str | None = None) -> Any:
                 region_name=region,
                 endpoint_url=endpoint_url,
                 config=Config(
-                    retries={"max_attempts": 8, "mode": "adaptive"},
+                    retries={"max_attempts": 2, "mode": "standard"}
+                    if quick
+                    else {"max_attempts": 8, "mode": "adaptive"},
+                    connect_timeout=5 if quick else 60,
+                    read_timeout=15 if quick else 60,
                     max_pool_connections=32,
                     # Staged parts are checked by row counts at load; skip a second CRC pass over every byte.
                     request_checksum_calculation="when_required",
@@ -61,16 +99,45 @@ def reset_clients() -> None:
         _clients.clear()
 
 
+def unknown_host(exc: BaseException) -> bool:
+    """Whether a connection error comes from a host name that does not resolve (a typo in ``aws_endpoint_url``)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # botocore → urllib3 NameResolutionError → socket.gaierror
+        if seen is None:
+            return False
+        if dns_is_down(seen):
+            return False  # the resolver failed for now: a retry may get through
+        if isinstance(seen, socket.gaierror) or type(seen).__name__ == "NameResolutionError":
+            return True
+        seen = getattr(seen, "kwargs", {}).get("error") or seen.__cause__ or seen.__context__
+    return False
+
+
 def translate(exc: Exception, what: str) -> Exception:
-    """Map a boto error to keyflow's retry-or-fail classes, naming what was being done."""
+    """Map a boto error to keyflow's classes, naming what was being done.
+
+    Throttling and connection trouble retry (:class:`RetryableError`); a refused credential or grant, a missing
+    bucket, table or stream, or an endpoint whose host does not resolve is a :class:`ConfigError` at once; anything
+    else fails the key.
+    """
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         message = exc.response.get("Error", {}).get("Message", "")
+        if message.lstrip().startswith("<"):  # an XML error body left unparsed (an emulator's 403): read it
+            inner = dict(re.findall(r"<(Code|Message)>([^<]*)</\1>", message))
+            code, message = inner.get("Code", code), inner.get("Message", "")
+        message = first_line(message, default="")
         if code in TRANSIENT_CODES:
             return RetryableError(f"{what}: {code}: {message}")
+        if code in PERMANENT_CODES:
+            return ConfigError(f"{what}: {code}: {message or 'access denied'}")
         return KeyFailedError(f"{what}: {code}: {message}")
     if isinstance(exc, EndpointConnectionError | ConnectionError):
+        if unknown_host(exc):
+            return ConfigError(f"{what}: {exc} (the host name does not resolve)")
         return RetryableError(f"{what}: {exc}")
+    if isinstance(exc, NoCredentialsError):
+        return ConfigError(f"{what}: no AWS credentials found (environment, profile or instance role)")
     if isinstance(exc, BotoCoreError):
         return KeyFailedError(f"{what}: {exc}")
     return exc
@@ -87,6 +154,8 @@ def ensure_dynamodb_table(ddb: Any, table: str, keys: list[tuple[str, str]], kms
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceNotFoundException":
             raise translate(exc, f"describe table {table}") from exc
+    except BotoCoreError as exc:  # the endpoint is down or unreachable: one line, not botocore's traceback
+        raise translate(exc, f"describe table {table}") from exc
     sse: dict[str, Any] = {"Enabled": True, "SSEType": "KMS"}
     if kms_key_id:
         sse["KMSMasterKeyId"] = kms_key_id
@@ -103,6 +172,8 @@ def ensure_dynamodb_table(ddb: Any, table: str, keys: list[tuple[str, str]], kms
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise translate(exc, f"create table {table}") from exc
         return False
+    except BotoCoreError as exc:
+        raise translate(exc, f"create table {table}") from exc
     return True
 
 
@@ -120,14 +191,15 @@ class DynamoTable:
         """Create the table (on demand, SSE with KMS) when missing; True when this call created it."""
         return ensure_dynamodb_table(self._ddb, self.table, list(self.key_schema), self.kms_key_id)
 
-    def exists(self) -> bool:
-        """Whether the table exists (a missing table is an answer; any other error is raised)."""
+    def probe(self) -> bool:
+        """Whether the table exists (a quick client: a down endpoint is reported in seconds); errors translated."""
+        ddb = client("dynamodb", self._ddb.meta.region_name, self._ddb.meta.endpoint_url, quick=True)
         try:
-            self._ddb.describe_table(TableName=self.table)
-            return True
+            ddb.describe_table(TableName=self.table)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ResourceNotFoundException":
+            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
                 return False
-            raise translate(exc, f"describe table {self.table}") from exc
+            raise translate(exc, f"DynamoDB table {self.table}") from exc
         except BotoCoreError as exc:
-            raise translate(exc, f"describe table {self.table}") from exc
+            raise translate(exc, f"DynamoDB table {self.table}") from exc
+        return True

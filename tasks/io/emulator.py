@@ -8,6 +8,7 @@ from typing import Any
 
 
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -22,6 +23,7 @@ class EmbeddedAWS:
         self._server: Any = None
 
     def start(self) -> EmbeddedAWS:
+        """Start the moto server in a background thread; returns itself."""
         from moto.server import ThreadedMotoServer
 
         # werkzeug logs every request at INFO; an embedded endpoint should be silent.
@@ -31,6 +33,7 @@ class EmbeddedAWS:
         return self
 
     def stop(self) -> None:
+        """Stop the moto server when it runs."""
         if self._server is not None:
             self._server.stop()
             self._server = None

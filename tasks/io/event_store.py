@@ -68,8 +68,11 @@ def batch_get(ddb: Any, table: str, key: str, ids: Iterable[str], attributes: li
 
 
 def batch_put(ddb: Any, table: str, items: list[dict[str, Any]], parallel: int = 4) -> int:
-    """Write items 25 at a time, ``parallel`` requests in flight, retrying unprocessed items with jittered
-    backoff; returns how many. Raises when any chunk cannot be written (the caller does not acknowledge)."""
+    """Write items 25 at a time, ``parallel`` requests in flight; returns how many.
+
+    Unprocessed items are retried with jittered backoff. Raises when any chunk cannot be written (the caller does not
+    acknowledge).
+    """
 
     def one(chunk: list[dict[str, Any]]) -> None:
         pending: dict[str, Any] = {table: [{"PutRequest": {"Item": it}} for it in chunk]}
@@ -146,6 +149,13 @@ class ArticleDirectory(DynamoTable):
             self.cache.put_many({k: fetched.get(k) for k in missing})
             found.update(fetched)
         return {k: v for k, v in found.items() if v is not None}
+
+    def is_empty(self) -> bool:
+        """Whether the table holds no article at all (one Scan of one item: every event would be unknown)."""
+        resp = _call(
+            self._ddb.scan, f"read {self.table}", TableName=self.table, Limit=1, ProjectionExpression="article_id"
+        )
+        return not resp.get("Items")
 
     def put(self, articles: Mapping[str, bool]) -> None:
         """Add or update articles (tests, demos and the benchmark seed the table with it)."""

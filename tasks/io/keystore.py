@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from config.errors import KeyFailedError
+from config.errors import KeyFailedError, quoted
 from tasks.io.aws import DynamoTable, translate
 from tasks.transforms.keys import CampaignKey, active_keys, validate_key
 
@@ -17,12 +17,29 @@ from tasks.transforms.keys import CampaignKey, active_keys, validate_key
 class KeyStore(Protocol):
     """Where a dataset's keys live."""
 
-    def ensure_table(self) -> None: ...
-    def sse_status(self) -> str | None: ...
-    def put_key(self, key: CampaignKey) -> None: ...
-    def list_keys(self, dataset: str) -> list[CampaignKey]: ...
-    def active_keys(self, dataset: str, on: date) -> list[CampaignKey]: ...
-    def set_enabled(self, dataset: str, key: str, enabled: bool) -> None: ...
+    def ensure_table(self) -> None:
+        """Create the key table when it does not exist."""
+
+    def sse_status(self) -> str | None:
+        """The table's server-side encryption status (``ENABLED``…), or None when not encrypted with KMS."""
+
+    def put_key(self, key: CampaignKey) -> None:
+        """Insert or replace one key."""
+
+    def list_keys(self, dataset: str) -> list[CampaignKey]:
+        """Every key of a dataset, sorted by key."""
+
+    def active_keys(self, dataset: str, on: date) -> list[CampaignKey]:
+        """The keys of ``dataset`` active on ``on``."""
+
+    def set_enabled(self, dataset: str, key: str, enabled: bool) -> None:
+        """Enable or disable a key; a missing key is an error, not a silent insert."""
+
+    def delete_key(self, dataset: str, key: str) -> None:
+        """Remove a key; a missing key is an error, so a typo never passes for a deletion."""
+
+    def probe(self) -> bool:
+        """Whether the key table exists (a quick client: a down endpoint is reported in seconds)."""
 
 
 def _plain(value: Any) -> Any:
@@ -80,23 +97,41 @@ class DynamoKeyStore(DynamoTable):
         try:
             self._ddb.put_item(TableName=self.table, Item=item)
         except (ClientError, BotoCoreError) as exc:
-            raise translate(exc, f"put key {key.key!r}") from exc
+            raise translate(exc, f"put key {quoted(key.key)}") from exc
 
     def set_enabled(self, dataset: str, key: str, enabled: bool) -> None:
-        """Enable or disable a key; a missing key is an error, not a silent insert."""
+        """Enable or disable a key; a missing key is an error, not a silent insert.
+
+        Raises:
+            KeyFailedError: the dataset has no such key (or the table cannot be reached).
+        """
         try:
             self._ddb.update_item(
                 TableName=self.table,
-                Key={"dataset": {"S": dataset}, "key": {"S": key}},
+                Key=_item_key(dataset, key),
                 UpdateExpression="SET enabled = :e",
                 ConditionExpression="attribute_exists(#k)",
                 ExpressionAttributeNames={"#k": "key"},
                 ExpressionAttributeValues={":e": {"BOOL": enabled}},
             )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise KeyFailedError(f"no key {key!r} in dataset {dataset!r}") from None
-            raise translate(exc, f"update key {key!r}") from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise _key_error(exc, dataset, key, "update") from exc
+
+    def delete_key(self, dataset: str, key: str) -> None:
+        """Remove a key from the table; a missing key is an error, so a typo never passes for a deletion.
+
+        Raises:
+            KeyFailedError: the dataset has no such key (or the table cannot be reached).
+        """
+        try:
+            self._ddb.delete_item(
+                TableName=self.table,
+                Key=_item_key(dataset, key),
+                ConditionExpression="attribute_exists(#k)",
+                ExpressionAttributeNames={"#k": "key"},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _key_error(exc, dataset, key, "delete") from exc
 
     def _pages(self, dataset: str) -> Iterator[dict[str, Any]]:
         kwargs: dict[str, Any] = {
@@ -124,6 +159,17 @@ class DynamoKeyStore(DynamoTable):
     def active_keys(self, dataset: str, on: date) -> list[CampaignKey]:
         """The keys of ``dataset`` active on ``on``."""
         return active_keys(self.list_keys(dataset), on)
+
+
+def _item_key(dataset: str, key: str) -> dict[str, Any]:
+    return {"dataset": {"S": dataset}, "key": {"S": key}}
+
+
+def _key_error(exc: ClientError | BotoCoreError, dataset: str, key: str, verb: str) -> Exception:
+    """``no key … in dataset …`` for a failed condition, else the translated boto error naming the key."""
+    if isinstance(exc, ClientError) and exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+        return KeyFailedError(f"no key {quoted(key)} in dataset {quoted(dataset)}")
+    return translate(exc, f"{verb} key {quoted(key)} of {quoted(dataset)}")
 
 
 def _to_attr(value: Any) -> dict[str, Any]:

@@ -22,6 +22,22 @@ def kms_data_keys(kms_key_id: str, region: str, endpoint_url: str | None = None)
     return new
 
 
+def check_kms_key(kms_key_id: str, region: str, endpoint_url: str | None = None) -> str | None:
+    """Why ``kms_key_id`` cannot be used (disabled, pending deletion), None when it can.
+
+    A missing key or a refused grant raises :class:`ConfigError`. A quick client: a down endpoint is reported in
+    seconds.
+    """
+    kms = client("kms", region, endpoint_url, quick=True)
+    try:
+        meta = kms.describe_key(KeyId=kms_key_id)["KeyMetadata"]
+    except (ClientError, BotoCoreError) as exc:
+        raise translate(exc, f"KMS key {kms_key_id}") from exc
+    if not meta.get("Enabled", True):
+        return f"KMS key {kms_key_id} is {meta.get('KeyState', 'disabled')}"
+    return None
+
+
 def kms_unwrapper(region: str, endpoint_url: str | None = None) -> Unwrap:
     """Unwrap data keys with KMS Decrypt (needs kms:Decrypt on the key)."""
     kms = client("kms", region, endpoint_url)
@@ -33,5 +49,7 @@ def kms_unwrapper(region: str, endpoint_url: str | None = None) -> Unwrap:
             return bytes(kms.decrypt(CiphertextBlob=wrapped)["Plaintext"])
         except ClientError as exc:
             raise DecryptError(f"KMS Decrypt refused: {exc.response['Error'].get('Code', 'error')}") from None
+        except BotoCoreError as exc:  # the endpoint is down or unreachable
+            raise translate(exc, "KMS Decrypt") from exc
 
     return unwrap

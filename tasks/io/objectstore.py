@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -23,18 +24,44 @@ class ObjectStore(Protocol):
 
     bucket: str
 
-    def ensure_bucket(self) -> None: ...
-    def put_file(self, path: Path, key: str) -> None: ...
-    def put_bytes(self, data: bytes, key: str, content_type: str = ...) -> None: ...
-    def open(self, key: str) -> IO[bytes]: ...
-    def get_bytes(self, key: str) -> bytes: ...
-    def exists(self, key: str) -> bool: ...
-    def list_keys(self, prefix: str) -> Iterator[str]: ...
-    def default_encryption(self) -> dict[str, Any] | None: ...
-    def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]: ...
-    def delete_prefix(self, prefix: str) -> int: ...
-    def delete(self, key: str) -> None: ...
-    def head(self, key: str) -> dict[str, Any]: ...
+    def ensure_bucket(self) -> None:
+        """Create the bucket with default encryption when missing."""
+
+    def put_file(self, path: Path, key: str) -> None:
+        """Upload a local file to ``key``."""
+
+    def put_bytes(self, data: bytes, key: str, content_type: str = ...) -> None:
+        """Write ``data`` to ``key``."""
+
+    def open(self, key: str) -> IO[bytes]:
+        """A streaming, file-like reader of one object."""
+
+    def get_bytes(self, key: str) -> bytes:
+        """The whole content of one object."""
+
+    def exists(self, key: str) -> bool:
+        """Whether the object is there."""
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """The keys of the objects under ``prefix``."""
+
+    def default_encryption(self) -> dict[str, Any] | None:
+        """The bucket's default encryption rule, or None when it has none."""
+
+    def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Objects under ``prefix`` with their key, size and last-modified time."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many."""
+
+    def delete(self, key: str) -> None:
+        """Delete one object (one already gone is fine)."""
+
+    def head(self, key: str) -> dict[str, Any]:
+        """The object's metadata (size, encryption…) without its content."""
+
+    def probe(self, prefix: str, write: bool = ...) -> None:
+        """Check, before a run, that ``prefix`` can be listed and, when ``write``, written."""
 
 
 class S3ObjectStore:
@@ -50,6 +77,7 @@ class S3ObjectStore:
 
     @property
     def sse_args(self) -> dict[str, str]:
+        """The server-side encryption arguments of every write: SSE-KMS with the key id, else SSE-S3."""
         if self.kms_key_id:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         return {"ServerSideEncryption": "AES256"}
@@ -148,6 +176,7 @@ class S3ObjectStore:
             raise translate(exc, f"upload s3://{self.bucket}/{key}") from exc
 
     def put_bytes(self, data: bytes, key: str, content_type: str = "application/octet-stream") -> None:
+        """Write ``data`` to ``key`` in one request, with SSE."""
         try:
             self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **self.sse_args)
         except (ClientError, BotoCoreError) as exc:
@@ -161,10 +190,12 @@ class S3ObjectStore:
             raise translate(exc, f"read s3://{self.bucket}/{key}") from exc
 
     def get_bytes(self, key: str) -> bytes:
+        """The whole content of one object, read into memory."""
         with self.open(key) as body:
             return body.read()
 
     def head(self, key: str) -> dict[str, Any]:
+        """The object's metadata (size, encryption…) without its content."""
         try:
             return self._s3.head_object(Bucket=self.bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
@@ -183,6 +214,7 @@ class S3ObjectStore:
             raise translate(exc, f"head s3://{self.bucket}/{key}") from exc
 
     def list_keys(self, prefix: str) -> Iterator[str]:
+        """The keys of the objects under ``prefix``, page by page."""
         paginator = self._s3.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
@@ -198,6 +230,8 @@ class S3ObjectStore:
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ServerSideEncryptionConfigurationNotFoundError":
                 return None
+            raise translate(exc, f"get encryption of bucket {self.bucket}") from exc
+        except BotoCoreError as exc:  # the endpoint is down or unreachable
             raise translate(exc, f"get encryption of bucket {self.bucket}") from exc
         rules = out.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
         return rules[0].get("ApplyServerSideEncryptionByDefault") if rules else None
@@ -249,3 +283,20 @@ class S3ObjectStore:
                 raise translate(exc, f"abort upload of s3://{self.bucket}/{key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, f"abort upload of s3://{self.bucket}/{key}") from exc
+
+    def probe(self, prefix: str, write: bool = True) -> None:
+        """Check, before a run, that ``prefix`` can be listed and, when ``write``, written.
+
+        A small object is put with this store's SSE and deleted again. A quick client reports a down endpoint in
+        seconds; errors are translated (a missing bucket or a refused grant is a ``ConfigError``).
+        """
+        s3 = client("s3", self._s3.meta.region_name, self._s3.meta.endpoint_url, quick=True)
+        where = f"s3://{self.bucket}/{prefix.strip('/')}/"
+        key = f"{prefix.strip('/')}/_keyflow_preflight_{uuid.uuid4().hex[:12]}"
+        try:
+            s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix.strip("/") + "/", MaxKeys=1)
+            if write:
+                s3.put_object(Bucket=self.bucket, Key=key, Body=b"keyflow preflight probe\n", **self.sse_args)
+                s3.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, where) from exc

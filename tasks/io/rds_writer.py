@@ -19,7 +19,7 @@ from sqlalchemy.dialects import mysql, postgresql
 
 from config.models import FileSourceConfig
 from config.types import parse_type
-from tasks.io.databases import dialect_of, engine_for, translate_db_error
+from tasks.io.databases import describe_url, dialect_of, engine_for, translate_db_error
 
 LEDGER = "keyflow_file_ledger"
 
@@ -51,6 +51,7 @@ class RdsWriter:
 
     def __init__(self, url: str, password: str | None = None) -> None:
         self.engine = engine_for(url, password)
+        self.where = describe_url(self.engine.url)  # user@host:port/db, for error messages
         self.dialect = dialect_of(self.engine)
         self._meta = sa.MetaData()
         self._meta_lock = threading.Lock()  # two threads defining the same table would collide in the MetaData
@@ -105,7 +106,42 @@ class RdsWriter:
                 self._table(source).create(conn, checkfirst=True)
                 self._ledger(source.target.db_schema).create(conn, checkfirst=True)
         except sa_exc.SQLAlchemyError as exc:
-            raise translate_db_error(exc, f"prepare {source.target.table}") from None
+            raise translate_db_error(exc, f"prepare {source.target.table}", self.where) from None
+
+    def check(self, source: FileSourceConfig) -> list[str]:
+        """Problems with the target before a run, one line each.
+
+        The database reached, the schema there (a MySQL database) or creatable (PostgreSQL), an existing table
+        holding every column of the files with the same primary key. Connection trouble raises
+        :class:`RetryableError`, a wrong password :class:`ConfigError`.
+        """
+        schema, name = source.target.db_schema, source.target.table
+        shown = f"{schema}.{name}" if schema else name
+        try:
+            inspector = sa.inspect(self.engine)
+            if schema and schema not in inspector.get_schema_names():
+                if self.dialect == "postgres":
+                    return []  # created by the run
+                return [f"target.schema: database {schema!r} does not exist on {self.where}"]
+            if not inspector.has_table(name, schema=schema):
+                return []
+            have = {c["name"].lower() for c in inspector.get_columns(name, schema=schema)}
+            key = [c.lower() for c in inspector.get_pk_constraint(name, schema=schema).get("constrained_columns", [])]
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_db_error(exc, "check the target table", self.where) from None
+        problems = []
+        missing = [c.name for c in source.columns if c.name.lower() not in have]
+        if missing:
+            problems.append(
+                f"target.table: table {shown} exists without column(s) {', '.join(missing)} that the files have; "
+                "point target.table at another table or migrate it"
+            )
+        if sorted(key) != sorted(k.lower() for k in source.primary_key):
+            problems.append(
+                f"primary_key: table {shown} has primary key ({', '.join(key) or 'none'}), the files "
+                f"({', '.join(source.primary_key)}): rows are upserted on it"
+            )
+        return problems
 
     def seen(self, source: FileSourceConfig, sha256: str) -> LedgerEntry | None:
         """The ledger row of a file's content, if it was handled before."""
@@ -116,7 +152,7 @@ class RdsWriter:
                     sa.select(ledger).where(ledger.c.source == source.name, ledger.c.sha256 == sha256)
                 ).first()
         except sa_exc.SQLAlchemyError as exc:
-            raise translate_db_error(exc, "read the file ledger") from None
+            raise translate_db_error(exc, "read the file ledger", self.where) from None
         if row is None:
             return None
         m = row._mapping
@@ -163,9 +199,9 @@ class RdsWriter:
             other = self.seen(source, entry.sha256)
             if other is not None:  # the ledger's key, not the data: a copy of this file won the race
                 raise AlreadyLoaded(other) from None
-            raise translate_db_error(exc, f"load {entry.file_key}") from None
+            raise translate_db_error(exc, f"load {entry.file_key}", self.where) from None
         except sa_exc.SQLAlchemyError as exc:
-            raise translate_db_error(exc, f"load {entry.file_key}") from None
+            raise translate_db_error(exc, f"load {entry.file_key}", self.where) from None
         return len(records)
 
     def quarantine(self, source: FileSourceConfig, entry: LedgerEntry) -> None:

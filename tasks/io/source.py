@@ -15,7 +15,7 @@ from sqlalchemy import exc as sa_exc
 from config.errors import ConfigError, KeyFailedError, RetryableError, first_line
 from config.models import SourceConfig
 from config.types import ColumnType
-from tasks.io.databases import dialect_of, engine_for, translate_db_error
+from tasks.io.databases import describe_url, dialect_of, engine_for, translate_db_error
 from tasks.transforms.arrow import csv_read_options, rows_to_table
 from tasks.transforms.types import arrow_type
 
@@ -28,14 +28,23 @@ class SourceDatabase(Protocol):
     dialect: str
     text_native: bool
 
-    def source_schema(self, source: SourceConfig) -> pa.Schema | None: ...
+    def source_schema(self, source: SourceConfig) -> pa.Schema | None:
+        """Arrow schema of the source table (``None`` for a query source: types come from target.columns)."""
+
     def stream(
         self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
-    ) -> Iterator[pa.Table]: ...
+    ) -> Iterator[pa.Table]:
+        """Run ``sql`` with bound ``params`` and yield the rows as Arrow tables of at most ``batch_rows``."""
+
+    def check(self, source: SourceConfig) -> list[str]:
+        """Problems with the source before a run, one line each (the table and the columns the dataset names)."""
+
+    def ping(self) -> None:
+        """Connect and run ``SELECT 1``; errors translated."""
 
 
 def column_type(t: Any) -> ColumnType:
-    """keyflow type of a reflected SQLAlchemy column type."""
+    """The keyflow type of a reflected SQLAlchemy column type."""
     name = type(t).__name__.upper()
     if isinstance(t, sa.Boolean):
         return ColumnType("boolean")
@@ -92,6 +101,7 @@ class SqlSource:
 
     def __init__(self, url: str, password: str | None = None, pool_size: int = 4) -> None:
         self.engine = engine_for(url, password, pool_size)
+        self.where = describe_url(self.engine.url)  # user@host:port/db, for error messages
         self.dialect = dialect_of(self.engine)
         # PostgreSQL streams CSV text (COPY), so a column can be asked for as text and passed on untouched.
         self.text_native = self.dialect == "postgres"
@@ -100,21 +110,51 @@ class SqlSource:
         """Arrow schema of the source table (``None`` for a query source: types come from target.columns)."""
         if source.table is None:
             return None
+        by_name, problems = self._table_columns(source)
+        if problems:
+            raise ConfigError(problems)
+        wanted = list(source.columns) if source.columns else list(by_name)
+        return pa.schema([(n, arrow_type(column_type(by_name[n]["type"]))) for n in wanted])
+
+    def check(self, source: SourceConfig) -> list[str]:
+        """Problems with the source before a run, one line each.
+
+        The database reached, the table there with every column the dataset names (key, date, selected columns).
+        Connection trouble raises :class:`RetryableError`, a wrong password or an unknown host :class:`ConfigError`.
+        """
+        if source.table is None:
+            self.ping()
+            return []
+        return self._table_columns(source)[1]
+
+    def ping(self) -> None:
+        """Connect and run ``SELECT 1``; errors translated (a wrong password is a ``ConfigError``)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_db_error(exc, "connect to source", self.where) from None
+
+    def _table_columns(self, source: SourceConfig) -> tuple[dict[str, Any], list[str]]:
+        """The table's reflected columns by name, and what the dataset names that is not there."""
+        assert source.table is not None
         try:
             cols = sa.inspect(self.engine).get_columns(source.table, schema=source.db_schema)
         except sa_exc.NoSuchTableError:
             where = f"{source.db_schema}.{source.table}" if source.db_schema else source.table
-            raise ConfigError(f"source.table: table {where!r} does not exist in the source database") from None
+            return {}, [f"source.table: table {where!r} does not exist in the source database ({self.where})"]
         except sa_exc.SQLAlchemyError as exc:
-            raise translate_db_error(exc, "read source table columns") from exc
+            raise translate_db_error(exc, "read source table columns", self.where) from None
         by_name = {c["name"]: c for c in cols}
-        wanted = list(source.columns) if source.columns else list(by_name)
-        missing = [c for c in wanted if c not in by_name]
+        problems = []
+        missing = [c for c in source.columns or [] if c not in by_name]
         if missing:
-            raise ConfigError(f"source.columns: not in table {source.table!r}: {', '.join(missing)}")
-        if source.key_column not in by_name:
-            raise ConfigError(f"source.key_column: {source.key_column!r} is not a column of {source.table!r}")
-        return pa.schema([(n, arrow_type(column_type(by_name[n]["type"]))) for n in wanted])
+            problems.append(f"source.columns: not in table {source.table!r}: {', '.join(missing)}")
+        for field in ("key_column", "date_column"):
+            column = getattr(source, field)
+            if column and column not in by_name:
+                problems.append(f"source.{field}: {column!r} is not a column of {source.table!r}")
+        return by_name, problems
 
     def stream(
         self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
@@ -152,7 +192,7 @@ class SqlSource:
                 for rows in result.partitions(batch_rows):
                     yield rows_to_table(rows, names, schema)
         except sa_exc.SQLAlchemyError as exc:
-            raise translate_db_error(exc, "extract from source") from exc
+            raise translate_db_error(exc, "extract from source", self.where) from exc
 
     def _stream_copy(self, sql: str, params: Mapping[str, Any], schema: pa.Schema) -> Iterator[pa.Table]:
         """PostgreSQL: ``COPY (query) TO STDOUT`` through a pipe into Arrow's streaming CSV reader."""
@@ -254,4 +294,5 @@ class SqlSource:
             dbapi_error = self.engine.dialect.loaded_dbapi.Error
             if isinstance(exc, dbapi_error):
                 exc = sa_exc.DBAPIError.instance(None, None, exc, dbapi_error)
-        return translate_db_error(exc if isinstance(exc, Exception) else RuntimeError(str(exc)), "extract from source")
+        error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+        return translate_db_error(error, "extract from source", self.where)

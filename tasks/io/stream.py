@@ -37,6 +37,7 @@ class CheckpointTable(DynamoTable):
     key_schema = (("lease", "HASH"),)
 
     def get(self, consumer: str, shard: str) -> tuple[str | None, bool]:
+        """The last stored sequence number of a shard (None before the first) and whether it is finished."""
         try:
             item = self._ddb.get_item(
                 TableName=self.table, Key={"lease": {"S": f"{consumer}#{shard}"}}, ConsistentRead=True
@@ -104,6 +105,7 @@ class CheckpointTable(DynamoTable):
                 raise translate(exc, f"release the lease of {consumer}") from exc
 
     def save(self, consumer: str, shard: str, sequence: str | None, finished: bool = False) -> None:
+        """Record the last stored sequence number of a shard and whether it is finished."""
         item: dict[str, Any] = {
             "lease": {"S": f"{consumer}#{shard}"},
             "finished": {"BOOL": finished},
@@ -115,6 +117,24 @@ class CheckpointTable(DynamoTable):
             self._ddb.put_item(TableName=self.table, Item=item)
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, f"write checkpoint {consumer}#{shard}") from exc
+
+
+def check_stream(stream: str, region: str, endpoint_url: str | None = None) -> list[str]:
+    """Problems with a Kinesis stream before a drain: it exists and can be read.
+
+    A quick client; a missing stream or a refused grant is a problem, connection trouble raises
+    :class:`RetryableError`.
+    """
+    kinesis = client("kinesis", region, endpoint_url, quick=True)
+    try:
+        kinesis.describe_stream_summary(StreamName=stream)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return [f"source.stream: Kinesis stream {stream!r} does not exist"]
+        raise translate(exc, f"Kinesis stream {stream}") from exc
+    except BotoCoreError as exc:
+        raise translate(exc, f"Kinesis stream {stream}") from exc
+    return []
 
 
 class KinesisSource:
@@ -254,6 +274,7 @@ class KinesisSource:
         return False
 
     def close(self) -> None:
+        """Forget the shard iterators and release the lease when held."""
         self._iterators.clear()
         if self._leased:
             self.checkpoints.release(self.consumer, self.owner)

@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from config.errors import RetryableError
 from tasks.io.aws import DynamoTable, translate
-from tasks.io.databases import pg_connect, pg_dsn, pg_error
+from tasks.io.databases import describe_dsn, pg_connect, pg_dsn, pg_error
 from tasks.transforms.sql import qualified
 from tasks.transforms.trends import COUNT_SCHEMA
 
@@ -36,7 +36,7 @@ class TrendCounts:
         self.runs = qualified(schema, "keyflow_trend_runs", "postgres")
 
     def _connect(self) -> Any:
-        return pg_connect(self._dsn)
+        return pg_connect(self._dsn, "trend counts database")
 
     def _run(self, work: Any) -> Any:
         """``work(cursor)`` in one transaction; connection trouble is a :class:`RetryableError`."""
@@ -45,9 +45,33 @@ class TrendCounts:
             with conn, conn.cursor() as cur:
                 return work(cur)
         except psycopg2.OperationalError as exc:
-            raise pg_error(exc, "warehouse") from None
+            raise pg_error(exc, "trend counts database", where=describe_dsn(self._dsn)) from None
         finally:
             conn.close()
+
+    def check(self) -> list[str]:
+        """Problems before a run, one line each: the database reached, the schema there or creatable.
+
+        Connection trouble raises :class:`RetryableError`, a wrong password or database :class:`ConfigError`.
+        """
+
+        def work(cur: Any) -> tuple[Any, ...]:
+            cur.execute(
+                "SELECT current_user, has_database_privilege(current_database(), 'CREATE'), "
+                "(SELECT has_schema_privilege(nspname, 'CREATE') FROM pg_namespace WHERE nspname = %s)",
+                (self.schema,),
+            )
+            return tuple(cur.fetchone())
+
+        try:
+            user, create_schema, in_schema = self._run(work)
+        except psycopg2.Error as exc:
+            raise pg_error(exc, "trend counts database", where=describe_dsn(self._dsn)) from None
+        if in_schema is None and not create_schema:
+            return [f"counts_schema: schema {self.schema!r} does not exist and {user} may not create it"]
+        if in_schema is False:
+            return [f"counts_schema: {user} may not create tables in schema {self.schema!r}"]
+        return []
 
     def ensure(self) -> None:
         """Create the schema, the counts table and the watermark table when missing."""
@@ -142,6 +166,7 @@ class TrendServing(DynamoTable):
 
     @staticmethod
     def audience(gender: str | None, segment: str | None) -> str:
+        """The item's audience key: ``gender#segment``, ``-`` for any."""
         return f"{gender or '-'}#{segment or '-'}"
 
     def put(self, rankings: Mapping[tuple[Any, Any], Sequence[dict[str, Any]]], now: datetime, ttl_seconds: int) -> int:

@@ -22,16 +22,25 @@ import pyarrow.csv as pacsv
 import zstandard
 
 from config.errors import ConfigError, KeyFailedError, ReconciliationError, RetryableError, first_line
+from config.types import ColumnType
 from tasks.io.databases import CREATE_RACES, pg_connection, pg_dsn, pg_error
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.arrow import csv_read_options
+from tasks.transforms.drift import plan_drift, type_from_catalog
 from tasks.transforms.sql import (
+    COLUMNS_QUERY,
+    LEDGER_TABLE,
+    MERGE_STAGE,
     TableSpec,
+    merge_stage,
     qualified,
     quote_ident,
+    render_add_column,
     render_copy_from_stdin,
     render_count_key,
+    render_count_merged,
     render_create_ledger,
+    render_create_merge_stage,
     render_create_schema,
     render_create_table,
     render_delete_key,
@@ -39,6 +48,8 @@ from tasks.transforms.sql import (
     render_ledger_delete,
     render_ledger_insert,
     render_ledger_keys,
+    render_merge,
+    render_merge_index,
     render_redshift_copy,
 )
 from tasks.transforms.staging import StagedKey, reconcile
@@ -50,11 +61,26 @@ class Warehouse(Protocol):
 
     dialect: str
 
-    def prepare(self, spec: TableSpec) -> None: ...
-    def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int: ...
-    def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int: ...
-    def count_key(self, spec: TableSpec, key: str) -> int: ...
-    def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]: ...
+    def columns(self, spec: TableSpec) -> list[tuple[str, ColumnType | None]]:
+        """The target table's columns and types as they stand (none when it does not exist)."""
+
+    def prepare(self, spec: TableSpec, add_columns: Sequence[tuple[str, ColumnType, bool]] = ()) -> None:
+        """Create schema, table and ledger when missing; add ``add_columns`` (schema drift, planned before)."""
+
+    def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        """Replace one key's rows with its staged files in one transaction; returns the rows loaded."""
+
+    def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
+        """Delete the rows of every key not in ``keep``; returns how many."""
+
+    def count_key(self, spec: TableSpec, key: str) -> int:
+        """The number of rows of one key in the target table."""
+
+    def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]:
+        """The keys of ``dataset`` the ledger records as loaded for ``run_date``."""
+
+    def check(self, spec: TableSpec | None, schema: str) -> list[str]:
+        """Problems with the target before a run, one line each (schema, privileges, an existing table's columns)."""
 
 
 def decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
@@ -66,12 +92,56 @@ def decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
     return raw
 
 
-def _check_columns(spec: TableSpec, existing: list[str], where: str) -> None:
-    if existing and [c.lower() for c in existing] != [c.lower() for c in spec.column_names]:
-        raise ConfigError(
-            f"target: table {where} exists with columns ({', '.join(existing)}) but the dataset produces "
-            f"({', '.join(spec.column_names)}); migrate the table or change the rules"
+def _not_unique(spec: TableSpec, exc: BaseException) -> ConfigError:
+    return ConfigError(
+        f"target.primary_key: ({', '.join(spec.primary_key)}) is not unique in {spec.schema}.{spec.table}, so "
+        f"load_mode merge cannot upsert by it: {first_line(exc)}"
+    )
+
+
+def _drift_problems(spec: TableSpec, existing: Sequence[tuple[str, ColumnType | None]]) -> list[str]:
+    """An existing table's differences from the planned ``spec`` that its ``on_schema_change`` does not accept."""
+    try:
+        plan_drift(spec, existing, spec.on_schema_change, "")
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def _target_problems(state: Sequence[Any], schema: str, table: str | None) -> list[str]:
+    """The lines of a privileges row from ``_PG_TARGET_STATE`` (PostgreSQL and Redshift alike)."""
+    user, create_schema, in_schema, on_table, on_ledger = state
+    problems = []
+    if in_schema is None and not create_schema:
+        problems.append(
+            f"target.schema: schema {schema!r} does not exist and {user} may not create it "
+            "(GRANT CREATE ON DATABASE, or create the schema)"
         )
+    elif in_schema is False and (on_table is None or on_ledger is None):
+        problems.append(f"target.schema: {user} may not create tables in schema {schema!r} (GRANT CREATE, USAGE)")
+    if on_table is False:
+        problems.append(f"target.table: {user} may not SELECT, INSERT and DELETE on {schema}.{table}")
+    if on_ledger is False:
+        problems.append(f"target.schema: {user} may not INSERT and DELETE on {schema}.{LEDGER_TABLE}")
+    return problems
+
+
+# Names, not oids: Redshift's privilege functions take names too.
+_PG_TARGET_STATE = """
+SELECT current_user,
+       has_database_privilege(current_database(), 'CREATE'),
+       (SELECT has_schema_privilege(nspname, 'CREATE') AND has_schema_privilege(nspname, 'USAGE')
+          FROM pg_namespace WHERE nspname = %(schema)s),
+       (SELECT has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'SELECT')
+               AND has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'INSERT')
+               AND has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'DELETE')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %(schema)s AND c.relname = %(table)s),
+       (SELECT has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'INSERT')
+               AND has_table_privilege(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'DELETE')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %(schema)s AND c.relname = %(ledger)s)
+"""
 
 
 class _PsycopgWarehouse:
@@ -86,26 +156,57 @@ class _PsycopgWarehouse:
         """A connection for one unit of work (refused: :class:`RetryableError`), closed after it."""
         return pg_connection(self._dsn)
 
-    def prepare(self, spec: TableSpec) -> None:
-        """Create schema and table when missing; refuse a table whose columns differ."""
+    def columns(self, spec: TableSpec) -> list[tuple[str, ColumnType | None]]:
+        """The target table's columns and types as they stand (none when it does not exist)."""
         with self.connect() as conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
-                "ORDER BY ordinal_position",
-                (spec.schema, spec.table),
-            )
-            existing = [r[0] for r in cur.fetchall()]
-            _check_columns(spec, existing, f"{spec.schema}.{spec.table}")
-            ddls = [render_create_schema(spec, self.dialect)]
-            if not existing:
-                ddls.append(render_create_table(spec, self.dialect))
-            ddls.append(render_create_ledger(spec.schema, self.dialect))
+            cur.execute(COLUMNS_QUERY, (spec.schema, spec.table))
+            return [(r[0], type_from_catalog(r[1], r[2], r[3])) for r in cur.fetchall()]
+
+    def prepare(self, spec: TableSpec, add_columns: Sequence[tuple[str, ColumnType, bool]] = ()) -> None:
+        """Create schema, table and ledger when missing; add ``add_columns`` (schema drift, planned before)."""
+        with self.connect() as conn, conn.cursor() as cur:
+            ddls = [
+                render_create_schema(spec, self.dialect),
+                render_create_table(spec, self.dialect),
+                *(render_add_column(spec, name, ctype, self.dialect) for name, ctype, _ in add_columns),
+                render_create_ledger(spec.schema, self.dialect),
+            ]
             for ddl in ddls:
                 try:
                     cur.execute(ddl)
                     conn.commit()
                 except CREATE_RACES:
                     conn.rollback()  # another run created it at the same moment: theirs is as good
+            if spec.load_mode == "merge" and self.dialect == "postgres":
+                try:
+                    cur.execute(render_merge_index(spec, self.dialect))
+                    conn.commit()
+                except psycopg2.errors.UniqueViolation as exc:
+                    conn.rollback()
+                    raise _not_unique(spec, exc) from None
+
+    def check(self, spec: TableSpec | None, schema: str) -> list[str]:
+        """Problems with the target before a run, one line each.
+
+        The schema there or creatable, the table and the load ledger writable or creatable, an existing table's
+        columns those ``spec`` plans (skipped without one). Connection trouble raises :class:`RetryableError`, a
+        wrong password or database :class:`ConfigError`.
+        """
+        table = spec.table if spec else None
+        with self.connect() as conn, conn.cursor() as cur:
+            try:
+                cur.execute(_PG_TARGET_STATE, {"schema": schema, "table": table, "ledger": LEDGER_TABLE})
+                state = cur.fetchone()
+                existing: list[tuple[str, ColumnType | None]] = []
+                if spec and state[3] is not None:
+                    cur.execute(COLUMNS_QUERY, (schema, spec.table))
+                    existing = [(r[0], type_from_catalog(r[1], r[2], r[3])) for r in cur.fetchall()]
+            except psycopg2.Error as exc:
+                raise pg_error(exc, "check the warehouse target") from None
+            finally:
+                conn.rollback()
+        problems = _target_problems(state, schema, table)
+        return problems + (_drift_problems(spec, existing) if spec else [])
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         raise NotImplementedError
@@ -115,9 +216,16 @@ class _PsycopgWarehouse:
         with self.connect() as conn:
             try:
                 with conn.cursor() as cur:
-                    cur.execute(render_delete_key(spec, self.dialect), (staged.key,))
-                    copied = self._copy(cur, spec, staged, store)
-                    cur.execute(render_count_key(spec, self.dialect), (staged.key,))
+                    if spec.load_mode == "merge":
+                        # Upsert by primary key: copy into a session table, merge, and count what now matches.
+                        cur.execute(render_create_merge_stage(spec, self.dialect))
+                        copied = self._copy(cur, merge_stage(spec), staged, store)
+                        cur.execute(render_merge(spec, self.dialect))
+                        cur.execute(render_count_merged(spec, self.dialect))
+                    else:
+                        cur.execute(render_delete_key(spec, self.dialect), (staged.key,))
+                        copied = self._copy(cur, spec, staged, store)
+                        cur.execute(render_count_key(spec, self.dialect), (staged.key,))
                     loaded = int(cur.fetchone()[0])
                 reconcile(staged, copied, loaded)
                 with conn.cursor() as cur:
@@ -187,13 +295,26 @@ class RedshiftWarehouse(_PsycopgWarehouse):
 
     dialect = "redshift"
 
-    def __init__(self, url: str, password: str | None, iam_role: str, region: str | None) -> None:
+    def __init__(
+        self, url: str, password: str | None, iam_role: str, region: str | None, credentials: Any = None
+    ) -> None:
         super().__init__(url, password)
         self.iam_role = iam_role
         self.region = region
+        self.credentials = credentials  # IamCredentials: a temporary user and password per connection
+
+    def connect(self) -> AbstractContextManager[Any]:
+        """A connection for one unit of work, with IAM temporary credentials when the profile asks for them."""
+        if self.credentials is None:
+            return pg_connection(self._dsn)
+        user, password = self.credentials.get()
+        return pg_connection({**self._dsn, "user": user, "password": password})
 
     def copy_sql(self, spec: TableSpec, staged: StagedKey) -> str:
-        return render_redshift_copy(spec, staged.manifest_url, self.iam_role, staged.compression, self.region)
+        """The COPY statement that loads a staged key through its manifest."""
+        return render_redshift_copy(
+            spec, staged.manifest_url, self.iam_role, staged.compression, self.region, staged.format
+        )
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         if not staged.parts:
@@ -216,6 +337,7 @@ class DuckDBWarehouse:
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
+        """A connection to the DuckDB file, held alone for as long as the block runs."""
         import duckdb  # imported here: only the embedded default needs it
 
         # One writer per file: DuckDB's optimistic concurrency would abort parallel writers of one table.
@@ -226,17 +348,41 @@ class DuckDBWarehouse:
             finally:
                 conn.close()
 
-    def prepare(self, spec: TableSpec) -> None:
+    def columns(self, spec: TableSpec) -> list[tuple[str, ColumnType | None]]:
+        """The target table's columns and types as they stand (none when it does not exist)."""
         with self.connect() as conn:
-            rows = conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
-                "ORDER BY ordinal_position",
-                [spec.schema, spec.table],
-            ).fetchall()
-            _check_columns(spec, [r[0] for r in rows], f"{spec.schema}.{spec.table}")
+            rows = conn.execute(COLUMNS_QUERY.replace("%s", "?"), [spec.schema, spec.table]).fetchall()
+            return [(r[0], type_from_catalog(r[1], r[2], r[3])) for r in rows]
+
+    def prepare(self, spec: TableSpec, add_columns: Sequence[tuple[str, ColumnType, bool]] = ()) -> None:
+        """Create schema, table and ledger when missing; add ``add_columns`` (schema drift, planned before)."""
+        import duckdb
+
+        with self.connect() as conn:
             conn.execute(render_create_schema(spec, self.dialect))
             conn.execute(render_create_table(spec, self.dialect))
+            for name, ctype, _ in add_columns:
+                conn.execute(render_add_column(spec, name, ctype, self.dialect))
             conn.execute(render_create_ledger(spec.schema, self.dialect))
+            if spec.load_mode == "merge":
+                try:
+                    conn.execute(render_merge_index(spec, self.dialect))
+                except duckdb.ConstraintException as exc:
+                    raise _not_unique(spec, exc) from None
+
+    def check(self, spec: TableSpec | None, schema: str) -> list[str]:
+        """Problems with the target before a run.
+
+        The file can be opened (its folder made), and an existing table's columns are those ``spec`` plans, or
+        differ only as its ``on_schema_change`` accepts.
+        """
+        try:
+            with self.connect() as conn:
+                rows = conn.execute(COLUMNS_QUERY.replace("%s", "?"), [schema, spec.table if spec else ""]).fetchall()
+        except Exception as exc:  # duckdb.IOException (locked, unwritable) and kin
+            return [f"cannot open the DuckDB file {self.path}: {first_line(exc)}"]
+        existing = [(r[0], type_from_catalog(r[1], r[2], r[3])) for r in rows]
+        return _drift_problems(spec, existing) if spec else []
 
     def _batches(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> Iterator[pa.RecordBatch]:
         schema = pa.schema([(n, arrow_type(t)) for n, t, _ in spec.columns])
@@ -252,23 +398,33 @@ class DuckDBWarehouse:
                 yield from reader
 
     def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        """Replace one key's rows with its staged files in one transaction; returns the rows loaded."""
         target = qualified(spec.schema, spec.table, self.dialect)
         cols = ", ".join(quote_ident(c, self.dialect) for c in spec.column_names)
         key_col = quote_ident(spec.key_column, self.dialect)
         with self.connect() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
-                conn.execute(f"DELETE FROM {target} WHERE {key_col} = ?", [staged.key])  # noqa: S608
+                merge = spec.load_mode == "merge"
+                into = quote_ident(MERGE_STAGE, self.dialect) if merge else target
+                if merge:
+                    conn.execute(render_create_merge_stage(spec, self.dialect))
+                else:
+                    conn.execute(f"DELETE FROM {target} WHERE {key_col} = ?", [staged.key])  # noqa: S608
                 copied = 0
                 for batch in self._batches(spec, staged, store):
                     conn.register("keyflow_batch", batch)
-                    conn.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM keyflow_batch")  # noqa: S608
+                    conn.execute(f"INSERT INTO {into} ({cols}) SELECT {cols} FROM keyflow_batch")  # noqa: S608
                     conn.unregister("keyflow_batch")
                     copied += batch.num_rows
-                row = conn.execute(
-                    f"SELECT count(*) FROM {target} WHERE {key_col} = ?",  # noqa: S608 - quoted idents
-                    [staged.key],
-                ).fetchone()
+                if merge:
+                    conn.execute(render_merge(spec, self.dialect))
+                    row = conn.execute(render_count_merged(spec, self.dialect)).fetchone()
+                else:
+                    row = conn.execute(
+                        f"SELECT count(*) FROM {target} WHERE {key_col} = ?",  # noqa: S608 - quoted idents
+                        [staged.key],
+                    ).fetchone()
                 loaded = int(row[0]) if row else 0
                 reconcile(staged, copied, loaded)
                 _record_load(conn, spec, staged, loaded, self.dialect, "?")
@@ -286,18 +442,21 @@ class DuckDBWarehouse:
                 ) from None
 
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
+        """Delete the rows of every key not in ``keep``; returns how many."""
         sql = render_delete_other_keys(spec, len(keep), self.dialect).replace("%s", "?")
         with self.connect() as conn:
             row = conn.execute(sql, list(keep)).fetchone()
             return int(row[0]) if row else 0
 
     def count_key(self, spec: TableSpec, key: str) -> int:
+        """The number of rows of one key in the target table."""
         sql = render_count_key(spec, self.dialect).replace("%s", "?")
         with self.connect() as conn:
             row = conn.execute(sql, [key]).fetchone()
             return int(row[0]) if row else 0
 
     def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]:
+        """The keys of ``dataset`` the ledger records as loaded for ``run_date`` (none before the ledger exists)."""
         import duckdb
 
         sql = render_ledger_keys(schema, self.dialect).replace("%s", "?")

@@ -42,6 +42,13 @@ class MissingColumnError(ValueError):
     """A column asked for is not in the CSV's header row."""
 
 
+class MalformedCsvError(ValueError):
+    """The CSV cannot be read as CSV (a quote never closed, a row with more fields than the header).
+
+    The message names the row (1 is the first after the header) and the line it starts on.
+    """
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
@@ -67,6 +74,7 @@ def generate_key_pair(bits: int = 3072) -> tuple[bytes, bytes]:
 
 
 def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
+    """An RSA public key of at least 2048 bits from PEM bytes."""
     key = serialization.load_pem_public_key(pem)
     if not isinstance(key, rsa.RSAPublicKey) or key.key_size < 2048:
         raise ValueError("the public key must be an RSA key of at least 2048 bits (PEM)")
@@ -74,6 +82,7 @@ def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
 
 
 def load_private_key(pem: bytes, password: bytes | None = None) -> rsa.RSAPrivateKey:
+    """An RSA private key from PEM bytes, decrypted with ``password`` when given."""
     key = serialization.load_pem_private_key(pem, password=password)
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValueError("the private key must be an RSA key (PEM)")
@@ -185,24 +194,54 @@ def decrypt_csv(lines: Iterable[str], columns: Sequence[str], unwrap: Unwrap, ra
 
     An empty cell is a null and stays empty. Unless ``raw``, a decrypted value that a spreadsheet would run as a
     formula gets a leading single quote. Raises :class:`MissingColumnError` before yielding anything when a column is
-    not in the header, and :class:`CellDecryptError` (naming row and column) at the first cell that does not decrypt.
+    not in the header, :class:`CellDecryptError` (naming row and column) at the first cell that does not decrypt, and
+    :class:`MalformedCsvError` (naming row and line) at the first row that is not CSV: the CSV is read strictly, so
+    a quote that is never closed ends the output there instead of swallowing the rest of the file into one cell.
     """
-    reader = csv.DictReader(lines)
-    fieldnames = list(reader.fieldnames or [])
+    reader = csv.reader(lines, strict=True)
+    try:
+        fieldnames = next(reader, [])
+    except csv.Error as exc:
+        raise MalformedCsvError(f"header row: {_csv_problem(exc)}") from None
     missing = [c for c in columns if c not in fieldnames]
     if missing:
         raise MissingColumnError(f"no column {', '.join(missing)}")
+    where = [fieldnames.index(c) for c in columns]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fieldnames)
-    writer.writeheader()
+    writer = csv.writer(buffer)
+    writer.writerow(fieldnames)
     yield _take(buffer)
     cache: dict[bytes, bytes] = {}
-    for n, row in enumerate(reader, start=1):
-        for c in columns:
+    n, line = 1, reader.line_num + 1
+    while True:
+        try:
+            row = next(reader, None)
+        except csv.Error as exc:
+            raise MalformedCsvError(f"row {n} (line {line}): {_csv_problem(exc)}") from None
+        if row is None:
+            return
+        if not row:  # a blank line, skipped as csv.DictReader does
+            line = reader.line_num + 1
+            continue
+        if len(row) > len(fieldnames):
+            raise MalformedCsvError(f"row {n} (line {line}): {len(row)} fields, the header has {len(fieldnames)}")
+        row += [""] * (len(fieldnames) - len(row))
+        for i, c in zip(where, columns, strict=True):
             try:
-                plain = decrypt_value(row[c] or None, c, unwrap, cache) or ""
+                plain = decrypt_value(row[i] or None, c, unwrap, cache) or ""
             except DecryptError as exc:
                 raise CellDecryptError(f"row {n}, column {c!r}: {exc}") from None
-            row[c] = plain if raw else spreadsheet_safe(plain)
+            row[i] = plain if raw else spreadsheet_safe(plain)
         writer.writerow(row)
+        n, line = n + 1, reader.line_num + 1
         yield _take(buffer)
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    """The csv module's complaint in a user's words."""
+    text = str(exc)
+    if text == "unexpected end of data":
+        return "a quoted field is never closed (unexpected end of file)"
+    if text.startswith("field larger than field limit"):
+        return f"a field is over {csv.field_size_limit():,} characters (a quote never closed?)"
+    return text

@@ -46,6 +46,7 @@ class Event:
     received_at: datetime
 
     def as_json(self) -> dict[str, str]:
+        """The event as a JSON-ready dict, timestamps in ISO 8601."""
         return {
             "event_id": self.event_id,
             "ts": self.ts.isoformat(),
@@ -65,6 +66,7 @@ class Rejected:
     event: Event | None = None
 
     def as_json(self) -> dict[str, Any]:
+        """The rejection as a JSON-ready dict: reason, time, the event when parsed, else the raw body."""
         body = self.message.body[:MAX_MESSAGE_BYTES].decode("utf-8", errors="replace")
         out: dict[str, Any] = {"reason": self.reason, "received_at": self.message.received_at.isoformat()}
         if self.message.source_id:
@@ -201,6 +203,7 @@ class TTLCache:
         return found, missing
 
     def put_many(self, values: Mapping[str, Any]) -> None:
+        """Cache ``values`` until the TTL, evicting the least recently used beyond ``max_entries``."""
         expires = self.clock() + self.ttl_seconds
         with self._lock:
             for k, v in values.items():

@@ -45,6 +45,9 @@ def plan_table(dataset: DatasetConfig, source_schema: pa.Schema | None, where: s
     for col in [target.distkey, *target.sortkey]:
         if col and col not in names:
             raise ConfigError(f"{where}: target: distkey/sortkey column {col!r} is not a target column")
+    for col in target.primary_key:
+        if col not in names:
+            raise ConfigError(f"{where}: target.primary_key: {col!r} is not among the target columns")
     return TableSpec(
         schema=target.db_schema,
         table=target.table,
@@ -52,6 +55,9 @@ def plan_table(dataset: DatasetConfig, source_schema: pa.Schema | None, where: s
         columns=columns,
         distkey=target.distkey,
         sortkey=tuple(target.sortkey),
+        load_mode=target.load_mode,
+        primary_key=tuple(target.primary_key),
+        on_schema_change=target.on_schema_change,
     )
 
 

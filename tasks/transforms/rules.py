@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from config.models import Condition, Dedupe, Derive, Expr, Privacy, Rule
+from config.errors import first_line
+from config.models import Condition, Dedupe, Derive, Expr, Privacy, Rule, secret_names
 from tasks.transforms.crypto import DataKey, DataKeySource, encrypt_values
 from tasks.transforms.types import arrow_type
 
@@ -79,16 +80,13 @@ class RuleEngine:
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         """The schema the rules produce from ``schema`` (raises :class:`RuleError` naming the rule)."""
-        names = {r.privacy.key for r in self.rules if r.privacy and r.privacy.key}
+        needs = secret_names(self.rules)
         probe = RuleEngine(
             self.rules,
-            {name: b"" for name in self._salt_names()},
-            {name: (lambda: DataKey("probe", bytes(32), b"")) for name in names},
+            {name: b"" for name in needs.secrets},
+            {name: (lambda: DataKey("probe", bytes(32), b"")) for name in needs.encryption_keys},
         )
         return probe.apply(pa.Table.from_batches([], schema)).schema  # (empty_table() would import pandas)
-
-    def _salt_names(self) -> set[str]:
-        return {r.privacy.salt_secret for r in self.rules if r.privacy and r.privacy.salt_secret}
 
     def apply(self, table: pa.Table | pa.RecordBatch) -> pa.Table:
         """Apply every rule to one batch."""
@@ -217,7 +215,7 @@ class RuleEngine:
         except RuleError:
             raise
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            raise RuleError(here, str(exc).splitlines()[0]) from None
+            raise RuleError(here, first_line(exc)) from None
 
     # -- dedupe
     def _dedupe(self, i: int, t: pa.Table, d: Dedupe, path: str) -> pa.Table:

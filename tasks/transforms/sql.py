@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from config.models import IDENT_RE, SourceConfig
 from config.types import ColumnType
@@ -51,13 +52,18 @@ class TableSpec:
     columns: tuple[tuple[str, ColumnType, bool], ...]  # name, type, nullable
     distkey: str | None = None
     sortkey: tuple[str, ...] = ()
+    load_mode: str = "replace_key"
+    primary_key: tuple[str, ...] = ()
+    on_schema_change: str = "fail"
 
     @property
     def column_names(self) -> list[str]:
+        """The target's column names, in order."""
         return [c[0] for c in self.columns]
 
 
 def render_create_schema(spec: TableSpec, dialect: Dialect) -> str:
+    """CREATE SCHEMA IF NOT EXISTS for the target's schema."""
     return f"CREATE SCHEMA IF NOT EXISTS {quote_ident(spec.schema, dialect)}"
 
 
@@ -74,6 +80,78 @@ def render_create_table(spec: TableSpec, dialect: Dialect) -> str:
         if spec.sortkey:
             sql += f"\nCOMPOUND SORTKEY ({', '.join(quote_ident(c, dialect) for c in spec.sortkey)})"
     return sql
+
+
+COLUMNS_QUERY = (
+    "SELECT column_name, data_type, numeric_precision, numeric_scale FROM information_schema.columns "
+    "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position"
+)  # the target's columns as they stand (schema and table are bound parameters)
+
+
+def render_add_column(spec: TableSpec, name: str, ctype: ColumnType, dialect: Dialect) -> str:
+    """Add one nullable column to the target (schema drift, ``add_columns``)."""
+    table = qualified(spec.schema, spec.table, dialect)
+    return f"ALTER TABLE {table} ADD COLUMN {quote_ident(name, dialect)} {sql_type(ctype, dialect)}"
+
+
+MERGE_STAGE = "keyflow_merge_stage"  # the session's temporary table a merge loads into first
+
+
+def merge_stage(spec: TableSpec) -> TableSpec:
+    """The spec of the temporary table a merging key is copied into (unqualified: it lives in the session)."""
+    return replace(spec, schema="", table=MERGE_STAGE)
+
+
+def render_create_merge_stage(spec: TableSpec, dialect: Dialect) -> str:
+    """A temporary table shaped like the target, dropped with the session (PostgreSQL: with the transaction)."""
+    target = qualified(spec.schema, spec.table, dialect)
+    stage = quote_ident(MERGE_STAGE, dialect)
+    if dialect == "duckdb":
+        return f"CREATE OR REPLACE TEMP TABLE {stage} AS SELECT * FROM {target} LIMIT 0"  # noqa: S608
+    suffix = " ON COMMIT DROP" if dialect == "postgres" else ""
+    return f"CREATE TEMP TABLE {stage} (LIKE {target}){suffix}"
+
+
+def render_merge(spec: TableSpec, dialect: Dialect) -> str:
+    """Upsert the merge stage into the target by primary key.
+
+    Redshift and DuckDB: ``MERGE``. PostgreSQL: ``INSERT … ON CONFLICT`` (the unique index :func:`render_merge_index`
+    creates; it also runs before version 15, which brought MERGE).
+    """
+    target = qualified(spec.schema, spec.table, dialect)
+    stage = quote_ident(MERGE_STAGE, dialect)
+    cols = [quote_ident(c, dialect) for c in spec.column_names]
+    keys = [quote_ident(c, dialect) for c in spec.primary_key]
+    others = [c for c in cols if c not in keys] or keys[:1]
+    if dialect == "postgres":
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in others)
+        return (
+            f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage} "  # noqa: S608
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+        )
+    on = " AND ".join(f"{target}.{k} = s.{k}" for k in keys)
+    updates = ", ".join(f"{c} = s.{c}" for c in others)
+    return (
+        f"MERGE INTO {target} USING {stage} AS s ON {on}\n"  # noqa: S608 - quoted idents
+        f"WHEN MATCHED THEN UPDATE SET {updates}\n"
+        f"WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('s.' + c for c in cols)})"
+    )
+
+
+def render_count_merged(spec: TableSpec, dialect: Dialect) -> str:
+    """How many target rows the merge stage's rows now match by primary key: the rows staged, or the key fails."""
+    target = qualified(spec.schema, spec.table, dialect)
+    stage = quote_ident(MERGE_STAGE, dialect)
+    on = " AND ".join(f"t.{quote_ident(k, dialect)} = s.{quote_ident(k, dialect)}" for k in spec.primary_key)
+    return f"SELECT count(*) FROM {target} AS t JOIN {stage} AS s ON {on}"  # noqa: S608
+
+
+def render_merge_index(spec: TableSpec, dialect: Dialect) -> str:
+    """PostgreSQL and DuckDB: the unique index a merge's upsert relies on (Redshift enforces no uniqueness)."""
+    digest = hashlib.sha1(",".join(spec.primary_key).encode(), usedforsecurity=False).hexdigest()[:8]
+    name = quote_ident(f"{spec.table[:40]}_keyflow_pk_{digest}", dialect)  # a new primary key gets a new index
+    keys = ", ".join(quote_ident(c, dialect) for c in spec.primary_key)
+    return f"CREATE UNIQUE INDEX IF NOT EXISTS {name} ON {qualified(spec.schema, spec.table, dialect)} ({keys})"
 
 
 def render_delete_key(spec: TableSpec, dialect: Dialect) -> str:
@@ -94,6 +172,7 @@ def render_delete_other_keys(spec: TableSpec, n_keys: int, dialect: Dialect) -> 
 
 
 def render_count_key(spec: TableSpec, dialect: Dialect) -> str:
+    """Count one key's rows in the target; the key is a bound parameter."""
     return (
         f"SELECT count(*) FROM {qualified(spec.schema, spec.table, dialect)} "  # noqa: S608 - quoted idents
         f"WHERE {quote_ident(spec.key_column, dialect)} = %s"
@@ -114,24 +193,45 @@ def _sql_literal(value: str) -> str:
 
 
 def render_redshift_copy(
-    spec: TableSpec, manifest_url: str, iam_role: str, compression: str, region: str | None = None
+    spec: TableSpec,
+    manifest_url: str,
+    iam_role: str,
+    compression: str,
+    region: str | None = None,
+    fmt: str = "csv",
 ) -> str:
-    """Redshift COPY from a staged manifest with an IAM role (tested as text: Redshift does not run here)."""
+    """Redshift COPY of a staged key through its manifest with an IAM role, naming every column it loads.
+
+    Parquet: COPY maps the file's columns to the listed ones by position and needs ``meta.content_length`` in the
+    manifest (https://docs.aws.amazon.com/redshift/latest/dg/copy-usage_notes-copy-from-columnar.html,
+    https://docs.aws.amazon.com/redshift/latest/dg/loading-data-files-using-manifest.html); the codec is inside the
+    file, and the bucket must be in the cluster's region (no REGION option for columnar COPY).
+    """
     cols = ", ".join(quote_ident(c, "redshift") for c in spec.column_names)
     parts = [
         f"COPY {qualified(spec.schema, spec.table, 'redshift')} ({cols})",
         f"FROM {_sql_literal(manifest_url)}",
         f"IAM_ROLE {_sql_literal(iam_role)}",
-        "FORMAT AS CSV",
-        "IGNOREHEADER 1",
-        "MANIFEST",
     ]
+    if fmt == "parquet":
+        return "\n".join([*parts, "FORMAT AS PARQUET", "MANIFEST"])
+    parts += ["FORMAT AS CSV", "IGNOREHEADER 1", "MANIFEST"]
     if compression == "zstd":
         parts.append("ZSTD")
     elif compression == "gzip":
         parts.append("GZIP")
-    # Staged CSV writes NULL as an empty unquoted field; without EMPTYASNULL Redshift would load it into a VARCHAR
-    # column as '' (other types load it as NULL anyway).
+    # What decides each value, from AWS's "Data conversion parameters" and "automatic recognition" pages
+    # (https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-conversion.html,
+    #  https://docs.aws.amazon.com/redshift/latest/dg/automatic-recognition.html):
+    # - EMPTYASNULL: staged CSV writes NULL as an empty unquoted field; without it Redshift loads an empty field into
+    #   a CHAR/VARCHAR column as '' (other types load it as NULL anyway). The page does not say whether a quoted ""
+    #   (our empty string) counts as an empty field in CSV mode — Parquet staging, the default for Redshift, has
+    #   real NULLs and leaves no such doubt.
+    # - TIMEFORMAT/DATEFORMAT 'auto': recognises "YYYY-MM-DD HH:MI:SS.SSS…" (the staged ISO text, microseconds
+    #   included) and YYYY-MM-DD.
+    # - no ACCEPTINVCHARS: "If ACCEPTINVCHARS isn't specified, COPY returns an error whenever it encounters an
+    #   invalid UTF-8 character" — staged text is valid UTF-8 (Arrow strings), so an invalid byte is a loud failure,
+    #   never a silent '?'.
     parts += ["EMPTYASNULL", "TIMEFORMAT 'auto'", "DATEFORMAT 'auto'", "COMPUPDATE OFF", "STATUPDATE OFF"]
     if region:
         parts.append(f"REGION {_sql_literal(region)}")
@@ -151,6 +251,7 @@ def render_create_ledger(schema: str, dialect: Dialect) -> str:
 
 
 def render_ledger_delete(schema: str, dialect: Dialect) -> str:
+    """Delete one key's ledger row for a run date; values are bound parameters."""
     return (
         f"DELETE FROM {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
         "WHERE dataset = %s AND key = %s AND run_date = %s"
@@ -158,6 +259,7 @@ def render_ledger_delete(schema: str, dialect: Dialect) -> str:
 
 
 def render_ledger_insert(schema: str, dialect: Dialect) -> str:
+    """Insert one key's ledger row; values are bound parameters."""
     return (
         f"INSERT INTO {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
         "(dataset, key, run_date, run_id, rows_loaded, loaded_at) VALUES (%s, %s, %s, %s, %s, %s)"
@@ -165,7 +267,54 @@ def render_ledger_insert(schema: str, dialect: Dialect) -> str:
 
 
 def render_ledger_keys(schema: str, dialect: Dialect) -> str:
+    """The keys of a dataset the ledger records for a run date; values are bound parameters."""
     return (
         f"SELECT key FROM {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
         "WHERE dataset = %s AND run_date = %s"
     )
+
+
+def named_parameters(sql: str) -> str:
+    """Turn ``%s`` placeholders into the Data API's named ones, in order: ``:p1``, ``:p2`` and so on."""
+    parts = sql.split("%s")
+    return "".join(part + (f":p{i + 1}" if i < len(parts) - 1 else "") for i, part in enumerate(parts))
+
+
+def render_data_api_load(spec: TableSpec, copy_sql: str) -> tuple[list[str], tuple[int, ...]]:
+    """One key's load as the statements of ONE Data API batch (a single transaction), and which of them reconcile.
+
+    Parameters (Data API values are text): ``:key``, ``:rows`` (rows staged), ``:dataset``, ``:run_date``,
+    ``:run_id``, ``:loaded_at``. Redshift has no RAISE outside a procedure, so each reconciliation check divides by
+    zero when a count differs from ``:rows``: the error aborts the batch and rolls the key back. ``copy_sql`` loads
+    the target (replace modes) or the merge stage (merge: ``copy_sql`` must name :data:`MERGE_STAGE`).
+    """
+    target = qualified(spec.schema, spec.table, "redshift")
+    key_col = quote_ident(spec.key_column, "redshift")
+    ledger = qualified(spec.schema, LEDGER_TABLE, "redshift")
+    copied = "SELECT 1 / CASE WHEN pg_last_copy_count() = CAST(:rows AS BIGINT) THEN 1 ELSE 0 END AS copied_rows_match"
+    if spec.load_mode == "merge":
+        sqls = [
+            render_create_merge_stage(spec, "redshift"),
+            copy_sql,
+            copied,
+            render_merge(spec, "redshift"),
+            f"SELECT 1 / CASE WHEN ({render_count_merged(spec, 'redshift')}) = CAST(:rows AS BIGINT) "
+            "THEN 1 ELSE 0 END AS merged_rows_match",
+        ]
+        checks: tuple[int, ...] = (2, 4)
+    else:
+        sqls = [
+            f"DELETE FROM {target} WHERE {key_col} = :key",  # noqa: S608 - quoted idents
+            copy_sql,
+            copied,
+            f"SELECT 1 / CASE WHEN count(*) = CAST(:rows AS BIGINT) THEN 1 ELSE 0 END AS key_rows_match "  # noqa: S608
+            f"FROM {target} WHERE {key_col} = :key",
+        ]
+        checks = (2, 3)
+    sqls += [
+        f"DELETE FROM {ledger} WHERE dataset = :dataset AND key = :key AND run_date = CAST(:run_date AS DATE)",  # noqa: S608
+        f"INSERT INTO {ledger} (dataset, key, run_date, run_id, rows_loaded, loaded_at) "  # noqa: S608
+        "VALUES (:dataset, :key, CAST(:run_date AS DATE), :run_id, CAST(:rows AS BIGINT), "
+        "CAST(:loaded_at AS TIMESTAMPTZ))",
+    ]
+    return sqls, checks

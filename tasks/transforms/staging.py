@@ -14,6 +14,7 @@ from config.errors import ReconciliationError
 from tasks.transforms.paths import join_under
 
 EXTENSIONS = {"zstd": ".csv.zst", "gzip": ".csv.gz", "none": ".csv"}
+PARQUET_EXTENSIONS = {"zstd": ".zstd.parquet", "gzip": ".gz.parquet", "none": ".parquet"}  # codec inside the file
 
 LEASE = "_lease.json"
 """The object a running ETL run keeps fresh under its run prefix: while it is fresh, nothing removes the run."""
@@ -38,8 +39,10 @@ def key_prefix(prefix: str, dataset: str, run_id: str, key: str) -> str:
     return join_under(prefix, f"{dataset}/{run_id}/{key_segment(key)}") + "/"
 
 
-def part_name(key_prefix_: str, n: int, compression: str) -> str:
-    return f"{key_prefix_}part-{n:05d}{EXTENSIONS[compression]}"
+def part_name(key_prefix_: str, n: int, compression: str, fmt: str = "csv") -> str:
+    """The object key of part ``n`` of a staged key, with the format's and compression's extension."""
+    extension = PARQUET_EXTENSIONS[compression] if fmt == "parquet" else EXTENSIONS[compression]
+    return f"{key_prefix_}part-{n:05d}{extension}"
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,11 @@ class StagedKey:
     bytes_staged: int
     seconds: float
     parts: tuple[StagedPart, ...] = field(default_factory=tuple)
+    format: str = "csv"  # csv (compressed whole) or parquet (compressed inside, column by column)
 
     @property
     def manifest_url(self) -> str:
+        """The ``s3://`` URL of the key's COPY manifest."""
         return f"s3://{self.bucket}/{self.manifest_key}"
 
 
@@ -83,7 +88,7 @@ def redshift_manifest(bucket: str, parts: list[StagedPart]) -> bytes:
 
 
 def run_record(staged: StagedKey, run_date: date) -> bytes:
-    """keyflow's own record of a staged key (rows per part) beside the manifest, for audits and reruns."""
+    """The run record of a staged key (rows per part), kept beside the manifest for audits and reruns."""
     body = asdict(staged)
     body["run_date"] = run_date.isoformat()
     return json.dumps(body, indent=1, default=str).encode()

@@ -78,6 +78,7 @@ class WindowCounts:
 
     @property
     def counted_events(self) -> int:
+        """Impressions plus clicks counted in the batch."""
         return int(pc.sum(self.counts["impressions"]).as_py() or 0) + int(pc.sum(self.counts["clicks"]).as_py() or 0)
 
 
@@ -130,8 +131,9 @@ def count_stream(
     use_threads: bool = True,
     ordered: bool = False,
 ) -> tuple[WindowCounts, int]:
-    """Count a stream of event batches (:data:`COUNT_INPUT_SCHEMA`) in one streaming Arrow plan; returns the counts and
-    the number of events read.
+    """Count a stream of event batches (:data:`COUNT_INPUT_SCHEMA`) in one streaming Arrow plan.
+
+    Returns the counts and the number of events read.
 
     The plan classifies each event (counted, late, invalid, outside), joins the user file once (its hash table is
     built once per stream, not per batch) and aggregates per (window, gender, segment, article, fate). Memory
@@ -232,8 +234,9 @@ def count_events(
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> WindowCounts:
-    """Count impressions and clicks per window and (gender, segment, article); unknown users keep null
-    gender/segment (left join).
+    """Count impressions and clicks per window and (gender, segment, article).
+
+    Unknown users keep null gender/segment (left join).
 
     An event is late when it arrived (``received_at``; ``arrived`` for events without one, e.g. the file's
     upload time) at or after its window's end plus the allowed lateness: it is counted in ``late_events``, never in
@@ -293,8 +296,11 @@ def fit_beta_prior(
     floor: float = 0.1,
     fallback: tuple[float, float] = (1.0, 30.0),
 ) -> tuple[float, float]:
-    """Method-of-moments Beta(alpha, beta) from per-article CTRs (articles with impressions only); ``fallback``
-    when the CTRs cannot support a fit (fewer than two articles, no spread, or more spread than a Beta allows)."""
+    """Method-of-moments Beta(alpha, beta) from per-article CTRs (articles with impressions only).
+
+    ``fallback`` when the CTRs cannot support a fit (fewer than two articles, no spread, or more spread than a Beta
+    allows).
+    """
     imps = np.asarray(impressions, dtype=np.float64)
     clk = np.asarray(clicks, dtype=np.float64)
     seen = imps > 0

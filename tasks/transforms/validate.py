@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from config.errors import first_line
 from config.models import FileColumn, FileSourceConfig
 from config.types import parse_type
 from tasks.transforms.types import arrow_type
@@ -47,6 +48,7 @@ class Checked:
 
     @property
     def rows_in(self) -> int:
+        """Rows read from the file, good and rejected."""
         return self.good.num_rows + self.rejected.num_rows
 
 
@@ -107,10 +109,10 @@ def read_rows(text: str, source: FileSourceConfig) -> pa.Table:
             ),
         )
     except pa.ArrowInvalid as exc:
-        raise BadFile(f"not readable as CSV: {str(exc).splitlines()[0]}") from None
+        raise BadFile(f"not readable as CSV: {first_line(exc)}") from None
     # Line numbers: Arrow numbers the rows it reads; rows it skipped are reported by number too.
-    first_line = 2 if opts.header else 1
-    kept = [n for n in range(first_line, first_line + table.num_rows + len(problems)) if n not in problems]
+    first_row = 2 if opts.header else 1
+    kept = [n for n in range(first_row, first_row + table.num_rows + len(problems)) if n not in problems]
     table = table.select(names).append_column(LINE, pa.array(kept[: table.num_rows], pa.int64()))
     table = table.append_column(REASON, pa.nulls(table.num_rows, pa.string()))
     if problems:

@@ -108,8 +108,8 @@ def test_bad_rule_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule
             f"{F}: source: 'query' must filter on the bound parameter :key",
         ),
         (
-            GOOD_DATASET.replace("target: {table: facts}", "target: {table: facts, load_mode: merge}"),
-            f"{F}: target.load_mode: Input should be 'replace_key' or 'replace_table'",
+            GOOD_DATASET.replace("target: {table: facts}", "target: {table: facts, load_mode: upsert}"),
+            f"{F}: target.load_mode: Input should be 'replace_key', 'replace_table' or 'merge'",
         ),
         (
             "name: t\nsource:\n\ttable: x\n",
@@ -165,7 +165,7 @@ def test_environment_overrides_every_scalar_field(tmp_path: Path) -> None:
     path.write_text(GOOD_PROFILE)
     env = {
         "KEYFLOW_SOURCE_URL": "mysql+pymysql://reader@rds:3306/m",
-        "KEYFLOW_WAREHOUSE_URL": "postgresql://l@other/z",
+        "KEYFLOW_WAREHOUSE_URL": "other/warehouse.duckdb",  # a DuckDB warehouse is a file, never a URL
         "KEYFLOW_WAREHOUSE_KIND": "duckdb",
         "KEYFLOW_AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
         "KEYFLOW_BUCKET": "other-bucket",
@@ -176,7 +176,7 @@ def test_environment_overrides_every_scalar_field(tmp_path: Path) -> None:
     prof = load_profile(path, environ=env)
     assert (prof.source_url, prof.warehouse_url, prof.warehouse_kind) == (
         "mysql+pymysql://reader@rds:3306/m",
-        "postgresql://l@other/z",
+        "other/warehouse.duckdb",
         "duckdb",
     )
     assert (prof.aws_endpoint_url, prof.bucket, prof.keys_table) == (

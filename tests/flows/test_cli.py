@@ -17,6 +17,14 @@ from tests.helpers.etl import D1, EVIL, create_pg_source, source_rows, write_dat
 runner = CliRunner()
 
 
+@pytest.fixture()
+def facts_dataset(tmp_path: Path, names: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A dataset named ``facts`` that ``-d facts`` finds (keys are refused for a dataset that does not exist)."""
+    monkeypatch.setenv("KEYFLOW_CONFIG_DIR", str(tmp_path))
+    return write_dataset(tmp_path, names)
+
+
+@pytest.mark.usefixtures("facts_dataset")
 def test_keys_put_list_disable(make_profile: Any) -> None:
     profile = str(make_profile())
     ok = runner.invoke(
@@ -58,23 +66,29 @@ def test_keys_put_list_disable(make_profile: Any) -> None:
             ["--start", "2017-03-01", "--end", "2017-03-02", "--params", "[1]"],
             "error: --params: expected a JSON object",
         ),
+        (
+            ["--start", "2017-03-01", "--end", "2017-03-02", "--params", '{"regions": ["eu"]}'],
+            "error: --params: 'regions' is a JSON list; a parameter is a string, number, true/false or null",
+        ),
     ],
 )
+@pytest.mark.usefixtures("facts_dataset")
 def test_keys_put_refuses_bad_input(make_profile: Any, args: list[str], message: str) -> None:
     result = runner.invoke(app, ["keys", "put", "-d", "facts", "-k", "K", *args, "-p", str(make_profile())])
     assert result.exit_code == 2 and message in result.output
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_etl_run_exit_code_and_summary(pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any) -> None:
+def test_etl_run_exit_code_and_summary(pg: Any, names: dict[str, str], make_profile: Any, facts_dataset: Path) -> None:
     create_pg_source(pg, names["src_table"], source_rows(["K1", EVIL], per_key=10))
     profile = str(make_profile())
-    dataset = str(write_dataset(tmp_path, names))
+    dataset = str(facts_dataset)
     for key in ("K1", EVIL):
-        runner.invoke(
+        put = runner.invoke(
             app,
             ["keys", "put", "-d", "facts", "-k", key, "--start", "2017-03-01", "--end", "2017-03-31", "-p", profile],
         )
+        assert put.exit_code == 0, put.output
     try:
         ok = runner.invoke(app, ["etl", "run", "-d", dataset, "--date", D1.isoformat(), "-p", profile])
         assert ok.exit_code == 0, ok.output
@@ -94,10 +108,10 @@ def test_etl_run_exit_code_and_summary(pg: Any, tmp_path: Path, names: dict[str,
 
 def test_etl_run_with_bad_config_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nsource: {table: t, key_column: k}\ntarget: {table: t, load_mode: merge}\n")
+    bad.write_text("name: x\nsource: {table: t, key_column: k}\ntarget: {table: t, load_mode: upsert}\n")
     result = runner.invoke(app, ["etl", "run", "-d", str(bad), "--date", "2017-03-20"])
     assert result.exit_code == 2
-    assert "target.load_mode: Input should be 'replace_key' or 'replace_table'" in result.output
+    assert "target.load_mode: Input should be 'replace_key', 'replace_table' or 'merge'" in result.output
     assert "Traceback" not in result.output
 
 
@@ -126,6 +140,24 @@ def test_demo_runs_with_no_servers_and_prints_a_clean_summary(tmp_path: Path) ->
     with duckdb.connect(str(tmp_path / "demo" / "warehouse.duckdb"), read_only=True) as db:
         counts = dict(db.execute("SELECT campaign_key, count(*) FROM analytics.campaign_facts GROUP BY 1").fetchall())
     assert set(counts) == {"MCS2017", "SPRING17", "VIP17"} and all(400 < n <= 500 for n in counts.values())
+
+
+def test_quiet_prints_the_summary_and_no_run_log(tmp_path: Path) -> None:
+    """`keyflow --quiet`: the per-key summary on stdout, nothing of Prefect's run log on either stream."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYFLOW_", "PREFECT_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--quiet", "demo", "--dir", str(tmp_path / "demo"), "--rows", "100"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 key(s) loaded" in proc.stdout and "MCS2017" in proc.stdout
+    assert "| INFO" not in proc.stdout + proc.stderr and "Task run" not in proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
 
 
 @pytest.mark.usefixtures("prefect_harness")

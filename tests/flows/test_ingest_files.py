@@ -57,7 +57,7 @@ def source_yaml(tmp_path: Path, names: dict[str, str], schema: str | None) -> Pa
     text = (Path(__file__).resolve().parents[2] / "config" / "sources" / "campaign_facts_files.yaml").read_text()
     path = tmp_path / "sources" / "facts.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.replace("  table: campaign_facts", f"  table: {names['src_table']}"))
+    path.write_text(text.replace("  table: partner_campaign_facts", f"  table: {names['src_table']}"))
     if schema:
         path.write_text(path.read_text().replace("target:\n", f"target:\n  schema: {schema}\n"))
     return path

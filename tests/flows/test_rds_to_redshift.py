@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,16 @@ def test_embedded_duckdb_warehouse_value_for_value(
             ).fetchall()
         ]
     assert got == expected(rows, {"K1", "K2", EVIL})
+
+
+def test_a_long_key_logs_how_many_rows_it_staged_so_far(
+    pg_setup: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.etl
+
+    _, dataset, profile = pg_setup
+    monkeypatch.setattr(tasks.etl, "PROGRESS_SECONDS", 0.0)  # every batch is "long" here
+    caplog.set_level(logging.INFO)
+    state, _ = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    assert re.search(r"Staging key 'K1': \d+ rows staged so far \(\d+s\)", caplog.text)

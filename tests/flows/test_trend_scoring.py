@@ -196,6 +196,7 @@ def test_a_non_postgres_warehouse_is_a_config_error(setup: Any, tmp_path: Path) 
     job_path, *_ = setup
     result = runner.invoke(app, ["trends", "run", "-j", job_path, "-p", "local"])
     assert result.exit_code == 2
-    assert "profile local: trends_url: trend counts need PostgreSQL; set trends_url (the warehouse is 'duckdb')" in (
-        result.output
+    assert (
+        "error: config/profiles/local.yaml: trends_url: trend counts need PostgreSQL; set trends_url "
+        "(the warehouse is 'duckdb')" in result.output
     )

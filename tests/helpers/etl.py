@@ -88,8 +88,8 @@ def create_pg_source(pg: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
         cur.executemany(f"INSERT INTO {table} VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", rows)
 
 
-def write_dataset(tmp_path: Path, names: dict[str, str], **target: Any) -> Path:
-    """The dataset YAML for this test's source table and warehouse schema (``target`` overrides its target)."""
+def write_dataset(tmp_path: Path, names: dict[str, str], staging: dict[str, Any] | None = None, **target: Any) -> Path:
+    """The dataset YAML for this test's source table and warehouse schema (``staging`` and ``target`` override)."""
     return write_yaml(
         tmp_path / "datasets" / "facts.yaml",
         {
@@ -99,7 +99,7 @@ def write_dataset(tmp_path: Path, names: dict[str, str], **target: Any) -> Path:
                 {"rename": {"label": "title"}},
                 {"privacy": {"column": "phone", "action": "mask", "keep_last": 2}},
             ],
-            "staging": {"compression": "zstd", "part_rows": 1000},
+            "staging": {"compression": "zstd", "part_rows": 1000} | (staging or {}),
             "target": {"schema": names["wh_schema"], "table": "facts", "distkey": "campaign_key", **target},
         },
     )

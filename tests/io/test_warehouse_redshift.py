@@ -1,4 +1,5 @@
-"""Redshift cannot run here: its load is checked as the statements it sends, in order, in one transaction."""
+"""Redshift's direct mode (a psycopg2 connection): a key's load checked as the statements it sends, in order, in one
+transaction. The Data API mode runs for real on the stand-in (tests/io/test_redshift_data_api.py)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,25 @@ def test_count_mismatch_rolls_back() -> None:
     with pytest.raises(ReconciliationError, match="extracted=5 staged=5 loaded=4"):
         warehouse(conn).load_key(SPEC, staged(5), store=None)  # type: ignore[arg-type]
     assert conn.rolled_back and not conn.committed
+
+
+def test_merge_copies_into_a_session_table_then_merges_by_primary_key() -> None:
+    from dataclasses import replace
+
+    spec = replace(
+        SPEC,
+        columns=(("campaign_key", parse_type("text"), False), ("id", parse_type("bigint"), False)),
+        load_mode="merge",
+        primary_key=("id",),
+    )
+    conn = RecordingConnection(copied=5, counted=5)
+    assert warehouse(conn).load_key(spec, staged(5), store=None) == 5  # type: ignore[arg-type]
+    sql = [s for s, _ in conn.statements]
+    assert sql[0] == 'CREATE TEMP TABLE "keyflow_merge_stage" (LIKE "analytics"."facts")'
+    assert sql[1].startswith('COPY "keyflow_merge_stage" ("campaign_key", "id")\nFROM \'s3://b/p/manifest.json\'')
+    assert sql[2] == "SELECT pg_last_copy_count()"
+    assert sql[3].startswith(
+        'MERGE INTO "analytics"."facts" USING "keyflow_merge_stage" AS s ON "analytics"."facts"."id"'
+    )
+    assert sql[4].startswith('SELECT count(*) FROM "analytics"."facts" AS t JOIN "keyflow_merge_stage" AS s ON')
+    assert sql[5].startswith('DELETE FROM "analytics"."keyflow_loads"') and conn.committed

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tasks.transforms.crypto import (
     CellDecryptError,
     DecryptError,
+    MalformedCsvError,
     MissingColumnError,
     decrypt_columns,
     decrypt_csv,
@@ -117,3 +118,24 @@ def test_decrypt_csv_refuses_a_missing_column_before_writing_anything() -> None:
         next(out)
     with pytest.raises(MissingColumnError, match="^no column phone$"):
         next(decrypt_csv([], ["phone"], rsa_unwrapper([NEW])))
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["id,phone\r\n", "1,\r\n", '2,"never closed\r\n', "3,\r\n"], "row 2 (line 3): a quoted field is never closed"),
+        (["id,phone\r\n", '"multi\r\n', 'line",\r\n', '2,"x"y\r\n'], "row 2 (line 4): ',' expected after '\"'"),
+        (["id,phone\r\n", "\r\n", "1,,extra\r\n"], "row 1 (line 3): 3 fields, the header has 2"),
+        (['id,"phone\r\n', "1,\r\n"], "header row: a quoted field is never closed"),
+    ],
+)
+def test_decrypt_csv_stops_at_the_first_row_that_is_not_csv(lines: list[str], message: str) -> None:
+    """An unterminated quote used to swallow the rest of the file into one cell and exit 0."""
+    with pytest.raises(MalformedCsvError) as caught:
+        list(decrypt_csv(lines, ["phone"], rsa_unwrapper([NEW])))
+    assert str(caught.value).startswith(message)
+
+
+def test_decrypt_csv_skips_blank_lines_and_pads_short_rows() -> None:
+    out = "".join(decrypt_csv(["id,phone,note\r\n", "\r\n", "1\r\n"], ["phone"], rsa_unwrapper([NEW])))
+    assert out == "id,phone,note\r\n1,,\r\n"
