@@ -149,6 +149,7 @@ def test_ctrl_c_during_a_parallel_backfill_removes_what_every_running_date_stage
 def test_sigterm_removes_what_the_run_staged_and_exits_143(slow_etl: Any, tmp_path: Path) -> None:
     """With a Prefect server: the run is reported, not left running."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.settings import PREFECT_API_URL
 
     result, _ = interrupt(slow_etl, tmp_path, signal.SIGTERM, str(PREFECT_API_URL.value()))
@@ -159,7 +160,8 @@ def test_sigterm_removes_what_the_run_staged_and_exits_143(slow_etl: Any, tmp_pa
     assert staged(slow_etl[2]) == []
     assert list((tmp_path / "tmp").glob("keyflow-stage-*")) == []
     with get_client(sync_client=True) as client:
-        run = next(r for r in client.read_flow_runs(limit=20) if match[2].endswith(str(r.id)[:8]))
+        runs = client.read_flow_runs(limit=50, sort=FlowRunSort.START_TIME_DESC)
+        run = next(r for r in runs if match[2].endswith(str(r.id)[:8]))
     assert run.state is not None and run.state.is_final() and not run.state.is_completed(), run.state
 
 
