@@ -1,9 +1,14 @@
-"""`make bench-trends`: events per minute through gunzip → parse → join → window → aggregate → score.
+"""`make bench-trends`: events per minute through gunzip → parse and check → dedup → join → window → aggregate → score.
 
-Generates (once, cached under .keyflow/bench/trends/) gzip JSON lines files and a user CSV, then runs, in one sitting
-and each in its own process (peak RSS sampled over the process tree):
-  1. keyflow: the trend flow's counting stream (parallel file readers, one streaming Arrow plan) and its scoring;
-  2. the naive baseline: pandas ``read_json(lines=True)`` per file, merge with the users, groupby.
+Generates (once, cached under .keyflow/bench/trends/) gzip JSON lines files with 1 % duplicate lines and 0.5 %
+malformed lines beside the unique events, and a user CSV; compacts that hour once with keyflow's own compaction
+(Parquet, each event once) into a second folder. Then runs, in one sitting and each in its own process (peak RSS
+sampled over the process tree):
+  1. keyflow on gzip JSON lines: the trend flow's scan (2 files at once, every line checked, each event id once per
+     hour) → one streaming Arrow plan → scoring;
+  2. keyflow on the compacted Parquet files of the same hour, the same way;
+  3. the naive baseline: pandas ``read_json(lines=True)`` per file, merge with the users, groupby (it stops at the
+     first malformed line, so it reads the clean files of the same shape; no dedup).
 The baseline reads the first ``--baseline-files`` files only (it is slow and memory-hungry); its rate is per event.
 Prints a table and ends with one JSON line. Figures, never assertions.
 """
@@ -14,52 +19,158 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
-from datetime import timedelta
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 
-def keyflow_worker(folder: Path) -> dict[str, Any]:
-    import pyarrow as pa
+class LocalSource:
+    """Archive files on local disk (keys are paths under ``root``), read the way the flow reads S3 objects."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
+
+    def stream(self, key: str) -> Any:
+        import pyarrow as pa
+
+        return pa.OSFile(str(self.root / key if self.root else key))
+
+    def random_access(self, key: str, size: int) -> Any:
+        import pyarrow as pa
+
+        return pa.memory_map(str(self.root / key if self.root else key))
+
+
+class LocalStore:
+    """Just enough of an object store on a local folder for keyflow's compaction to run on it unchanged."""
+
+    bucket = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+        for p in sorted(self.root.rglob("*")):
+            key = p.relative_to(self.root).as_posix()
+            if p.is_file() and key.startswith(prefix):
+                stat = p.stat()
+                yield {"Key": key, "Size": stat.st_size, "LastModified": datetime.fromtimestamp(stat.st_mtime, UTC)}
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        return (o["Key"] for o in self.list_objects(prefix))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def open(self, key: str) -> IO[bytes]:
+        return self._path(key).open("rb")
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        with self._path(key).open("rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+    def head(self, key: str) -> dict[str, Any]:
+        return {"ContentLength": self._path(key).stat().st_size}
+
+    def put_bytes(self, data: bytes, key: str, content_type: str = "") -> None:
+        self._path(key).parent.mkdir(parents=True, exist_ok=True)
+        self._path(key).write_bytes(data)
+
+    def put_file(self, path: Path, key: str) -> None:
+        self._path(key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, self._path(key))
+
+    def delete_keys(self, keys: Sequence[str]) -> int:
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
+        return len(keys)
+
+
+def hour_files(folder: Path, compacted: bool) -> list[Any]:
+    from trends_data import START
+
+    from tasks.io.archive import ArchiveFile, list_hour
+
+    if not compacted:
+        return [ArchiveFile(str(p), p.stat().st_size, None, START) for p in sorted(folder.glob("part-*.jsonl.gz"))]
+    store = LocalStore(folder / "compacted")
+    listing = list_hour(store, "archive", START)  # type: ignore[arg-type]
+    return [ArchiveFile(str(store.root / f.key), f.size, None, START, compacted=True) for f in listing.files]
+
+
+def ensure_compacted(folder: Path) -> dict[str, Any]:
+    """Compact the generated hour once with keyflow's compaction (the gzip files are linked, never moved)."""
+    from trends_data import START
+
+    from tasks.io.archive import hour_prefix
+    from tasks.io.compaction import ArchivePlaces, compact_hour
+
+    done = folder / "compacted" / ".complete"
+    if done.exists():
+        return dict(json.loads(done.read_text()))
+    root = folder / "compacted"
+    shutil.rmtree(root, ignore_errors=True)
+    hour = root / hour_prefix("archive", START)
+    hour.mkdir(parents=True)
+    for p in sorted(folder.glob("part-*.jsonl.gz")):
+        os.link(p, hour / p.name)
+    started = time.perf_counter()
+    result = compact_hour(
+        LocalStore(root),  # type: ignore[arg-type]
+        ArchivePlaces("archive", "rejected", "quarantine"),
+        START,
+        source=LocalSource(root),
+    )
+    row = result.as_row() | {"seconds": round(time.perf_counter() - started, 1)}
+    done.write_text(json.dumps(row))
+    return row
+
+
+def keyflow_worker(folder: Path, compacted: bool) -> dict[str, Any]:
     import pyarrow.csv as pacsv
     from trends_data import START
 
-    from tasks.io.archive import event_reader, read_jsonl_gz
-    from tasks.transforms.trends import (
-        COUNT_INPUT_SCHEMA,
-        USER_SCHEMA,
-        ScoreParams,
-        WindowSpec,
-        count_stream,
-        score_articles,
-        top_n,
-    )
+    from tasks.io.archive import ArchiveScan
+    from tasks.transforms.trends import USER_SCHEMA, ScoreParams, WindowSpec, count_stream, score_articles, top_n
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     users = pacsv.read_csv(
         folder / "users.csv", convert_options=pacsv.ConvertOptions(column_types=USER_SCHEMA, strings_can_be_null=True)
     )
-    files = sorted(folder.glob("part-*.jsonl.gz"))
-    openers = [lambda p=p: read_jsonl_gz(pa.OSFile(str(p)), schema=COUNT_INPUT_SCHEMA) for p in files]
-    counts, events = count_stream(event_reader(openers, parallel=2), users, WindowSpec())
+    scan = ArchiveScan(LocalSource(), hour_files(folder, compacted), parallel=2)
+    counts, events = count_stream(scan.reader(), users, WindowSpec(), names=scan.names)
     counted_at = time.perf_counter()
     minutes = int(os.environ.get("BENCH_MINUTES", "20"))
     scored = score_articles(counts.counts, START + timedelta(minutes=minutes), ScoreParams(), per_audience=20)
     best = top_n(scored, 20)
     done = time.perf_counter()
+    invalid = sum(r.invalid for r in scan.reports.values())
     return {
+        "lines": events + scan.duplicates + invalid,
         "events": events,
         "counted": counts.counted_events,
+        "duplicates": scan.duplicates,
+        "invalid": invalid,
         "groups": counts.counts.num_rows,
         "audiences": len(best),
         "count_s": round(counted_at - started, 3),
         "score_s": round(done - counted_at, 3),
         "seconds": round(done - started, 3),
+        "cpu_s": round(time.process_time() - cpu, 3),
     }
 
 
@@ -101,14 +212,17 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--minutes", type=int, default=20, help="event-time span (the original: 500,000 a minute)")
+    parser.add_argument("--duplicates", type=float, default=0.01, help="duplicate lines, a share of the events")
+    parser.add_argument("--malformed", type=float, default=0.005, help="malformed lines, a share of the events")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--baseline-files", type=int, default=2)
-    parser.add_argument("--worker", choices=["keyflow", "pandas"], help=argparse.SUPPRESS)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["jsonl", "parquet", "pandas"])
+    parser.add_argument("--worker", choices=["jsonl", "parquet", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.worker == "keyflow":
-        print(json.dumps(keyflow_worker(args.folder)))
+    if args.worker in ("jsonl", "parquet"):
+        print(json.dumps(keyflow_worker(args.folder, compacted=args.worker == "parquet")))
         return
     if args.worker == "pandas":
         print(json.dumps(pandas_worker(args.folder, args.baseline_files)))
@@ -116,49 +230,67 @@ def main() -> None:
 
     from trends_data import ensure_data
 
-    folder = (
-        ROOT
-        / ".keyflow"
-        / "bench"
-        / "trends"
-        / f"{args.events}-{args.articles}-{args.users}-{args.files}-{args.minutes}"
-    )
+    base = ROOT / ".keyflow" / "bench" / "trends"
+    shape = f"{args.events}-{args.articles}-{args.users}-{args.files}-{args.minutes}"
+    folder = base / f"{shape}-d{args.duplicates:g}-m{args.malformed:g}"
+    clean = base / shape
     t = time.perf_counter()
-    ensure_data(folder, args.events, args.articles, args.users, args.files, args.minutes)
+    ensure_data(
+        folder, args.events, args.articles, args.users, args.files, args.minutes, args.duplicates, args.malformed
+    )
     size = sum(p.stat().st_size for p in folder.glob("part-*.jsonl.gz"))
     print(f"data: {folder} ({size / 1e6:.0f} MB gzip, ready in {time.perf_counter() - t:.1f} s)", flush=True)
+    compaction = ensure_compacted(folder)
+    parquet_size = sum(f.size for f in hour_files(folder, compacted=True))
+    print(f"compacted: {compaction} ({parquet_size / 1e6:.0f} MB Parquet)", flush=True)
     os.environ["BENCH_MINUTES"] = str(args.minutes)
 
-    runs = []
-    for i in range(args.runs):
-        result, rss = run_measured(["--worker", "keyflow", "--folder", str(folder)])
-        runs.append((result["seconds"], rss, result))
-        print(f"keyflow run {i + 1}: {result['seconds']:.2f} s, {rss:.0f} MB, {result}", flush=True)
-    runs.sort(key=lambda r: r[0])
-    seconds, rss, kf = runs[len(runs) // 2]
-    base, base_rss = run_measured(
-        ["--worker", "pandas", "--folder", str(folder), "--baseline-files", str(args.baseline_files)]
-    )
-    print(f"pandas baseline: {base['seconds']:.2f} s for {base['events']:,} events, {base_rss:.0f} MB", flush=True)
+    results: dict[str, tuple[float, float, dict[str, Any]]] = {}
+    variants = [v for v in ("jsonl", "parquet") if v not in args.skip]
+    runs: dict[str, list[tuple[float, float, dict[str, Any]]]] = {v: [] for v in variants}
+    for i in range(args.runs):  # interleaved, so a drifting machine weighs on both alike
+        for variant in variants:
+            result, rss = run_measured(["--worker", variant, "--folder", str(folder)])
+            runs[variant].append((result["seconds"], rss, result))
+            print(f"{variant} run {i + 1}: {result['seconds']:.2f} s, {rss:.0f} MB, {result}", flush=True)
+    for variant, measured in runs.items():
+        measured.sort(key=lambda r: r[0])
+        results[variant] = measured[len(measured) // 2]
+    base_result: dict[str, Any] | None = None
+    if "pandas" not in args.skip:
+        ensure_data(clean, args.events, args.articles, args.users, args.files, args.minutes, 0.0, 0.0)
+        base_result, base_rss = run_measured(
+            ["--worker", "pandas", "--folder", str(clean), "--baseline-files", str(args.baseline_files)]
+        )
+        print(f"pandas baseline: {base_result['seconds']:.2f} s for {base_result['events']:,} events", flush=True)
 
-    per_min = kf["events"] / seconds * 60
-    base_per_min = base["events"] / base["seconds"] * 60
     print()
     print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"{'':10} {'events':>12} {'seconds':>9} {'events/min':>14} {'peak RSS MB':>12}")
-    print(f"{'keyflow':10} {kf['events']:>12,} {seconds:>9.2f} {per_min:>14,.0f} {rss:>12.0f}")
-    print(f"{'pandas':10} {base['events']:>12,} {base['seconds']:>9.2f} {base_per_min:>14,.0f} {base_rss:>12.0f}")
-    print(f"keyflow: count {kf['count_s']} s, score {kf['score_s']} s; {kf['groups']:,} window groups")
-    print(
-        json.dumps(
-            {
-                "events": kf["events"],
-                "events_per_min": round(per_min),
-                "baseline_events_per_min": round(base_per_min),
-                "peak_rss_mb": round(rss),
-            }
+    print(f"{'':16} {'lines':>12} {'events':>12} {'seconds':>9} {'events/min':>14} {'lines/min':>14} {'peak MB':>8}")
+    summary: dict[str, Any] = {}
+    for variant, (seconds, rss, r) in results.items():
+        per_min, lines_per_min = r["events"] / seconds * 60, r["lines"] / seconds * 60
+        name = {"jsonl": "keyflow gzip", "parquet": "keyflow parquet"}[variant]
+        print(
+            f"{name:16} {r['lines']:>12,} {r['events']:>12,} {seconds:>9.2f} {per_min:>14,.0f} {lines_per_min:>14,.0f} "
+            f"{rss:>8.0f}"
         )
-    )
+        print(
+            f"{'':16} count {r['count_s']} s, score {r['score_s']} s, {r['cpu_s']} CPU-s; {r['duplicates']:,} "
+            f"duplicates, {r['invalid']:,} invalid; {r['groups']:,} window groups"
+        )
+        summary[variant] = {
+            "events_per_min": round(per_min),
+            "lines_per_min": round(lines_per_min),
+            "peak_rss_mb": round(rss),
+            "cpu_s": r["cpu_s"],
+        }
+    if base_result is not None:
+        per_min = base_result["events"] / base_result["seconds"] * 60
+        n, secs = base_result["events"], base_result["seconds"]
+        print(f"{'pandas':16} {n:>12,} {n:>12,} {secs:>9.2f} {per_min:>14,.0f} {'':>14} {base_rss:>8.0f}")
+        summary["pandas"] = {"events_per_min": round(per_min), "peak_rss_mb": round(base_rss)}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

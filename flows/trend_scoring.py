@@ -1,22 +1,36 @@
-"""Trend scoring: count one-minute event-time windows from the event archive, score fresh articles, publish top-N."""
+"""Trend scoring: count one-minute event-time windows from the event archive, score fresh articles, publish top-N.
+
+The archive's closed hours are compacted as well.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
+from config.errors import first_line
 from config.loader import load_profile, load_trends
 from flows.common import artifact_key, ends_failed_on_errors, refuse_if_misconfigured, refuse_if_paused
-from tasks.resources import resources_for
-from tasks.transforms.trends import floor_time
-from tasks.trends import CountSummary, advance_watermark, count_windows, plan_windows, score_trends, window_spec
+from tasks.resources import Resources, resources_for
+from tasks.transforms.trends import closed_hours, floor_time, late_note
+from tasks.trends import (
+    CountSummary,
+    advance_watermark,
+    compact_hours,
+    count_windows,
+    plan_windows,
+    score_trends,
+    window_spec,
+)
 
 ARTIFACT_ROWS = 200  # of the published rankings, shown in the run's table artifact
 PAUSED = "The trends flows are paused: nothing started (`keyflow resume trends`)"
+HOUR = timedelta(hours=1)
+FIGURES = ("files", "events", "counted", "late", "invalid", "duplicates", "quarantined")
 
 
 def _utc(t: datetime | None) -> datetime:
@@ -35,13 +49,38 @@ def _hours(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
     return out
 
 
+def _count_hours(
+    cfg: Any, resources: Resources, pieces: list[tuple[datetime, datetime]], ignore_lateness: bool = False
+) -> tuple[list[CountSummary], list[str]]:
+    """Count each hour; an hour that fails (too many invalid lines) does not stop the others.
+
+    Returns the summaries of the hours counted and one line per hour that failed.
+    """
+    summaries, failures = [], []
+    for a, b in pieces:
+        state = count_windows(cfg, resources, a, b, ignore_lateness, return_state=True)
+        result = state.result(raise_on_failure=False)
+        if isinstance(result, CountSummary):
+            summaries.append(result)
+        else:
+            failures.append(first_line(result) if isinstance(result, BaseException) else str(state.message))
+    return summaries, failures
+
+
+def _totals(summaries: list[CountSummary]) -> dict[str, int]:
+    return {k: sum(getattr(s, k) for s in summaries) for k in FIGURES}
+
+
 @flow(name="trend-scoring", validate_parameters=True)
 @ends_failed_on_errors
 def trend_scoring(job: str = "trending", profile: str = "local", end: datetime | None = None) -> State[Any]:
     """Recount the windows still open to late events and any missed since the last run, then rank fresh articles.
 
+    Then compact the hours closed to late events (``compact: true``).
+
     ``end`` (default: now) is rounded down to a window boundary; the ranking is computed as of that instant, so
-    re-running with the same ``end`` writes identical counts and rankings.
+    re-running with the same ``end`` writes identical counts and rankings. An hour with more invalid lines than
+    ``max_invalid_share`` fails the run after the other hours are counted; nothing is then published.
     """
     prof, cfg = load_profile(profile), load_trends(job)
     if refused := refuse_if_paused("trends", data={}, warning=PAUSED):
@@ -49,15 +88,27 @@ def trend_scoring(job: str = "trending", profile: str = "local", end: datetime |
     resources = resources_for(prof)
     if refused := refuse_if_misconfigured(cfg, resources):
         return refused
-    until = floor_time(_utc(end), window_spec(cfg).width)
+    spec = window_spec(cfg)
+    until = floor_time(_utc(end), spec.width)
     planned = plan_windows(cfg, resources, until)
     # Catch-up after downtime may span hours: count an hour at a time, so memory follows an hour's groups.
-    hours = _hours(planned.start, planned.end)
-    summaries: list[CountSummary] = [count_windows(cfg, resources, a, b) for a, b in hours]
+    summaries, failures = _count_hours(cfg, resources, _hours(planned.start, planned.end))
+    totals = _totals(summaries)
+    data: dict[str, Any] = {
+        "start": planned.start.isoformat(),
+        "end": planned.end.isoformat(),
+        **totals,
+        "skipped": [t.isoformat() for t in planned.skipped] if planned.skipped else None,
+        "late_note": late_note(totals["late"], totals["events"], spec.lateness),
+    }
+    if note := data["late_note"]:
+        get_run_logger().warning("%s", note[0].upper() + note[1:])
+    if failures:
+        return Failed(message="\n".join(failures), data={**data, "failed": failures, "audiences": 0, "scored": 0})
     scored = score_trends(cfg, resources, until)
     advance_watermark(cfg, resources, until)
+    data |= {"audiences": scored.audiences, "scored": scored.scored, "compacted": _compact(cfg, resources, until)}
 
-    totals = {k: sum(getattr(s, k) for s in summaries) for k in ("files", "events", "counted", "late", "invalid")}
     create_table_artifact(
         key=artifact_key(cfg.name, "top-articles"),
         table=scored.top[:ARTIFACT_ROWS],
@@ -67,29 +118,54 @@ def trend_scoring(job: str = "trending", profile: str = "local", end: datetime |
         key=artifact_key(cfg.name, "windows"),
         markdown=(
             f"### {cfg.name}: windows {planned.start:%Y-%m-%d %H:%M} to {planned.end:%H:%M} UTC\n\n"
-            "| files | events | counted | late | invalid | audiences | prior |\n|---|---|---|---|---|---|---|\n"
-            f"| {totals['files']} | {totals['events']} | {totals['counted']} | {totals['late']} | {totals['invalid']} "
-            f"| {scored.audiences} | Beta({scored.alpha:.3g}, {scored.beta:.3g}) |\n"
+            "| files | events | counted | late | invalid | duplicates | quarantined | audiences | prior |\n"
+            "|---|---|---|---|---|---|---|---|---|\n"
+            + "| "
+            + " | ".join(str(totals[k]) for k in FIGURES)
+            + f" | {scored.audiences} | Beta({scored.alpha:.3g}, {scored.beta:.3g}) |\n"
         ),
     )
-    data = {
-        "start": planned.start.isoformat(),
-        "end": planned.end.isoformat(),
-        **totals,
-        "audiences": scored.audiences,
-        "scored": scored.scored,
-        "skipped": [t.isoformat() for t in planned.skipped] if planned.skipped else None,
-    }
     return Completed(message=f"{totals['counted']} event(s) counted, {scored.audiences} audience(s) ranked", data=data)
+
+
+def _compact(cfg: Any, resources: Resources, until: datetime) -> int:
+    """Compact the closed hours a run can still see (the catch-up span).
+
+    A failure is logged, not fatal: the next run compacts what this one did not.
+    """
+    if not cfg.compact:
+        return 0
+    span = [a for a, _ in _hours(floor_time(until - timedelta(minutes=cfg.max_catch_up_minutes), HOUR), until)]
+    hours = closed_hours(span, until, window_spec(cfg))
+    if not hours:
+        return 0
+    state = compact_hours(cfg, resources, hours, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        get_run_logger().warning("Compaction left for the next run: %s", first_line(result))
+        return 0
+    return sum(1 for r in result if r.files_out)
 
 
 @flow(name="trend-backfill", validate_parameters=True)
 @ends_failed_on_errors
-def trend_backfill(job: str, start: datetime, end: datetime, profile: str = "local") -> State[Any]:
-    """Recount every window in ``[start, end)`` from the archive, an hour at a time (the watermark is left alone)."""
+def trend_backfill(
+    job: str,
+    start: datetime,
+    end: datetime,
+    profile: str = "local",
+    ignore_lateness: bool = False,
+    publish: bool = False,
+) -> State[Any]:
+    """Recount every window in ``[start, end)`` from the archive, an hour at a time (the watermark is left alone).
+
+    ``ignore_lateness`` counts by event time alone (rebuilding history from a replay); ``publish`` then ranks as of
+    ``end`` and publishes, as a run at that time would have. An hour over ``max_invalid_share`` fails the backfill
+    once every other hour is counted.
+    """
     prof, cfg = load_profile(profile), load_trends(job)
-    width = window_spec(cfg).width
-    a, b = floor_time(_utc(start), width), floor_time(_utc(end), width)
+    spec = window_spec(cfg, ignore_lateness)
+    a, b = floor_time(_utc(start), spec.width), floor_time(_utc(end), spec.width)
     if b <= a:
         raise ValueError(f"end {b.isoformat()} is not after start {a.isoformat()}")
     if refused := refuse_if_paused("trends", data=[]):
@@ -97,8 +173,34 @@ def trend_backfill(job: str, start: datetime, end: datetime, profile: str = "loc
     resources = resources_for(prof)
     if refused := refuse_if_misconfigured(cfg, resources):
         return refused
-    summaries = [count_windows(cfg, resources, x, y) for x, y in _hours(a, b)]
+    summaries, failures = _count_hours(cfg, resources, _hours(a, b), ignore_lateness)
     rows = [s.as_row() for s in summaries]
     create_table_artifact(key=artifact_key(cfg.name, "backfill"), table=rows, description=f"{cfg.name} backfill")
-    counted = sum(s.counted for s in summaries)
-    return Completed(message=f"{len(summaries)} hour(s) recounted, {counted} event(s) counted", data=rows)
+    totals = _totals(summaries)
+    if note := late_note(totals["late"], totals["events"], spec.lateness):
+        get_run_logger().warning("%s", note[0].upper() + note[1:])
+    if failures:
+        return Failed(message="\n".join(failures), data=rows)
+    message = f"{len(summaries)} hour(s) recounted, {totals['counted']} event(s) counted"
+    if publish:
+        scored = score_trends(cfg, resources, b)
+        message += f"; {scored.audiences} audience(s) ranked as of {b.isoformat()} and published"
+    return Completed(message=message, data=rows)
+
+
+@flow(name="trend-compaction", validate_parameters=True)
+@ends_failed_on_errors
+def trend_compaction(job: str, start: datetime, end: datetime, profile: str = "local") -> State[Any]:
+    """Compact the archive hours of ``[start, end)`` that are closed to late events (idempotent)."""
+    prof, cfg = load_profile(profile), load_trends(job)
+    spec = window_spec(cfg)
+    now = datetime.now(UTC)
+    hours = [a for a, _ in _hours(floor_time(_utc(start), HOUR), _utc(end))]
+    closed = closed_hours(hours, now, spec)
+    if refused := refuse_if_paused("trends", data=[]):
+        return refused
+    results = compact_hours(cfg, resources_for(prof), closed) if closed else []
+    rows = [r.as_row() for r in results]
+    rows += [{"hour": h.isoformat(), "reason": "still open to late events"} for h in hours if h not in closed]
+    done = sum(1 for r in results if r.files_out)
+    return Completed(message=f"{done} hour(s) compacted, {len(hours) - done} left as they were", data=rows)

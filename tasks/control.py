@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from config.errors import RetryableError
 
@@ -81,7 +81,9 @@ def ensure_limit(name: str, slots: int) -> None:
         try:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            client.upsert_global_concurrency_limit_by_name(name, max(slots, 1))
+            # Another run may create it between our read and our create: theirs stands, as any existing one does.
+            with suppress(ObjectAlreadyExists):
+                client.upsert_global_concurrency_limit_by_name(name, max(slots, 1))
 
 
 @contextmanager

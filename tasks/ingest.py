@@ -6,7 +6,8 @@ batch acknowledged. A crash anywhere before the acknowledgement makes the broker
 second pass stores nothing twice:
 
 1. the events table is asked which ids are already stored and in which archive file;
-2. an event whose archive file exists is a duplicate (the crash came after its write) and is skipped;
+2. an event whose archive file exists is a duplicate (the crash came after its write) and is skipped (a file that
+   compaction replaced exists through its hour's manifest);
 3. the others are written to the events table naming a fresh archive file, then that file is written.
 
 A crash between 3's two writes leaves items naming a file that does not exist; the redelivery sees that and
@@ -24,7 +25,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from config.models import EventsConfig, Profile
-from tasks.io.archive import event_file_key, write_event_file
+from tasks.io.archive import archived_file_exists, event_file_key, write_event_file
 from tasks.io.broker import EventSource
 from tasks.io.event_store import ArticleDirectory, EventTable
 from tasks.io.objectstore import ObjectStore
@@ -83,8 +84,10 @@ class EventSinks:
         self._archive_exists: dict[str, bool] = {}
 
     def _exists(self, key: str) -> bool:
+        # The file itself, or (once trend scoring compacted its hour) the compacted file the hour's manifest says
+        # now holds its events.
         if key not in self._archive_exists:
-            self._archive_exists[key] = bool(key) and self.store.exists(key)
+            self._archive_exists[key] = archived_file_exists(self.store, self.job.archive_prefix, key)
         return self._archive_exists[key]
 
     def store_batch(self, messages: list[Message], source: EventSource) -> DrainSummary:

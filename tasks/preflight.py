@@ -322,7 +322,8 @@ def _events(c: _Checker, job: EventsConfig) -> None:
 
 def _trends(c: _Checker, job: TrendConfig) -> None:
     check_trend_counts(c, job)
-    check_bucket(c, job.archive_prefix, write=False, encryption=False)
+    # A run compacts closed hours (it writes to the archive), and writes bad lines and unreadable files aside.
+    check_bucket(c, job.archive_prefix, write=job.compact, encryption=False)
     check_users_file(c, job)
 
 

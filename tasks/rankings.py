@@ -14,6 +14,10 @@ from tasks.resources import trend_serving_for
 
 def top_articles(
     profile: Profile, job: TrendConfig, gender: str | None, segment: str | None, limit: int
-) -> list[dict[str, Any]]:
-    """The published top articles of one audience, best first, at most ``limit`` (empty when none or expired)."""
-    return trend_serving_for(profile, job).top(gender, segment)[:limit]
+) -> list[dict[str, Any]] | None:
+    """The published top articles of one audience, best first, at most ``limit`` (empty when none or expired).
+
+    None when no ranking was ever published: the serving table does not exist yet.
+    """
+    ranking = trend_serving_for(profile, job).top(gender, segment)
+    return None if ranking is None else ranking[:limit]

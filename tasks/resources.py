@@ -303,17 +303,17 @@ def resources_for(profile: Profile) -> Resources:
 
 
 _process_lock = threading.Lock()
-_users_cache: dict[tuple[str, str, str | None], UserDirectory] = {}
+_users_cache: dict[tuple[str, str, str | None, str], UserDirectory] = {}
 _articles_cache: dict[tuple[str, str | None, int, int], ArticleDirectory] = {}
 
 
 def _users(profile: Profile, job: TrendConfig) -> UserDirectory:
     from tasks.io.archive import UserDirectory
 
-    cache_key = (profile.bucket, job.users_key, profile.aws_endpoint_url)
+    cache_key = (profile.bucket, job.users_key, profile.aws_endpoint_url, job.file)
     with _process_lock:
         if cache_key not in _users_cache:
-            _users_cache[cache_key] = UserDirectory(object_store_for(profile), job.users_key)
+            _users_cache[cache_key] = UserDirectory(object_store_for(profile), job.users_key, f"{job.file}: users_key")
         return _users_cache[cache_key]
 
 

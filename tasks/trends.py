@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,26 +11,46 @@ from typing import Any
 import pyarrow as pa
 from prefect import get_run_logger, task
 
+from config.errors import KeyFailedError
 from config.models import Profile, TrendConfig
-from tasks.io.archive import archive_objects, event_reader, read_events
+from tasks.io.archive import (
+    ArchiveScan,
+    FileReport,
+    StoreSource,
+    archive_files_of,
+    hour_prefix,
+    quarantine,
+    write_rejected,
+)
+from tasks.io.compaction import ArchivePlaces, CompactionResult, compact_hour
 from tasks.resources import Resources, trend_counts_for
 from tasks.retries import BATCH_IO, SETUP_IO
 from tasks.transforms.trends import (
-    COUNT_INPUT_SCHEMA,
     RecountRange,
     ScoreParams,
     WindowSpec,
+    best_per_audience,
     count_stream,
     fit_beta_prior,
+    over_invalid_share,
     recount_range,
-    score_articles,
+    scored_pairs,
     top_n,
 )
 
 
-def window_spec(job: TrendConfig) -> WindowSpec:
-    """The job's tumbling windows."""
-    return WindowSpec(width=timedelta(seconds=job.window_seconds), lateness=timedelta(seconds=job.lateness_seconds))
+def window_spec(job: TrendConfig, ignore_lateness: bool = False) -> WindowSpec:
+    """The job's tumbling windows (``ignore_lateness``: count by event time alone)."""
+    return WindowSpec(
+        width=timedelta(seconds=job.window_seconds),
+        lateness=timedelta(seconds=job.lateness_seconds),
+        ignore_lateness=ignore_lateness,
+    )
+
+
+def archive_places(job: TrendConfig) -> ArchivePlaces:
+    """Where the job's archive, rejected lines and quarantined files live."""
+    return ArchivePlaces(job.archive_prefix, job.rejected_prefix, job.quarantine_prefix)
 
 
 def check_counts_store(profile: Profile, job: TrendConfig) -> None:
@@ -40,7 +60,12 @@ def check_counts_store(profile: Profile, job: TrendConfig) -> None:
 
 @dataclass(frozen=True)
 class CountSummary:
-    """What one counting pass read and wrote; ``events = counted + late + invalid + outside``."""
+    """What one counting pass read and wrote.
+
+    Every line read is one of: counted, late, invalid (rejected, with its line number), outside the range, or a
+    duplicate (its event id was read before in its hour): ``events = counted + late + invalid + outside +
+    duplicates``. ``quarantined`` files could not be read at all.
+    """
 
     start: datetime
     end: datetime
@@ -50,6 +75,8 @@ class CountSummary:
     late: int = 0
     invalid: int = 0
     outside: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
     rows: int = 0
     seconds: float = 0.0
 
@@ -77,42 +104,76 @@ def plan_windows(job: TrendConfig, resources: Resources, end: datetime) -> Recou
     return planned
 
 
-def count_range(job: TrendConfig, resources: Resources, start: datetime, end: datetime) -> CountSummary:
-    """Count every window in ``[start, end)`` from the archive and replace those windows in the warehouse."""
+def count_range(
+    job: TrendConfig, resources: Resources, start: datetime, end: datetime, ignore_lateness: bool = False
+) -> CountSummary:
+    """Count every window in ``[start, end)`` from the archive and replace those windows in the warehouse.
+
+    Bad lines are written under the job's rejected prefix and unreadable files copied to its quarantine prefix
+    first; then, when an hour's share of invalid lines is over ``max_invalid_share``, nothing is written and the
+    range fails (``KeyFailedError``).
+    """
     started = time.perf_counter()
     store = resources.object_store()
-    objects = archive_objects(store, job.archive_prefix, start, end)
     users = resources.users(job).table()
-
-    def opener(key: str, arrived: datetime | None) -> Callable[[], Iterator[pa.Table]]:
-        return lambda: read_events(store, key, arrived=arrived, schema=COUNT_INPUT_SCHEMA)
-
-    reader = event_reader([opener(o["Key"], o.get("LastModified")) for o in objects], job.parallel_files)
-    counts, events = count_stream(reader, users, window_spec(job), start, end)
+    files = archive_files_of(store, job.archive_prefix, start, end)
+    scan = ArchiveScan(StoreSource(store), files, job.parallel_files)
+    counts, events = count_stream(scan.reader(), users, window_spec(job, ignore_lateness), start, end, names=scan.names)
+    reports = list(scan.reports.values())
+    write_rejected(store, job.rejected_prefix, reports)
+    for r in reports:
+        if r.quarantined:
+            quarantine(store, job.quarantine_prefix, r.file, r.quarantined)
+    check_invalid_share(job, store.bucket, reports)
     counts_store = resources.trend_counts(job)
     counts_store.ensure()
     rows = counts_store.replace_windows(start, end, counts.counts)
+    duplicates = scan.duplicates
+    invalid = sum(r.invalid for r in reports) + counts.invalid_events
     return CountSummary(
         start=start,
         end=end,
-        files=len(objects),
-        events=events,
+        files=len(files),
+        events=events + duplicates + invalid - counts.invalid_events,
         counted=counts.counted_events,
         late=counts.late_events,
-        invalid=counts.invalid_events,
+        invalid=invalid,
         outside=counts.outside_events,
+        duplicates=duplicates,
+        quarantined=sum(1 for r in reports if r.quarantined),
         rows=rows,
         seconds=round(time.perf_counter() - started, 3),
     )
 
 
+def check_invalid_share(job: TrendConfig, bucket: str, reports: Sequence[FileReport]) -> None:
+    """Fail (``KeyFailedError``) when an hour's invalid lines are more than ``max_invalid_share`` of its lines."""
+    by_hour: dict[datetime, list[int]] = {}
+    for r in reports:
+        tally = by_hour.setdefault(r.file.hour, [0, 0])
+        tally[0] += r.invalid
+        tally[1] += r.events + r.invalid
+    problems = [
+        f"hour {hour:%Y-%m-%d %H}:00: {invalid:,} of {lines:,} line(s) invalid ({invalid / lines:.1%}), over "
+        f"max_invalid_share {job.max_invalid_share:g} ({job.file}); the lines and reasons are under "
+        f"s3://{bucket}/{hour_prefix(job.rejected_prefix, hour)}"
+        for hour, (invalid, lines) in sorted(by_hour.items())
+        if over_invalid_share(invalid, lines, job.max_invalid_share)
+    ]
+    if problems:
+        raise KeyFailedError("\n".join(problems))
+
+
 @task(name="count_windows", **BATCH_IO)
-def count_windows(job: TrendConfig, resources: Resources, start: datetime, end: datetime) -> CountSummary:
+def count_windows(
+    job: TrendConfig, resources: Resources, start: datetime, end: datetime, ignore_lateness: bool = False
+) -> CountSummary:
     """Count the windows in ``[start, end)`` from the event archive into the warehouse (idempotent)."""
-    summary = count_range(job, resources, start, end)
+    summary = count_range(job, resources, start, end, ignore_lateness)
     logger = get_run_logger()
     logger.info(
-        "Windows %s to %s: %d file(s), %d event(s): %d counted, %d late, %d invalid, %d outside; %d count row(s)",
+        "Windows %s to %s: %d file(s), %d line(s): %d counted, %d late, %d invalid, %d outside, %d duplicate(s); "
+        "%d count row(s)",
         start.isoformat(),
         end.isoformat(),
         summary.files,
@@ -121,13 +182,45 @@ def count_windows(job: TrendConfig, resources: Resources, start: datetime, end: 
         summary.late,
         summary.invalid,
         summary.outside,
+        summary.duplicates,
         summary.rows,
     )
     if summary.late:
         logger.warning(
             "%d event(s) arrived after their window closed (lateness %ds)", summary.late, job.lateness_seconds
         )
+    if summary.invalid:
+        logger.warning("%d invalid line(s), written under %s", summary.invalid, job.rejected_prefix)
+    if summary.quarantined:
+        logger.warning("%d unreadable file(s) copied to %s", summary.quarantined, job.quarantine_prefix)
     return summary
+
+
+@task(name="compact_hours", **BATCH_IO)
+def compact_hours(job: TrendConfig, resources: Resources, hours: Sequence[datetime]) -> list[CompactionResult]:
+    """Compact each closed hour of ``hours`` into Parquet (idempotent; an hour another run is compacting is skipped)."""
+    store = resources.object_store()
+    counts = resources.trend_counts(job)
+    logger = get_run_logger()
+    results = []
+    for hour in hours:
+        with counts.lock(f"keyflow-compact s3://{store.bucket}/{hour_prefix(job.archive_prefix, hour)}") as mine:
+            if not mine:
+                results.append(CompactionResult(hour, reason="being compacted by another run"))
+                continue
+            result = compact_hour(store, archive_places(job), hour, job.compact_target_mb << 20)
+        results.append(result)
+        if result.files_out:
+            logger.info(
+                "Compacted hour %s: %d file(s) into %d (%d event(s), %d duplicate(s) and %d invalid line(s) dropped)",
+                hour.isoformat(),
+                result.files_in,
+                len(result.files_out),
+                result.events,
+                result.duplicates,
+                result.invalid,
+            )
+    return results
 
 
 def score_params(job: TrendConfig, counts: pa.Table) -> ScoreParams:
@@ -168,8 +261,8 @@ def score_trends(job: TrendConfig, resources: Resources, now: datetime) -> Score
     """Score the fresh articles from the stored windows and publish the top-N per audience to DynamoDB."""
     counts = resources.trend_counts(job).since(now - timedelta(minutes=job.scoring.max_age_minutes), now)
     params = score_params(job, counts)
-    scored = score_articles(counts, now, params, spec=window_spec(job), per_audience=job.top_n)
-    best = top_n(scored, job.top_n)
+    pairs = scored_pairs(counts, now, params, spec=window_spec(job))
+    best = top_n(best_per_audience(pairs, job.top_n).to_pylist(), job.top_n)
     serving = resources.trend_serving(job)
     serving.ensure()
     slim = {
@@ -182,7 +275,7 @@ def score_trends(job: TrendConfig, resources: Resources, now: datetime) -> Score
     serving.put(slim, now, job.ttl_minutes * 60)
     get_run_logger().info(
         "Ranked %d (audience, article) pair(s) at %s with prior Beta(%.3g, %.3g); top %d of %d audience(s) published",
-        len(scored),
+        pairs.num_rows,
         now.isoformat(),
         params.alpha,
         params.beta,
@@ -192,7 +285,7 @@ def score_trends(job: TrendConfig, resources: Resources, now: datetime) -> Score
     top = [
         {"gender": g, "segment_id": s, "rank": i + 1, **r} for (g, s), rows in slim.items() for i, r in enumerate(rows)
     ]
-    return ScoreSummary(now, params.alpha, params.beta, len(scored), len(best), top)
+    return ScoreSummary(now, params.alpha, params.beta, pairs.num_rows, len(best), top)
 
 
 @task(name="advance_watermark", **SETUP_IO)

@@ -42,6 +42,28 @@ class TrendConfig(_FileModel):
     counts_table: Ident = Field("trend_counts", description="warehouse table of the window counts")
     serving_table: str = Field("keyflow_trending", min_length=3, max_length=255, description="DynamoDB top-N table")
     parallel_files: int = Field(2, ge=1, le=32, description="event files read at once")
+    rejected_prefix: str = Field(
+        "events/trends-rejected",
+        min_length=1,
+        max_length=512,
+        description="S3 prefix where each archive file's bad lines are written (file, line, reason, text)",
+    )
+    quarantine_prefix: str = Field(
+        "events/trends-quarantine",
+        min_length=1,
+        max_length=512,
+        description="S3 prefix where a file that is not gzip JSON lines or Parquet is copied, with its reason",
+    )
+    max_invalid_share: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="a run fails when more than this share of an hour's lines are invalid (0: any, 1: never)",
+    )
+    compact: bool = Field(True, description="each run compacts the hours closed to late events into Parquet")
+    compact_target_mb: int = Field(
+        64, ge=1, le=4096, description="compacted files are at least this big, or one file holds the whole hour"
+    )
 
     @field_validator("window_seconds")
     @classmethod
@@ -50,7 +72,7 @@ class TrendConfig(_FileModel):
             raise ValueError(f"{v} does not divide an hour (3600 seconds): windows must tile the hour partitions")
         return v
 
-    @field_validator("archive_prefix", "users_key")
+    @field_validator("archive_prefix", "users_key", "rejected_prefix", "quarantine_prefix")
     @classmethod
     def _relative(cls, v: str) -> str:
         return _relative_key(v)

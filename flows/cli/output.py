@@ -195,14 +195,24 @@ def print_dates(results: Iterable[Any], title: str) -> None:
 
 def print_hours(rows: Iterable[dict[str, Any]], title: str) -> None:
     """One row per hour of a trends backfill."""
+    figures = ("files", "events", "counted", "late", "invalid", "duplicates", "rows")
     table = Table(title=title, title_justify="left")
-    for col in ("hour", "files", "events", "counted", "late", "invalid", "rows"):
+    for col in ("hour", *figures):
         table.add_column(col, justify="left" if col == "hour" else "right")
     for r in rows:
-        table.add_row(
-            str(r["start"])[:16].replace("T", " "),
-            *(f"{r[c]:,}" for c in ("files", "events", "counted", "late", "invalid", "rows")),
-        )
+        table.add_row(str(r["start"])[:16].replace("T", " "), *(f"{r[c]:,}" for c in figures))
+    out.print(table)
+
+
+def print_compaction(rows: Iterable[dict[str, Any]], title: str) -> None:
+    """One row per hour of a trends compaction."""
+    figures = ("files_in", "files_out", "events", "duplicates", "invalid")
+    table = Table(title=title, title_justify="left")
+    for col in ("hour", *figures, "note"):
+        table.add_column(col, justify="right" if col in figures else "left")
+    for r in rows:
+        note = r.get("reason") or f"generation {r['generation']}, {r['bytes_out']:,} bytes"
+        table.add_row(str(r["hour"])[:16].replace("T", " "), *(f"{r.get(c, 0):,}" for c in figures), note)
     out.print(table)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -39,6 +39,9 @@ class ObjectStore(Protocol):
     def get_bytes(self, key: str) -> bytes:
         """The whole content of one object."""
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of one object."""
+
     def exists(self, key: str) -> bool:
         """Whether the object is there."""
 
@@ -56,6 +59,9 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Delete one object (one already gone is fine)."""
+
+    def delete_keys(self, keys: Sequence[str]) -> int:
+        """Delete exactly these objects; returns how many were asked for."""
 
     def head(self, key: str) -> dict[str, Any]:
         """The object's metadata (size, encryption…) without its content."""
@@ -194,6 +200,15 @@ class S3ObjectStore:
         with self.open(key) as body:
             return body.read()
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of one object (a ranged GET: Parquet readers fetch only the columns they need)."""
+        try:
+            body = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
+            with body:
+                return body.read()
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"read s3://{self.bucket}/{key}") from exc
+
     def head(self, key: str) -> dict[str, Any]:
         """The object's metadata (size, encryption…) without its content."""
         try:
@@ -247,7 +262,12 @@ class S3ObjectStore:
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many."""
-        keys = list(self.list_keys(prefix))
+        return self.delete_keys(list(self.list_keys(prefix)), prefix)
+
+    def delete_keys(self, keys: Sequence[str], what: str = "") -> int:
+        """Delete exactly these objects (a missing one is no error); returns how many were asked for."""
+        keys = list(keys)
+        prefix = what or (keys[0] if keys else "")
         for i in range(0, len(keys), 1000):
             chunk = [{"Key": k} for k in keys[i : i + 1000]]
             try:

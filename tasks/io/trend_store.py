@@ -6,7 +6,8 @@ import io
 import json
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -126,6 +127,24 @@ class TrendCounts:
         cols: list[Any] = list(zip(*rows, strict=True)) if rows else [() for _ in COUNT_SCHEMA]
         return pa.table({f.name: pa.array(list(c), f.type) for f, c in zip(COUNT_SCHEMA, cols, strict=True)})
 
+    @contextmanager
+    def lock(self, name: str) -> Iterator[bool]:
+        """Hold PostgreSQL's advisory lock ``name`` for the block; yields False when another session holds it.
+
+        The lock belongs to this block's own connection: a process that dies releases it with its connection.
+        """
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,))
+                got = bool(cur.fetchone()[0])
+            conn.commit()
+            yield got
+        except psycopg2.OperationalError as exc:
+            raise pg_error(exc, "warehouse") from None
+        finally:
+            conn.close()
+
     def last_end(self, job: str) -> datetime | None:
         """The end of the last range the job counted, or None before its first run."""
 
@@ -200,12 +219,19 @@ class TrendServing(DynamoTable):
                 raise RetryableError(f"write rankings to {self.table}: items still unprocessed after 8 tries")
         return len(requests)
 
-    def top(self, gender: str | None, segment: str | None) -> list[dict[str, Any]]:
-        """The stored ranking of one audience (empty when none)."""
+    def top(self, gender: str | None, segment: str | None) -> list[dict[str, Any]] | None:
+        """The stored ranking of one audience (empty when none).
+
+        None when no ranking was ever published (the table is not there yet).
+        """
         try:
             item = self._ddb.get_item(
                 TableName=self.table, Key={"audience": {"S": self.audience(gender, segment)}}, ConsistentRead=True
             ).get("Item")
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                return None
+            raise translate(exc, f"read rankings from {self.table}") from exc
+        except BotoCoreError as exc:
             raise translate(exc, f"read rankings from {self.table}") from exc
         return json.loads(item["articles"]["S"]) if item else []

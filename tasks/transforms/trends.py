@@ -13,7 +13,8 @@ Score of an article for a (gender, segment), over the windows of the last ``max_
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.acero as acero
 import pyarrow.compute as pc
+
+from tasks.transforms.hashing import hash_ids
 
 TS = pa.timestamp("us", tz="UTC")
 EVENT_SCHEMA = pa.schema(
@@ -36,6 +39,9 @@ EVENT_SCHEMA = pa.schema(
 )
 # What counting reads: the event id is not needed to count, and not parsing it saves a tenth of the work.
 COUNT_INPUT_SCHEMA = pa.schema([f for f in EVENT_SCHEMA if f.name != "event_id"])
+# What an archive scan hands to counting: ``held`` marks the events kept back until their hour's duplicates are settled
+# (they are counted later, or never), so the batch need not be copied without them.
+SCAN_SCHEMA = COUNT_INPUT_SCHEMA.append(pa.field("held", pa.bool_()))
 USER_SCHEMA = pa.schema([("user_id", pa.string()), ("gender", pa.string()), ("segment_id", pa.string())])
 _ACTIONS = pa.array(["click", "impression"])
 GROUP = ["window_start", "gender", "segment_id", "article_id"]
@@ -61,10 +67,15 @@ def conform_events(table: pa.Table, schema: pa.Schema = EVENT_SCHEMA) -> pa.Tabl
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """Tumbling windows on event time, with allowed lateness."""
+    """Tumbling windows on event time, with allowed lateness.
+
+    ``ignore_lateness``: no event is late, for rebuilding history from a replay whose arrival times say nothing about
+    the original stream.
+    """
 
     width: timedelta = timedelta(minutes=1)
     lateness: timedelta = timedelta(minutes=2)
+    ignore_lateness: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,7 @@ def window_starts(ts: pa.Array | pa.ChunkedArray, width: timedelta) -> pa.Array 
     return pc.floor_temporal(ts, multiple=int(width.total_seconds()), unit="second")
 
 
-COUNTED, LATE, INVALID, OUTSIDE = 0, 1, 2, 3
+COUNTED, LATE, INVALID, OUTSIDE, HELD = 0, 1, 2, 3, 4
 
 
 def _window_us(spec: WindowSpec) -> pc.Expression:
@@ -100,26 +111,114 @@ def _window_us(spec: WindowSpec) -> pc.Expression:
     return pc.multiply(pc.divide(ts, pc.scalar(width)), pc.scalar(width))
 
 
-def _status(spec: WindowSpec, start: datetime | None, end: datetime | None) -> pc.Expression:
-    """Each event's fate as an Arrow expression: counted, late, invalid or outside ``[start, end)``."""
+def _status(spec: WindowSpec, start: datetime | None, end: datetime | None, held: bool = False) -> pc.Expression:
+    """Each event's fate as an Arrow expression: counted, late, invalid, outside ``[start, end)``, or held back."""
     ts, action = pc.field("ts"), pc.field("action")
     known = pc.or_kleene(pc.equal(action, pc.scalar("click")), pc.equal(action, pc.scalar("impression")))
-    valid = pc.and_kleene(pc.and_kleene(known, ts.is_valid()), pc.field("article_id").is_valid())
+    valid = pc.and_kleene(pc.and_kleene(known, ts.is_valid()), pc.field("article_key").is_valid())
     window = _window_us(spec)
     outside = pc.scalar(False)
     if start is not None:
         outside = pc.or_kleene(outside, pc.less(window, pc.scalar(_epoch_us(start))))
     if end is not None:
         outside = pc.or_kleene(outside, pc.greater_equal(window, pc.scalar(_epoch_us(end))))
-    closes = pc.add(window, pc.scalar(int((spec.width + spec.lateness).total_seconds() * 1_000_000)))
-    late = pc.coalesce(pc.greater_equal(pc.field("received_at").cast(pa.int64()), closes), pc.scalar(False))
-    code = pc.if_else(late, pc.scalar(LATE), pc.scalar(COUNTED))
+    if spec.ignore_lateness:
+        code = pc.scalar(COUNTED)
+    else:
+        closes = pc.add(window, pc.scalar(int((spec.width + spec.lateness).total_seconds() * 1_000_000)))
+        late = pc.coalesce(pc.greater_equal(pc.field("received_at").cast(pa.int64()), closes), pc.scalar(False))
+        code = pc.if_else(late, pc.scalar(LATE), pc.scalar(COUNTED))
     code = pc.if_else(pc.coalesce(outside, pc.scalar(False)), pc.scalar(OUTSIDE), code)
-    return pc.if_else(pc.coalesce(valid, pc.scalar(False)), code, pc.scalar(INVALID))
+    code = pc.if_else(pc.coalesce(valid, pc.scalar(False)), code, pc.scalar(INVALID))
+    if held:
+        code = pc.if_else(pc.coalesce(pc.field("held"), pc.scalar(False)), pc.scalar(HELD), code)
+    return code
 
 
 def _epoch_us(t: datetime) -> int:
     return int(t.timestamp()) * 1_000_000 + t.microsecond
+
+
+KEYED_SCHEMA = pa.schema(
+    [
+        ("ts", TS),
+        ("received_at", TS),
+        ("action", pa.string()),
+        ("user_key", pa.uint64()),
+        ("article_key", pa.uint64()),
+        ("held", pa.bool_()),
+    ]
+)
+"""What counting's plan reads: user and article ids as 64-bit keys (:func:`keyed_events`), ``held`` as in
+:data:`SCAN_SCHEMA`. Integers join and group several times faster than texts."""
+
+
+class ArticleNames:
+    """The article id behind each 64-bit article key, gathered batch by batch (thread-safe, each key kept once)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: list[np.ndarray] = []
+        self._names: list[pa.Array] = []
+        self._rows = 0
+
+    def add(self, keys: np.ndarray, names: pa.Array) -> None:
+        """Record that ``keys[i]`` stands for ``names[i]``."""
+        with self._lock:
+            self._keys.append(keys)
+            self._names.append(names.cast(pa.string()))
+            self._rows += len(keys)
+            if self._rows > 1 << 20:  # keep memory to the distinct articles
+                self._compact()
+
+    def _compact(self) -> None:
+        keys = np.concatenate(self._keys)
+        names = pa.concat_arrays(self._names)
+        _, first = np.unique(keys, return_index=True)
+        self._keys, self._names = [keys[first]], [names.take(pa.array(first))]
+        self._rows = len(first)
+
+    def table(self) -> pa.Table:
+        """``article_key``, ``article_id``: one row per key."""
+        with self._lock:
+            if not self._keys:
+                return pa.table({"article_key": pa.array([], pa.uint64()), "article_id": pa.array([], pa.string())})
+            self._compact()
+            return pa.table({"article_key": pa.array(self._keys[0]), "article_id": self._names[0]})
+
+
+def keyed_events(table: pa.Table | pa.RecordBatch, names: ArticleNames) -> pa.Table:
+    """Events (with ``user_id`` and ``article_id``, or already keyed) as :data:`KEYED_SCHEMA`.
+
+    Article names go to ``names``. A dictionary-encoded ``article_id`` (as Parquet reads it) is keyed by its
+    dictionary alone.
+    """
+    n = table.num_rows
+    if "user_key" in table.column_names:
+        user_key = table["user_key"]
+    else:
+        user_key = pa.array(_null_to_zero(hash_ids(table["user_id"]), table["user_id"]))
+    articles = table["article_id"]
+    if isinstance(articles, pa.ChunkedArray):
+        articles = articles.combine_chunks()
+    encoded = articles if pa.types.is_dictionary(articles.type) else pc.dictionary_encode(articles)
+    dictionary_keys = hash_ids(encoded.dictionary)
+    names.add(dictionary_keys, encoded.dictionary)
+    article_key = pc.take(pa.array(dictionary_keys), encoded.indices)
+    held = table["held"] if "held" in table.column_names else pa.nulls(n, pa.bool_())
+    action = table["action"]
+    if pa.types.is_dictionary(action.type):
+        action = action.cast(pa.string())
+    return pa.Table.from_arrays(
+        [table["ts"], table["received_at"], action, user_key, article_key, held], schema=KEYED_SCHEMA
+    )
+
+
+def _null_to_zero(keys: np.ndarray, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Key 0 for a null id: no user has it (a user whose id hashes to 0 is dropped from the user table)."""
+    if ids.null_count:
+        keys[np.asarray(ids.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = 0
+    return keys
 
 
 def count_stream(
@@ -130,32 +229,35 @@ def count_stream(
     end: datetime | None = None,
     use_threads: bool = True,
     ordered: bool = False,
+    names: ArticleNames | None = None,
 ) -> tuple[WindowCounts, int]:
-    """Count a stream of event batches (:data:`COUNT_INPUT_SCHEMA`) in one streaming Arrow plan.
+    """Count a stream of event batches in one streaming Arrow plan.
 
     Returns the counts and the number of events read.
 
-    The plan classifies each event (counted, late, invalid, outside), joins the user file once (its hash table is
-    built once per stream, not per batch) and aggregates per (window, gender, segment, article, fate). Memory
-    follows the number of groups, not the number of events.
+    The batches are :data:`COUNT_INPUT_SCHEMA` or :data:`SCAN_SCHEMA` (keyed here, batch by batch), or already
+    :data:`KEYED_SCHEMA` with their article names in ``names``. Rows marked ``held`` are neither counted nor read.
+    The plan classifies each event (counted, late, invalid, outside), joins the user file once on 64-bit user keys
+    (its hash table is built once per stream, not per batch) and counts per (window, fate, action, audience,
+    article key). Memory follows the number of groups, not the number of events.
     """
-    status = _status(spec, start, end).cast(pa.int8())
-    window = _window_us(spec)
+    if "article_key" not in events.schema.names:
+        names = ArticleNames()
+        events = pa.RecordBatchReader.from_batches(
+            KEYED_SCHEMA, (b for t in _batches(events) for b in keyed_events(t, names).to_batches())
+        )
+    assert names is not None, "keyed events come with their article names"
+    status = _status(spec, start, end, held=True).cast(pa.int64())
+    # One integer key per (window, fate, action): window start µs × 16 + fate × 2 + is-click.
+    packed = pc.add(
+        pc.multiply(pc.coalesce(_window_us(spec), pc.scalar(0)), pc.scalar(16)),
+        pc.add(pc.multiply(status, pc.scalar(2)), pc.equal(pc.field("action"), pc.scalar("click")).cast(pa.int64())),
+    )
     source = acero.Declaration("record_batch_reader_source", acero.RecordBatchReaderSourceNodeOptions(events))
-    # Every event keeps its (window, user, article) and a fate code; nulling the keys of the events that are not
-    # counted would copy every string column for rows that are nearly always counted anyway.
     project = acero.Declaration(
         "project",
         acero.ProjectNodeOptions(
-            [
-                status,
-                window,
-                pc.field("user_id"),
-                pc.field("article_id"),
-                pc.equal(pc.field("action"), pc.scalar("impression")).cast(pa.int64()),
-                pc.equal(pc.field("action"), pc.scalar("click")).cast(pa.int64()),
-            ],
-            ["status", "window_start", "user_id", "article_id", "impression", "click"],
+            [packed, pc.field("user_key"), pc.field("article_key")], ["packed", "user_key", "article_key"]
         ),
         inputs=[source],
     )
@@ -165,9 +267,9 @@ def count_stream(
         "hashjoin",
         acero.HashJoinNodeOptions(
             "left outer",
-            ["user_id"],
-            ["user_id"],
-            left_output=["status", "window_start", "article_id", "impression", "click"],
+            ["user_key"],
+            ["user_key"],
+            left_output=["packed", "article_key"],
             right_output=["audience"],
         ),
         inputs=[project, people],
@@ -175,43 +277,83 @@ def count_stream(
     aggregate = acero.Declaration(
         "aggregate",
         acero.AggregateNodeOptions(
-            [
-                ("impression", "hash_sum", None, "impressions"),
-                ("click", "hash_sum", None, "clicks"),
-                ([], "hash_count_all", None, "events"),
-            ],
-            keys=["status", "window_start", "audience", "article_id"],
+            [([], "hash_count_all", None, "events")], keys=["packed", "audience", "article_key"]
         ),
         inputs=[join],
     )
-    out = decode(aggregate.to_table(use_threads=use_threads))
-    out = out.set_column(out.schema.get_field_index("window_start"), "window_start", out["window_start"].cast(TS))
-    fate = {code: 0 for code in (COUNTED, LATE, INVALID, OUTSIDE)}
-    by_status = out.group_by(["status"], use_threads=False).aggregate([("events", "sum")])
-    for code, n in zip(by_status["status"].to_pylist(), by_status["events_sum"].to_pylist(), strict=True):
-        fate[code] = n
-    counts = out.filter(pc.equal(out["status"], COUNTED)).select(COUNT_SCHEMA.names).cast(COUNT_SCHEMA)
+    out = aggregate.to_table(use_threads=use_threads)
+    packed_np = out["packed"].to_numpy()
+    code = (packed_np % 16) // 2
+    fate = {c: 0 for c in (COUNTED, LATE, INVALID, OUTSIDE)}
+    totals = np.bincount(code, weights=out["events"].to_numpy(), minlength=HELD + 1)
+    for c in fate:
+        fate[c] = int(totals[c])
+    counted = code == COUNTED
+    click = (packed_np % 2 == 1)[counted]
+    n = out["events"].to_numpy()[counted]
+    keyed = pa.table(
+        {
+            "window_start": pa.array(packed_np[counted] // 16),
+            "audience": out["audience"].filter(pa.array(counted)),
+            "article_key": out["article_key"].filter(pa.array(counted)),
+            "impressions": pa.array(np.where(click, 0, n)),
+            "clicks": pa.array(np.where(click, n, 0)),
+        }
+    )
+    del out, packed_np, code, counted, click, n  # a million groups each: memory peaks here, so free them now
+    # Impressions and clicks of one group were two rows (the action is in the key): one row each.
+    keyed = keyed.group_by(["window_start", "audience", "article_key"], use_threads=False).aggregate(
+        [("impressions", "sum"), ("clicks", "sum")]
+    )
+    article_names = names.table()
+    at = pc.index_in(keyed["article_key"], value_set=article_names["article_key"])
+    counts = (
+        decode(
+            pa.table(
+                {
+                    "window_start": keyed["window_start"].cast(pa.int64()).cast(TS),
+                    "audience": keyed["audience"],
+                    "article_id": pc.take(article_names["article_id"], at),
+                    "impressions": keyed["impressions_sum"],
+                    "clicks": keyed["clicks_sum"],
+                }
+            )
+        )
+        .select(COUNT_SCHEMA.names)
+        .cast(COUNT_SCHEMA)
+    )
     # Sorting a million groups costs more than a second; only callers that compare results ask for it.
     result = WindowCounts(canonical(counts) if ordered else counts, fate[LATE], fate[INVALID], fate[OUTSIDE])
     return result, sum(fate.values())
 
 
+def _batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
+
+
 def _audience_codes(users: pa.Table) -> tuple[pa.Table, Any]:
-    """Users as (user_id, audience code): grouping on one integer is much cheaper than on two strings.
+    """Users as (user_key, audience code): a 64-bit key joins and one integer groups much faster than texts.
 
     Returns the table to join and a function that turns ``audience`` back into ``gender`` and ``segment_id``. A
-    user listed twice keeps the first row: joining both would count that user's events twice.
+    user listed twice (or two users whose ids hash alike) keeps the first row: joining both would count that user's
+    events twice.
     """
-    if users.num_rows and pc.count_distinct(users["user_id"], mode="all").as_py() < users.num_rows:
-        numbered = users.select(["user_id"]).append_column("_i", pa.array(np.arange(users.num_rows), pa.int64()))
-        first = numbered.group_by(["user_id"], use_threads=False).aggregate([("_i", "min")])["_i_min"]
-        users = users.take(pc.sort_indices(first))
+    keys = hash_ids(users["user_id"])
+    if users.num_rows:
+        _, first = np.unique(keys, return_index=True)
+        first = np.sort(first[keys[first] != 0])
+        if len(first) < users.num_rows:
+            users, keys = users.take(pa.array(first)), keys[first]
     g = pc.dictionary_encode(users["gender"]).combine_chunks()
     s = pc.dictionary_encode(users["segment_id"]).combine_chunks()
     width = len(s.dictionary) + 1
     gi = pc.fill_null(g.indices.cast(pa.int32()), -1).to_numpy() + 1
     si = pc.fill_null(s.indices.cast(pa.int32()), -1).to_numpy() + 1
-    table = pa.table({"user_id": users["user_id"], "audience": pa.array(gi * width + si, pa.int32())})
+    table = pa.table({"user_key": pa.array(keys, pa.uint64()), "audience": pa.array(gi * width + si, pa.int32())})
 
     def decode(out: pa.Table) -> pa.Table:
         code = pc.fill_null(out["audience"], 0).to_numpy(zero_copy_only=False)
@@ -329,80 +471,131 @@ def score_articles(
     in ``counts`` stands in. With ``per_audience``, only the best that many per (gender, segment) are returned (cut
     in Arrow, before any Python object is made). Vectorised: group-bys and arithmetic run in Arrow and NumPy.
     """
+    table = scored_pairs(counts, now, params, first_seen, spec)
+    if per_audience is not None:
+        table = best_per_audience(table, per_audience)
+    return table.to_pylist()
+
+
+SCORED_SCHEMA = pa.schema(
+    [
+        ("gender", pa.string()),
+        ("segment_id", pa.string()),
+        ("article_id", pa.string()),
+        ("impressions", pa.int64()),
+        ("clicks", pa.int64()),
+        ("ctr", pa.float64()),
+        ("age_minutes", pa.float64()),
+        ("velocity", pa.float64()),
+        ("score", pa.float64()),
+    ]
+)
+
+
+def scored_pairs(
+    counts: pa.Table,
+    now: datetime,
+    params: ScoreParams = ScoreParams(),
+    first_seen: Mapping[str, datetime] | None = None,
+    spec: WindowSpec = WindowSpec(),
+) -> pa.Table:
+    """Every fresh (gender, segment, article) pair with its score, best first within each audience.
+
+    See :func:`score_articles`.
+    """
     width = int(spec.width.total_seconds())
     latest_start = datetime.fromtimestamp(((int(now.timestamp()) - width) // width) * width, tz=now.tzinfo)
     baseline_from = latest_start - spec.width * params.baseline_windows
     recent = counts.filter(pc.greater_equal(counts["window_start"], pa.scalar(now - params.max_age, TS)))
     if recent.num_rows == 0:
-        return []
-    ws = recent["window_start"]
-    events = pc.add(recent["impressions"], recent["clicks"])
-    is_current = pc.equal(ws, pa.scalar(latest_start, TS))
-    is_base = pc.and_(pc.greater_equal(ws, pa.scalar(baseline_from, TS)), pc.less(ws, pa.scalar(latest_start, TS)))
-    zero = pa.scalar(0, pa.int64())
-    work = recent.append_column("current", pc.if_else(is_current, events, zero)).append_column(
-        "baseline", pc.if_else(is_base, events, zero)
+        return SCORED_SCHEMA.empty_table()
+    # Audiences and articles as integer codes: group sums are bincounts, the order one lexsort.
+    gender = pc.dictionary_encode(recent["gender"]).combine_chunks()
+    segment = pc.dictionary_encode(recent["segment_id"]).combine_chunks()
+    article = pc.dictionary_encode(recent["article_id"]).combine_chunks()
+    n_segments, n_articles = len(segment.dictionary) + 1, max(len(article.dictionary), 1)
+    audience = (pc.fill_null(gender.indices.cast(pa.int64()), -1).to_numpy() + 1) * n_segments + (
+        pc.fill_null(segment.indices.cast(pa.int64()), -1).to_numpy() + 1
     )
-    keys = ["gender", "segment_id", "article_id"]
-    g = work.group_by(keys, use_threads=False).aggregate(
-        [("impressions", "sum"), ("clicks", "sum"), ("current", "sum"), ("baseline", "sum")]
-    )
-    earliest = recent.group_by(["article_id"], use_threads=False).aggregate([("window_start", "min")])
+    article_code = article.indices.cast(pa.int64()).to_numpy()
+    groups = pc.dictionary_encode(pa.array(audience * n_articles + article_code))
+    group = groups.indices.to_numpy()
+    pair = groups.dictionary.to_numpy()
+    n = len(pair)
+    ws = recent["window_start"].cast(pa.int64()).to_numpy()
+    imps_row = recent["impressions"].to_numpy().astype(np.float64)
+    clicks_row = recent["clicks"].to_numpy().astype(np.float64)
+    events = imps_row + clicks_row
+    latest_us, base_us = _epoch_us(latest_start), _epoch_us(baseline_from)
+    imps = np.bincount(group, weights=imps_row, minlength=n)
+    clicks = np.bincount(group, weights=clicks_row, minlength=n)
+    current = np.bincount(group, weights=np.where(ws == latest_us, events, 0.0), minlength=n)
+    baseline = np.bincount(group, weights=np.where((ws >= base_us) & (ws < latest_us), events, 0.0), minlength=n)
+    del imps_row, clicks_row, events, group, groups, audience  # one value a row: free them before the pairs
+    # Each article's first-seen time: its earliest window here, or its publication time when given.
+    earliest = np.full(n_articles, np.iinfo(np.int64).max)
+    np.minimum.at(earliest, article_code, ws)
     if first_seen:
-        known = pa.table(
-            {
-                "article_id": pa.array(list(first_seen), pa.string()),
-                "published": pa.array(list(first_seen.values()), TS),
-            }
-        )
-        earliest = earliest.join(known, "article_id", join_type="left outer", use_threads=False)
-        earliest = earliest.set_column(
-            1, "window_start_min", pc.coalesce(earliest["published"], earliest["window_start_min"])
-        )
-    # The article's first-seen time for every group, looked up without a Python loop.
-    at = pc.index_in(g["article_id"], value_set=earliest["article_id"])
-    first = pc.take(earliest["window_start_min"], at)
+        known = pa.array(list(first_seen), pa.string())
+        at = pc.fill_null(pc.index_in(article.dictionary, value_set=known), -1).to_numpy()
+        published = np.array([_epoch_us(t) for t in first_seen.values()], np.int64)
+        earliest = np.where(at >= 0, published[np.maximum(at, 0)], earliest)
+    pair_article, pair_audience = pair % n_articles, pair // n_articles
     now_us = int(now.timestamp() * 1_000_000)
-    first_us = first.cast(pa.int64()).to_numpy(zero_copy_only=False)
-    age_s = np.maximum(now_us - first_us, 0) / 1e6
-    imps = g["impressions_sum"].to_numpy().astype(np.float64)
-    clicks = g["clicks_sum"].to_numpy().astype(np.float64)
+    age_s = np.maximum(now_us - earliest[pair_article], 0) / 1e6
     ctr = (clicks + params.alpha) / (imps + params.alpha + params.beta)
     decay = np.power(0.5, age_s / params.half_life.total_seconds())
-    velocity = (g["current_sum"].to_numpy() + 1.0) / (g["baseline_sum"].to_numpy() / params.baseline_windows + 1.0)
+    velocity = (current + 1.0) / (baseline / params.baseline_windows + 1.0)
     score = ctr * decay * (1 + params.velocity_weight * np.tanh(np.log(velocity)))
-    fresh = age_s <= params.max_age.total_seconds()
-    table = pa.table(
-        {
-            "gender": g["gender"],
-            "segment_id": g["segment_id"],
-            "article_id": g["article_id"],
-            "impressions": g["impressions_sum"],
-            "clicks": g["clicks_sum"],
-            "ctr": ctr,
-            "age_minutes": age_s / 60,
-            "velocity": velocity,
-            "score": score,
-        }
-    ).filter(pa.array(fresh))
-    ordered = table.sort_by(
-        [
-            ("gender", "ascending", "at_end"),
-            ("segment_id", "ascending", "at_end"),
-            ("score", "descending"),
-            ("article_id", "ascending"),
-        ]
+    # Order: gender, then segment (ascending, unknown last), score descending, article id ascending.
+    genders, segments = gender.dictionary.to_pylist(), segment.dictionary.to_pylist()
+    g_of, s_of = pair_audience // n_segments - 1, pair_audience % n_segments - 1
+    audiences = np.unique(pair_audience)
+    named = sorted(
+        audiences.tolist(),
+        key=lambda c: (
+            (1, "") if c // n_segments == 0 else (0, genders[c // n_segments - 1]),
+            (1, "") if c % n_segments == 0 else (0, segments[c % n_segments - 1]),
+        ),
     )
-    if per_audience is not None and ordered.num_rows:
-        # Rank within each audience run of the sorted table: position minus the run's first position.
-        audience = pc.binary_join_element_wise(
-            pc.fill_null(ordered["gender"], "\x00"), pc.fill_null(ordered["segment_id"], "\x00"), "\x1f"
-        )
-        codes = pc.dictionary_encode(audience).combine_chunks().indices.to_numpy()
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        first = np.maximum.accumulate(np.isin(np.arange(len(codes)), starts) * np.arange(len(codes)))
-        ordered = ordered.filter(pa.array(np.arange(len(codes)) - first < per_audience))
-    return ordered.to_pylist()
+    audience_rank = np.zeros(int(audiences.max()) + 1, np.int64)
+    audience_rank[named] = np.arange(len(named))
+    article_rank = np.empty(n_articles, np.int64)
+    article_rank[pc.array_sort_indices(article.dictionary).to_numpy()] = np.arange(len(article.dictionary))
+    fresh = np.flatnonzero(age_s <= params.max_age.total_seconds())
+    order = fresh[np.lexsort((article_rank[pair_article[fresh]], -score[fresh], audience_rank[pair_audience[fresh]]))]
+
+    def text(dictionary: pa.Array, codes: np.ndarray) -> pa.Array:
+        return pc.take(dictionary.cast(pa.string()), pa.array(codes, mask=codes < 0))
+
+    return pa.table(
+        {
+            "gender": text(gender.dictionary, g_of[order]),
+            "segment_id": text(segment.dictionary, s_of[order]),
+            "article_id": pc.take(article.dictionary.cast(pa.string()), pa.array(pair_article[order])),
+            "impressions": pa.array(imps[order].astype(np.int64)),
+            "clicks": pa.array(clicks[order].astype(np.int64)),
+            "ctr": pa.array(ctr[order]),
+            "age_minutes": pa.array(age_s[order] / 60),
+            "velocity": pa.array(velocity[order]),
+            "score": pa.array(score[order]),
+        },
+        schema=SCORED_SCHEMA,
+    )
+
+
+def best_per_audience(ordered: pa.Table, n: int) -> pa.Table:
+    """The first ``n`` rows of each (gender, segment) run of a :func:`scored_pairs` table."""
+    if not ordered.num_rows:
+        return ordered
+    # Rank within each audience run of the sorted table: position minus the run's first position.
+    audience = pc.binary_join_element_wise(
+        pc.fill_null(ordered["gender"], "\x00"), pc.fill_null(ordered["segment_id"], "\x00"), "\x1f"
+    )
+    codes = pc.dictionary_encode(audience).combine_chunks().indices.to_numpy()
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    first = np.maximum.accumulate(np.isin(np.arange(len(codes)), starts) * np.arange(len(codes)))
+    return ordered.filter(pa.array(np.arange(len(codes)) - first < n))
 
 
 def top_n(scored: list[dict[str, Any]], n: int) -> dict[tuple[Any, Any], list[dict[str, Any]]]:
@@ -444,3 +637,24 @@ def recount_range(last_end: datetime | None, end: datetime, spec: WindowSpec, ma
     if start < floor:
         return RecountRange(floor, end, (start, floor))
     return RecountRange(start, end)
+
+
+def closed_hours(hours: Sequence[datetime], now: datetime, spec: WindowSpec) -> list[datetime]:
+    """The hours of ``hours`` no event can still be on time in at ``now``: their last window has closed."""
+    return [h for h in hours if h + timedelta(hours=1) + spec.lateness <= now]
+
+
+def over_invalid_share(invalid: int, lines: int, max_share: float) -> bool:
+    """Whether ``invalid`` of ``lines`` is more than ``max_share`` (an hour without lines never is)."""
+    return lines > 0 and invalid / lines > max_share
+
+
+def late_note(late: int, events: int, lateness: timedelta) -> str | None:
+    """A plain sentence when most events of a run were late (a replay of history looks like that), else None."""
+    if not late or late * 2 <= events:
+        return None
+    return (
+        f"most events were late: {late:,} of {events:,} arrived after their window closed "
+        f"(lateness {int(lateness.total_seconds())} s); to rebuild history from a replay, count by event time alone "
+        "with `keyflow trends backfill --ignore-lateness`"
+    )

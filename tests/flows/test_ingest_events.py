@@ -292,3 +292,55 @@ def test_the_archive_feeds_trend_scoring(amqp: Any, pg: Any, setup: Any, tmp_pat
     assert {(r["gender"], r["segment_id"]) for r in counts.to_pylist()} == {("f", "s1"), ("m", "s1"), (None, None)}
     with pg.cursor() as cur:
         cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+def test_after_compaction_pointers_hold_and_a_redelivered_event_is_not_archived_again(amqp: Any, setup: Any) -> None:
+    from tasks.io.archive import FileReport as Report
+    from tasks.io.archive import StoreSource, archived_file_exists, list_hour, read_archive_file
+    from tasks.io.compaction import ArchivePlaces, compact_hour
+
+    job_path, profile_path, job, profile, sinks = setup
+    bodies = [event(i) for i in range(300)]  # 09:58 to 10:03: two hour partitions, many small files
+    publish(amqp, job.source.queue, bodies)
+    source = event_source_for(profile, job)
+    try:
+        assert drain(job, sinks, source, 10_000, 60).stored == 300
+    finally:
+        source.close()
+    store = object_store_for(profile)
+    places = ArchivePlaces(job.archive_prefix, job.rejected_prefix, "events/quarantine")
+    hours = [dt.datetime(2026, 11, 27, h, tzinfo=dt.UTC) for h in (9, 10)]
+    small = {h: len(list_hour(store, job.archive_prefix, h).files) for h in hours}
+    assert all(n > 1 for n in small.values())
+    for hour in hours:
+        assert compact_hour(store, places, hour).files_out
+
+    # Every stored event's pointer still leads to a file that exists and holds it.
+    holders: dict[str, set[str]] = collections.defaultdict(set)
+    for hour in hours:
+        for f in list_hour(store, job.archive_prefix, hour).files:
+            assert f.compacted
+            for table in read_archive_file(StoreSource(store), f, Report(f)):
+                for event_id in table["event_id"].to_pylist():
+                    holders[event_id].add(f.name)
+    assert len(holders) == 300 and all(len(names) == 1 for names in holders.values())
+    items = sinks.table._ddb.scan(TableName=sinks.table.table)["Items"]
+    assert len(items) == 300
+    for item in items:
+        key = item["archive_key"]["S"]
+        assert not store.exists(key) and archived_file_exists(store, job.archive_prefix, key)
+        hour = dt.datetime.fromisoformat(item["ts"]["S"]).replace(minute=0, second=0, microsecond=0)
+        manifest = list_hour(store, job.archive_prefix, hour).manifest
+        assert manifest is not None and holders[item["event_id"]["S"]] == {manifest.replaced[key.rsplit("/", 1)[1]]}
+
+    # A redelivery of a stored event (a fresh drain process, no cache) is a duplicate, not a new archive file.
+    before = sorted(store.list_keys(job.archive_prefix + "/"))
+    publish(amqp, job.source.queue, [bodies[42]])
+    fresh_sinks = sinks_for(job, profile)
+    source = event_source_for(profile, job)
+    try:
+        again = drain(job, fresh_sinks, source, 10_000, 60)
+    finally:
+        source.close()
+    assert (again.received, again.stored, again.duplicates, again.files) == (1, 0, 1, [])
+    assert sorted(store.list_keys(job.archive_prefix + "/")) == before

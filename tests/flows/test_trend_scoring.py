@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import gzip
 import io
 import json
 from pathlib import Path
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from config.loader import load_profile, load_trends
 from flows.cli import app
-from flows.trend_scoring import trend_scoring
+from flows.trend_scoring import trend_compaction, trend_scoring
 from tasks.io.archive import hour_prefix, write_event_file
 from tasks.resources import object_store_for, trend_counts_for
 from tests.helpers.config_files import write_yaml
@@ -81,6 +82,7 @@ def setup(pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any) -> 
             "serving_table": names["keys_table"] + "_trending",
             "top_n": 2,
             "scoring": {"prior": "fixed", "alpha": 1, "beta": 10},
+            "max_invalid_share": 0.05,
         },
     )
     profile = load_profile(profile_path, environ={})
@@ -200,3 +202,206 @@ def test_a_non_postgres_warehouse_is_a_config_error(setup: Any, tmp_path: Path) 
         "error: config/profiles/local.yaml: trends_url: trend counts need PostgreSQL; set trends_url "
         "(the warehouse is 'duckdb')" in result.output
     )
+
+
+def gz_lines(lines: list[bytes]) -> bytes:
+    return gzip.compress(b"\n".join(lines) + b"\n")
+
+
+def read_rejected(store: Any, key: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in gzip.decompress(store.get_bytes(key)).splitlines()]
+
+
+def test_duplicates_bad_lines_numeric_ids_and_an_unreadable_file_give_exact_counts(setup: Any) -> None:
+    job_path, profile_path, job, profile, store = setup
+    rows = [
+        ev(i, i % 9 + 0.5, "a1" if i % 3 else "a2", f"u{i % 4}", "click" if i % 5 == 0 else "impression")
+        for i in range(60)
+    ]
+    numeric = [{**ev(100 + i, 2.5, "a3", "u1", "click"), "article_id": 7, "user_id": 2} for i in range(3)]
+    part0 = [json.dumps(r).encode() for r in rows[:40]]
+    part0 += [json.dumps(r).encode() for r in rows[:4]]  # a producer's retries: lines 41-44 again
+    part0.insert(5, b"")  # line 6: blank
+    part0.insert(10, b'{"event_id": "e999", "ts": "2026-11-27T10:0')  # line 11: cut short
+    part1 = [json.dumps(r).encode() for r in rows[40:] + numeric]
+    part1 += [json.dumps(r).encode() for r in rows[30:33]]  # copies of part 0's lines, in another file
+    part1.append(json.dumps({**ev(200, 3, "a1", "u1", "view")}).encode())  # line 27: unknown action
+    base = hour_prefix(job.archive_prefix, H10)
+    store.put_bytes(gz_lines(part0), base + "part-0.jsonl.gz")
+    store.put_bytes(gz_lines(part1), base + "part-1.jsonl.gz")
+    store.put_bytes(b"article_id,user_id\na1,u1\n", base + "part-2.jsonl.gz")  # not gzip at all
+
+    result = runner.invoke(app, ["trends", "run", "-j", job_path, "-p", profile_path, "--end", at(10).isoformat()])
+    assert result.exit_code == 0, result.output
+    assert (
+        "Windows 2026-11-27T07:10:00+00:00 → 2026-11-27T10:10:00+00:00: 72 line(s) in 3 file(s), 63 counted, "
+        "0 late, 2 invalid, 7 duplicate(s); 4 audience(s) ranked." in result.output
+    )
+    assert "1 unreadable file(s) quarantined" in result.output
+    expected = expected_counts(rows + [{**r, "article_id": "7", "user_id": "2"} for r in numeric], at(-180), at(10))
+    assert stored(job, profile, at(-180), at(10)) == expected
+    assert sum(i + c for i, c in expected.values()) == 63
+    assert read_rejected(store, "events/trends-rejected/dt=2026-11-27/hour=10/part-0.jsonl.gz.rejected.jsonl.gz") == [
+        {
+            "file": f"s3://{store.bucket}/{base}part-0.jsonl.gz",
+            "line": 11,
+            "reason": "not JSON: Unterminated string starting at: line 1 column 28 (char 27)",
+            "text": '{"event_id": "e999", "ts": "2026-11-27T10:0',
+        }
+    ]
+    assert [
+        (r["line"], r["reason"])
+        for r in read_rejected(store, "events/trends-rejected/dt=2026-11-27/hour=10/part-1.jsonl.gz.rejected.jsonl.gz")
+    ] == [(27, "unknown action 'view' (known: click, impression)")]
+    assert store.get_bytes("events/trends-quarantine/dt=2026-11-27/hour=10/part-2.jsonl.gz.reason.txt").decode() == (
+        f"s3://{store.bucket}/{base}part-2.jsonl.gz: not gzip JSON lines: zlib inflate failed: incorrect header check\n"
+    )
+    # The log counts every pair scored, not the top-N kept per audience.
+    again = trend_scoring(job=job_path, profile=profile_path, end=at(10), return_state=True).result()
+    pairs = {(g, s, a) for (_, g, s, a) in expected}
+    assert again["scored"] == len(pairs) > job.top_n * again["audiences"]
+    assert stored(job, profile, at(-180), at(10)) == expected
+
+
+def test_an_hour_over_the_invalid_share_fails_the_run_and_the_other_hours_still_count(
+    setup: Any, tmp_path: Path
+) -> None:
+    job_path, profile_path, job, profile, store = setup
+    good = [ev(i, 65 + i % 10, "a1", "u1", "impression") for i in range(50)]
+    store.put_bytes(
+        gz_lines([json.dumps(r).encode() for r in good]),
+        hour_prefix(job.archive_prefix, H10 + dt.timedelta(hours=1)) + "ok.jsonl.gz",
+    )
+    bad = [json.dumps(ev(i, 5, "a1", "u1", "click")).encode() for i in range(100, 150)] + [b"oops"] * 5
+    store.put_bytes(gz_lines(bad), hour_prefix(job.archive_prefix, H10) + "bad.jsonl.gz")
+    result = runner.invoke(
+        app,
+        [
+            "trends",
+            "backfill",
+            "--from",
+            "2026-11-27T10:00",
+            "--to",
+            "2026-11-27T12:00",
+            "-j",
+            job_path,
+            "-p",
+            profile_path,
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert (
+        f"error: hour 2026-11-27 10:00: 5 of 55 line(s) invalid (9.1%), over max_invalid_share 0.05 ({job.file}); "
+        f"the lines and reasons are under s3://{store.bucket}/events/trends-rejected/dt=2026-11-27/hour=10/"
+    ) in " ".join(result.output.split())
+    assert "11:00" in result.output  # the good hour was counted and shown
+    assert stored(job, profile, at(60), at(120)) == expected_counts(good, at(60), at(120))
+    assert stored(job, profile, at(0), at(60)) == {}  # the bad hour wrote nothing
+    # A run that reaches the hour fails the same way and publishes nothing.
+    run = runner.invoke(app, ["trends", "run", "-j", job_path, "-p", profile_path, "--end", at(30).isoformat()])
+    assert run.exit_code == 1 and "error: hour 2026-11-27 10:00: 5 of 55 line(s) invalid" in run.output
+    top = runner.invoke(app, ["trends", "top", "-g", "f", "-s", "s1", "-j", job_path, "-p", profile_path])
+    assert (top.exit_code, top.output) == (1, "error: no ranking published yet (`keyflow trends run` publishes one)\n")
+
+
+def test_a_replay_is_late_unless_lateness_is_ignored_and_backfill_publishes_only_when_asked(setup: Any) -> None:
+    job_path, profile_path, job, profile, store = setup
+    replayed = [ev(i, i % 9, "a1" if i % 2 else "a2", "u1", "impression", delay_s=86_400) for i in range(40)]
+    store.put_bytes(
+        gz_lines([json.dumps(r).encode() for r in replayed]), hour_prefix(job.archive_prefix, H10) + "replay.jsonl.gz"
+    )
+    base = [
+        "trends",
+        "backfill",
+        "--from",
+        "2026-11-27T10:00",
+        "--to",
+        "2026-11-27T11:00",
+        "-j",
+        job_path,
+        "-p",
+        profile_path,
+    ]
+    plain = runner.invoke(app, base)
+    assert plain.exit_code == 0, plain.output
+    assert (
+        "most events were late: 40 of 40 arrived after their window closed; to rebuild history from a replay, add "
+        "--ignore-lateness" in " ".join(plain.output.split())
+    )
+    assert stored(job, profile, at(0), at(60)) == {}
+    rebuilt = runner.invoke(app, [*base, "--ignore-lateness"])
+    assert rebuilt.exit_code == 0 and "most events were late" not in rebuilt.output
+    no_late = [{**r, "received_at": r["ts"]} for r in replayed]
+    assert stored(job, profile, at(0), at(60)) == expected_counts(no_late, at(0), at(60))
+    top = ["trends", "top", "-g", "f", "-s", "s1", "-j", job_path, "-p", profile_path, "--json"]
+    assert runner.invoke(app, top).output == "error: no ranking published yet (`keyflow trends run` publishes one)\n"
+    published = runner.invoke(app, [*base, "--ignore-lateness", "--publish"])
+    assert published.exit_code == 0 and "ranked as of 2026-11-27T11:00:00+00:00 and published" in published.output
+    assert [r["article_id"] for r in json.loads(runner.invoke(app, top).output)] == ["a1", "a2"]
+
+
+def test_trends_run_without_the_user_file_is_one_line(setup: Any) -> None:
+    job_path, profile_path, job, profile, store = setup
+    store.delete_keys(["reference/users.csv"])
+    result = runner.invoke(app, ["trends", "run", "-j", job_path, "-p", profile_path, "--end", at(10).isoformat()])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: {job.file}: users_key: s3://{store.bucket}/reference/users.csv does not exist; upload the users file "
+        "(CSV: user_id,gender,segment_id) before the first run\n"
+    )
+
+
+def test_a_run_compacts_closed_hours_and_counts_read_them_the_same(setup: Any) -> None:
+    job_path, profile_path, job, profile, store = setup
+    rows = [
+        ev(i, i % 55, "a1" if i % 3 else "a2", f"u{i % 4}", "click" if i % 5 == 0 else "impression") for i in range(300)
+    ]
+    for f in range(6):
+        chunk = rows[f * 50 : f * 50 + 50] + rows[f * 50 : f * 50 + 2]
+        write_event_file(store, job.archive_prefix, H10, f"part-{f}", jsonl(chunk))
+    first = trend_scoring(job=job_path, profile=profile_path, end=at(61), return_state=True).result()
+    assert first["compacted"] == 0  # 11:01: hour 10's last window is still open to late events
+    before = stored(job, profile, at(0), at(60))
+    assert before == expected_counts(rows, at(0), at(60))
+    second = trend_scoring(job=job_path, profile=profile_path, end=at(63), return_state=True).result()
+    assert second["compacted"] == 1
+    listing = [k.rsplit("/", 1)[1] for k in store.list_keys(hour_prefix(job.archive_prefix, H10))]
+    assert "_compaction.json" in listing and all(n.startswith("compacted-") or n == "_compaction.json" for n in listing)
+    done = runner.invoke(
+        app,
+        [
+            "trends",
+            "backfill",
+            "--from",
+            "2026-11-27T10:00",
+            "--to",
+            "2026-11-27T11:00",
+            "-j",
+            job_path,
+            "-p",
+            profile_path,
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    assert stored(job, profile, at(0), at(60)) == before
+    compacted = runner.invoke(
+        app,
+        [
+            "trends",
+            "compact",
+            "--from",
+            "2026-11-27T10:00",
+            "--to",
+            "2026-11-27T12:00",
+            "-j",
+            job_path,
+            "-p",
+            profile_path,
+        ],
+    )
+    assert compacted.exit_code == 0, compacted.output
+    rows = trend_compaction(job=job_path, start=H10, end=at(120), profile=profile_path, return_state=True).result()
+    assert [(r["hour"], r["files_out"], r["reason"]) for r in rows] == [
+        (H10.isoformat(), 0, "nothing new to compact"),
+        (at(60).isoformat(), 0, "nothing new to compact"),
+    ]

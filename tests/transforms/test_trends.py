@@ -20,6 +20,7 @@ from tasks.transforms.trends import (
     merge_counts,
     recount_range,
     score_articles,
+    scored_pairs,
     top_n,
 )
 
@@ -183,3 +184,75 @@ def test_recount_range_covers_open_and_missed_windows(last: int | None, end: int
         assert r.start <= min(last_end, r.end) - spec.lateness - spec.width
     if r.skipped:
         assert r.skipped[1] == r.start and r.skipped[0] < r.start
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 200),  # window (minutes before 12:00)
+            st.sampled_from([None, "f", "m"]),
+            st.sampled_from([None, "s1", "s2"]),
+            st.sampled_from(["a", "b", "c", "d"]),
+            st.integers(0, 9),
+            st.integers(0, 3),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    published=st.dictionaries(st.sampled_from(["a", "c", "z"]), st.integers(0, 300), max_size=2),
+)
+def test_scored_pairs_match_a_plain_python_score(rows: list, published: dict[str, int]) -> None:
+    import math
+
+    now = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
+    at = {(r[0], r[1], r[2], r[3]): r for r in rows}  # one row per group, as stored counts are
+    counts = pa.table(
+        {
+            "window_start": pa.array(
+                [now - dt.timedelta(minutes=w) for w, *_ in at.values()], pa.timestamp("us", "UTC")
+            ),
+            "gender": [r[1] for r in at.values()],
+            "segment_id": [r[2] for r in at.values()],
+            "article_id": [r[3] for r in at.values()],
+            "impressions": [r[4] for r in at.values()],
+            "clicks": [r[5] for r in at.values()],
+        }
+    )
+    first_seen = {a: now - dt.timedelta(minutes=m) for a, m in published.items()}
+    params = ScoreParams()
+    got = scored_pairs(counts, now, params, first_seen).to_pylist()
+
+    recent = [r for r in at.values() if r[0] <= 180]
+    pairs: dict[tuple, list[float]] = {}
+    earliest: dict[str, int] = {}
+    for w, g, s, a, i, c in recent:
+        p = pairs.setdefault((g, s, a), [0, 0, 0, 0])
+        p[0] += i
+        p[1] += c
+        p[2] += (i + c) if w == 1 else 0
+        p[3] += (i + c) if 2 <= w <= 11 else 0
+        earliest[a] = max(earliest.get(a, -1), w)
+    expected = []
+    for (g, s, a), (i, c, cur, base) in pairs.items():
+        age = published.get(a, earliest[a]) * 60.0
+        if age > 180 * 60:
+            continue
+        velocity = (cur + 1) / (base / 10 + 1)
+        ctr = (c + 1.0) / (i + 31.0)
+        score = ctr * 0.5 ** (age / 3600) * (1 + 0.25 * math.tanh(math.log(velocity)))
+        expected.append({"gender": g, "segment_id": s, "article_id": a, "impressions": i, "clicks": c, "score": score})
+    expected.sort(
+        key=lambda r: (
+            r["gender"] is None,
+            r["gender"] or "",
+            r["segment_id"] is None,
+            r["segment_id"] or "",
+            -r["score"],
+            r["article_id"],
+        )
+    )
+    assert [(r["gender"], r["segment_id"], r["article_id"], r["impressions"], r["clicks"]) for r in got] == [
+        (r["gender"], r["segment_id"], r["article_id"], r["impressions"], r["clicks"]) for r in expected
+    ]
+    assert [r["score"] for r in got] == pytest.approx([r["score"] for r in expected])
