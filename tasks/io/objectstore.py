@@ -135,17 +135,23 @@ class S3ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, f"put encryption of bucket {self.bucket}") from exc
 
+    def _bucket_setting(self, get: Any, missing_code: str, what: str) -> dict[str, Any] | None:
+        """One of the bucket's settings as S3 returns it, or None when the bucket has none (``missing_code``)."""
+        try:
+            return dict(get(Bucket=self.bucket))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == missing_code:
+                return None
+            raise translate(exc, f"get {what} of bucket {self.bucket}") from exc
+        except BotoCoreError as exc:  # the endpoint is down or unreachable
+            raise translate(exc, f"get {what} of bucket {self.bucket}") from exc
+
     def public_access_block(self) -> dict[str, bool] | None:
         """The bucket's public access block flags, or None when it has none."""
-        try:
-            out = self._s3.get_public_access_block(Bucket=self.bucket)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "NoSuchPublicAccessBlockConfiguration":
-                return None
-            raise translate(exc, f"get public access block of bucket {self.bucket}") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, f"get public access block of bucket {self.bucket}") from exc
-        return dict(out.get("PublicAccessBlockConfiguration", {}))
+        out = self._bucket_setting(
+            self._s3.get_public_access_block, "NoSuchPublicAccessBlockConfiguration", "public access block"
+        )
+        return None if out is None else dict(out.get("PublicAccessBlockConfiguration", {}))
 
     def block_public_access(self) -> None:
         """Block every kind of public access to the bucket (ACLs and policies, new and existing)."""
@@ -240,14 +246,11 @@ class S3ObjectStore:
 
     def default_encryption(self) -> dict[str, Any] | None:
         """The bucket's default encryption rule, or None when it has none."""
-        try:
-            out = self._s3.get_bucket_encryption(Bucket=self.bucket)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ServerSideEncryptionConfigurationNotFoundError":
-                return None
-            raise translate(exc, f"get encryption of bucket {self.bucket}") from exc
-        except BotoCoreError as exc:  # the endpoint is down or unreachable
-            raise translate(exc, f"get encryption of bucket {self.bucket}") from exc
+        out = self._bucket_setting(
+            self._s3.get_bucket_encryption, "ServerSideEncryptionConfigurationNotFoundError", "encryption"
+        )
+        if out is None:
+            return None
         rules = out.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
         return rules[0].get("ApplyServerSideEncryptionByDefault") if rules else None
 
