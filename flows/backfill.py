@@ -9,6 +9,7 @@ from datetime import date, timedelta
 
 from config.errors import ConfigError
 from config.loader import load_dataset, load_profile
+from flows.local_server import watch
 from flows.rds_to_redshift import for_profile
 from tasks.etl import pending_keys
 from tasks.preflight import problems_before_run
@@ -64,6 +65,7 @@ def backfill(
             result = DateResult(day, "skipped", len(active), "already loaded and reconciled")
         else:
             state = flow(dataset=dataset, run_date=day, profile=profile, return_state=True)
+            watch(state.state_details.flow_run_id)
             status = "loaded" if state.is_completed() else "paused" if state.is_cancelled() else "failed"
             result = DateResult(day, status, len(active), state.message or "")
         if on_done:
@@ -71,5 +73,14 @@ def backfill(
         return result
 
     days = dates_between(start, end)
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, 8))) as pool:
-        return list(pool.map(one, days))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, 8)))
+    try:
+        results = list(pool.map(one, days))
+    except Exception:
+        pool.shutdown()
+        raise
+    except BaseException:  # interrupted: no date starts any more, and the command does not wait for the others
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results

@@ -24,6 +24,7 @@ from flows.common import (
     refuse_if_paused,
     settled,
 )
+from tasks.cleanup import staged_run
 from tasks.etl import KeyResult, list_active_keys, load_key, prepare_target, remove_inactive_keys, stage_key
 from tasks.resources import Resources, resources_for
 from tasks.retries import backoff_within
@@ -64,7 +65,8 @@ def rds_to_redshift(
     if not keys:
         logger.info("Nothing to do: no key of %s is active on %s", ds.name, day)
         return Completed(message="nothing to do", data=[])
-    results = _load_keys(keys, ds, resources, spec, run_id, day)
+    with staged_run(resources, ds.name, run_id):  # a lease while it runs; SIGINT/SIGTERM remove what it staged
+        results = _load_keys(keys, ds, resources, spec, run_id, day)
     if ds.target.load_mode == "replace_table" and all(r.status == "loaded" for r in results):
         remove_inactive_keys.with_options(**_ride_out(resources))(resources, spec, [k.key for k in keys])
     _publish_summary(ds.name, day, run_id, results)

@@ -60,7 +60,11 @@ def _schedules(spec: dict[str, Any]) -> list[Any]:
 
 
 def serve_all(path: Path, names: list[str] | None = None) -> None:
-    """Serve the deployments (all, or those named) with their schedules until interrupted."""
+    """Serve the deployments (all, or those named) with their schedules until interrupted.
+
+    Refused, touching nothing, when one of them exists in a work pool (see :func:`in_work_pools`): ``serve``
+    changes and pauses only deployments it serves.
+    """
     deployments: list[Any] = []
     for spec in deployment_specs(path):
         if names and spec["name"] not in names:
@@ -82,7 +86,37 @@ def serve_all(path: Path, names: list[str] | None = None) -> None:
         )
     if not deployments:
         raise ConfigError(f"{display_path(path)}: no deployment named {', '.join(names or [])}")
+    if taken := in_work_pools(deployments):
+        raise ConfigError(
+            [
+                f"{display_path(path)}: deployment {name!r} exists in work pool {pool!r}: serving it would take it "
+                "from the pool's workers and pause its schedule when `keyflow serve` stops; leave it out (--name) "
+                "or rename it in the file"
+                for name, pool in taken
+            ]
+        )
     # Served runs are this process's children: they send heartbeats as the work-pool deployments do, so the zombie
     # automation (deployments/automations.yaml) crashes a run whose host died.
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     serve(*deployments)
+
+
+def in_work_pools(deployments: list[Any]) -> list[tuple[str, str]]:
+    """(flow/deployment name, work pool) of each deployment to serve that already exists in a work pool.
+
+    A served deployment is the same object as a deployed one of the same flow and name: serving it would move it
+    out of its pool, and Prefect's ``serve`` pauses every deployment it served when it stops.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    taken = []
+    with get_client(sync_client=True) as client:
+        for deployment in deployments:
+            try:
+                existing = client.read_deployment_by_name(deployment.full_name)
+            except ObjectNotFound:
+                continue
+            if existing.work_pool_name:
+                taken.append((deployment.full_name, existing.work_pool_name))
+    return taken

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from config.errors import KeyflowError, RetryableError
 from config.models import Profile
+from tasks.cleanup import LEASE_SECONDS
 from tasks.resources import resources_for
+from tasks.transforms.staging import run_of, staged_runs
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,11 @@ class Finding:
 
 
 def audit(profile: Profile, max_age: timedelta = timedelta(hours=24), now: datetime | None = None) -> list[Finding]:
-    """Bucket default encryption, key-table SSE, and every staged object's SSE and age."""
+    """Bucket default encryption, key-table SSE, and every staged object's SSE and age.
+
+    An object older than ``max_age`` is a leftover (``keyflow cleanup`` removes them), unless its run is still
+    running (its lease is fresh): a long load is not a leftover.
+    """
     findings: list[Finding] = []
     resources = resources_for(profile)
     store = resources.object_store()
@@ -55,8 +61,10 @@ def audit(profile: Profile, max_age: timedelta = timedelta(hours=24), now: datet
 
     now = now or datetime.now(UTC)
     prefix = profile.prefix.strip("/") + "/"
+    objects = list(store.list_objects(prefix))
+    running = {run.prefix for run in staged_runs(profile.prefix, objects) if run.live(now, LEASE_SECONDS)}
     count = 0
-    for obj in store.list_objects(prefix):
+    for obj in objects:
         count += 1
         key = obj["Key"]
         where = f"{bucket}/{key}"
@@ -64,7 +72,7 @@ def audit(profile: Profile, max_age: timedelta = timedelta(hours=24), now: datet
         if not sse:
             findings.append(Finding("object encryption", where, False, "stored without server-side encryption"))
         age = now - obj["LastModified"]
-        if age > max_age and not profile.keep_staged:
+        if age > max_age and not profile.keep_staged and run_of(profile.prefix, key) not in running:
             findings.append(
                 Finding("leftover staged file", where, False, f"{age.total_seconds() / 3600:.1f} h old; a run failed?")
             )

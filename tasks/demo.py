@@ -12,6 +12,7 @@ from config.models import Profile
 from tasks.io.aws import client
 from tasks.io.emulator import EmbeddedAWS
 from tasks.resources import resources_for
+from tasks.setup import SetupStep, setup_resources
 from tasks.transforms.keys import CampaignKey
 
 DEMO_DATE = date(2017, 3, 20)
@@ -76,11 +77,10 @@ def seed_source(path: Path, rows_per_key: int = 2000, seed: int = 7) -> int:
         return n
 
 
-def seed_aws(profile: Profile, dataset: str = "campaign_facts") -> None:
-    """Create the key table (with the demo campaigns) and the staging bucket."""
-    resources = resources_for(profile)
-    keys = resources.key_store()
-    keys.ensure_table()
+def seed_aws(profile: Profile, dataset: str = "campaign_facts") -> list[SetupStep]:
+    """Create the profile's resources as `keyflow setup` does (bucket, key table), then put the demo campaigns."""
+    steps = setup_resources(profile)
+    keys = resources_for(profile).key_store()
     for key, start, end, enabled in CAMPAIGNS:
         keys.put_key(CampaignKey(dataset, key, start, end, enabled, {"owner": "marketing"}))
-    resources.object_store().ensure_bucket()
+    return steps

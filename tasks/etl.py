@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from config.errors import ConfigError, KeyFailedError, KeyflowError, PausedError
 from config.models import DatasetConfig
 from tasks.control import ensure_limit, is_paused, source_slot
-from tasks.io.stager import PartWriter
+from tasks.io.stager import GATE, PartWriter, stop_if_interrupted
 from tasks.resources import Resources
 from tasks.retries import KEY_IO, LISTING_IO, SETUP_IO
 from tasks.transforms.drift import plan_drift
@@ -181,8 +181,9 @@ def stage_rows(
         parts=tuple(parts),
         format=fmt,
     )
-    store.put_bytes(redshift_manifest(store.bucket, parts), staged.manifest_key, "application/json")
-    store.put_bytes(run_record(staged, run_date), prefix + "_keyflow.json", "application/json")
+    with GATE.upload():  # an interrupt removes the run's prefix: nothing may land after it
+        store.put_bytes(redshift_manifest(store.bucket, parts), staged.manifest_key, "application/json")
+        store.put_bytes(run_record(staged, run_date), prefix + "_keyflow.json", "application/json")
     return StagedKey(**{**asdict(staged), "parts": staged.parts, "seconds": time.perf_counter() - started})
 
 
@@ -217,6 +218,7 @@ def load_key(staged: StagedKey, dataset: DatasetConfig, resources: Resources, sp
     """Replace the key's slice in the warehouse in one transaction, reconcile counts, then drop staged files."""
     logger = get_run_logger()
     started = time.perf_counter()
+    stop_if_interrupted()  # an interrupted process starts no load (its staged files are being removed)
     store = resources.object_store()
     loaded = resources.warehouse().load_key(spec, staged, store)
     if not resources.profile.keep_staged:

@@ -17,13 +17,15 @@ from typing import Annotated, NoReturn
 import typer
 
 from config.errors import KeyflowError
-from flows.cli import check, control, demo, security
+from flows.cli import check, control, demo, security, setup
+from flows.cli.common import Interrupted
 from flows.cli.etl import etl_app
 from flows.cli.events import events_app
 from flows.cli.files import files_app
 from flows.cli.keys import keys_app
-from flows.cli.output import err, fail_with, set_debug
+from flows.cli.output import err, fail_with, interrupted, set_debug
 from flows.cli.trends import trends_app
+from flows.local_server import enable as enable_local_server
 
 __all__ = ["app", "main"]
 
@@ -70,6 +72,8 @@ app.command("keygen")(security.keygen)
 app.command("decrypt")(security.decrypt)
 app.command("audit")(security.audit_cmd)
 app.command("check")(check.check_cmd)
+app.command("setup")(setup.setup_cmd)
+app.command("cleanup")(setup.cleanup_cmd)
 
 
 def _bound_malloc_arenas() -> None:
@@ -81,17 +85,19 @@ def _bound_malloc_arenas() -> None:
             ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX = 2
 
 
-def _leave(code: int | str | None) -> NoReturn:
+def _leave(code: int | str | None, join_threads: bool = True) -> NoReturn:
     """Exit without tearing the interpreter down module by module (0.4 s of every command after a flow run).
 
     What a normal exit does that matters still happens, in the same order: non-daemon threads are waited for and
     threading's exit hooks run (Prefect drains its log and event workers to the API there), then the atexit hooks
-    (logging flushes its handlers), then stdout and stderr are flushed.
+    (logging flushes its handlers), then stdout and stderr are flushed. An interrupted command does not wait for
+    its threads (a backfill's other dates stop at the staging gate, or with the process).
     """
     if isinstance(code, str):
         err.print(code, markup=False, highlight=False, emoji=False, soft_wrap=True)  # as the interpreter prints it
         code = 1
-    threading._shutdown()  # type: ignore[attr-defined]  # joins threads, runs threading's exit hooks (Prefect's drains)
+    if join_threads:
+        threading._shutdown()  # type: ignore[attr-defined]  # joins threads, runs threading's exit hooks (Prefect's drains)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):
@@ -102,7 +108,9 @@ def _leave(code: int | str | None) -> NoReturn:
 def main() -> None:
     """Console-script entry point."""
     _bound_malloc_arenas()
+    enable_local_server()  # flows run against one temporary Prefect server, stopped below, when no API is set
     code: int | str | None = 0
+    stopped = False
     try:
         app()
     except SystemExit as exc:
@@ -112,4 +120,18 @@ def main() -> None:
             fail_with(exc)
         except typer.Exit as stop:
             code = stop.exit_code
-    _leave(code)
+    except Interrupted as exc:  # SIGINT / SIGTERM during a flow: what it staged is gone; one line, 130 or 143
+        from tasks.cleanup import describe, interrupted_runs
+
+        interrupted(describe(interrupted_runs()))
+        code, stopped = exc.code, True
+    _stop_local_server(quick=stopped)
+    _leave(code, join_threads=not stopped)
+
+
+def _stop_local_server(quick: bool) -> None:
+    """Stop the temporary Prefect server, if the command started one, once its flows' task runs are recorded."""
+    from flows.local_server import stop_api
+
+    with suppress(Exception, KeyboardInterrupt):  # the server is stopped whatever happened; the code stands
+        stop_api(timeout=10, interrupted=True) if quick else stop_api()

@@ -10,7 +10,7 @@ import typer
 
 from flows.cli.common import parse_date, quiet_prefect
 from flows.cli.etl import run_etl
-from flows.cli.output import OK, fail, out, reports_errors
+from flows.cli.output import OK, fail, out, print_status, reports_errors
 
 
 @reports_errors
@@ -42,7 +42,8 @@ def demo(
         os.environ["KEYFLOW_KMS_KEY_ID"] = create_kms_key(prof)
         prof = load_profile("local")
         n = seed_source(workdir / "source.db", rows_per_key)
-        seed_aws(prof)
+        steps = seed_aws(prof)
+        print_status((s.status, s.what) for s in steps)
         out.print(
             f"Demo: {n:,} source rows in {workdir / 'source.db'}, 5 campaigns in DynamoDB table "
             f"{prof.keys_table!r} at {aws.endpoint_url} (emulated), staging bucket {prof.bucket!r} with SSE-KMS."

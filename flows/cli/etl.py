@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli.common import DatasetOpt, ProfileOpt, check_config, parse_date
+from flows.cli.common import DatasetOpt, ProfileOpt, check_config, interruptible, parse_date
 from flows.cli.output import (
     FAILED,
     OK,
@@ -30,7 +30,8 @@ def run_etl(dataset: str, run_date: date | None, profile: str, as_json: bool = F
     check_config(profile, "datasets", dataset)
     from flows.rds_to_redshift import for_profile
 
-    state = for_profile(profile)(dataset=dataset, run_date=run_date, profile=profile, return_state=True)
+    with interruptible():  # SIGINT / SIGTERM: what the run staged is removed, then exit 130 / 143
+        state = for_profile(profile)(dataset=dataset, run_date=run_date, profile=profile, return_state=True)
     title = f"{dataset} on {run_date or 'today'} — {state.message}"
 
     def paused(rows: Any) -> None:
@@ -81,7 +82,7 @@ def etl_backfill(
     check_config(profile, "datasets", dataset)
     from flows.backfill import backfill
 
-    with Progress(console=err, transient=True) as progress:
+    with interruptible(), Progress(console=err, transient=True) as progress:
         bar = progress.add_task(f"backfill {dataset}", total=(last - first).days + 1)
         results = backfill(
             dataset, first, last, profile, force, parallel, on_done=lambda _: progress.advance(bar), preflight=False

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -115,6 +116,9 @@ def finish(
     A run that ended in an error prints it (one line each) and exits 1, or 2 for a config error; a run cancelled by
     the kill switch prints how to resume the family, calls ``on_paused`` with what the run returned, and exits 3.
     """
+    from flows.local_server import watch
+
+    watch(state.state_details.flow_run_id)  # the local server stops only once this run's task runs are recorded
     result: Any = state.result(raise_on_failure=False)
     if isinstance(result, RunFailedError):  # the run went to its end: its rows say which keys failed
         return Outcome(result.data, FAILED)
@@ -277,3 +281,23 @@ def print_check(report: CheckReport) -> None:
         return
     for line in report.problems:
         error(line)
+
+
+STATUS_COLORS = {"created": "green", "removed": "green", "exists": "cyan", "kept": "cyan", "differs": "red"}
+
+
+def print_status(rows: Iterable[tuple[str, str]]) -> None:
+    """One line per resource: a status (``created``, ``exists``, ``would create``, ``removed``…) and what."""
+    for status, what in rows:
+        color = STATUS_COLORS.get(status, "yellow")
+        out.print(f"[{color}]{status:<12}[/{color}] {escape(what)}", highlight=False, soft_wrap=True)
+
+
+def hint(line: str) -> None:
+    """A line telling the user what to run next, on standard error."""
+    err.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def interrupted(line: str) -> None:
+    """The one line an interrupted command ends with: ``interrupted: removed 16 staged object(s) of run …``."""
+    err.print(f"interrupted: {line}", highlight=False, soft_wrap=True, markup=False)

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import ProfileOpt
-from flows.cli.output import FAILED, err, fail, out, print_findings, reports_errors
+from flows.cli.output import FAILED, err, fail, hint, out, print_findings, reports_errors
+from flows.cli.setup import cleanup_hint
 
 
 @reports_errors
@@ -117,4 +118,7 @@ def audit_cmd(
     bad = [f for f in findings if not f.ok]
     if bad:
         err.print(f"{len(bad)} problem(s) found")
+        leftovers = sum(f.check == "leftover staged file" for f in bad)
+        if leftovers:
+            hint(f"{leftovers} leftover staged file(s): {cleanup_hint(profile, timedelta(hours=max_age_hours))}")
         raise typer.Exit(FAILED)

@@ -12,6 +12,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.io.aws import client, translate
 
+PUBLIC_ACCESS_FLAGS = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
+
 _TRANSFER = TransferConfig(
     multipart_threshold=512 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024, use_threads=False
 )
@@ -55,6 +57,9 @@ class ObjectStore(Protocol):
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many."""
 
+    def delete(self, key: str) -> None:
+        """Delete one object (one already gone is fine)."""
+
     def delete_keys(self, keys: Sequence[str]) -> int:
         """Delete exactly these objects; returns how many were asked for."""
 
@@ -84,27 +89,96 @@ class S3ObjectStore:
         return {"ServerSideEncryption": "AES256"}
 
     def ensure_bucket(self) -> None:
-        """Create the bucket with default encryption when missing (demo and tests; production owns its bucket)."""
+        """Create the bucket with default encryption when missing (demo and tests; ``keyflow setup`` does more)."""
+        if self.bucket_exists():
+            return
+        self.create_bucket()
+        self.put_default_encryption()
+
+    # --- bucket setup (`keyflow setup`): each property read and written on its own, so setup is idempotent
+
+    def bucket_exists(self) -> bool:
+        """Whether the bucket exists (a 404 is an answer; a 403 or any other error is raised)."""
         try:
             self._s3.head_bucket(Bucket=self.bucket)
-            return
-        except ClientError:
-            pass
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            raise translate(exc, f"head bucket {self.bucket}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, f"head bucket {self.bucket}") from exc
+
+    def create_bucket(self) -> None:
+        """Create the bucket in the store's region (one created meanwhile by this account is accepted)."""
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if self.region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
         try:
             self._s3.create_bucket(**kwargs)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
                 raise translate(exc, f"create bucket {self.bucket}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, f"create bucket {self.bucket}") from exc
+
+    def put_default_encryption(self) -> None:
+        """Default encryption of the bucket: SSE-KMS with the store's key, else SSE-S3."""
         rule: dict[str, Any] = {"SSEAlgorithm": "aws:kms" if self.kms_key_id else "AES256"}
         if self.kms_key_id:
             rule["KMSMasterKeyID"] = self.kms_key_id
-        self._s3.put_bucket_encryption(
-            Bucket=self.bucket,
-            ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": rule}]},
+        try:
+            self._s3.put_bucket_encryption(
+                Bucket=self.bucket,
+                ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": rule}]},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"put encryption of bucket {self.bucket}") from exc
+
+    def _bucket_setting(self, get: Any, missing_code: str, what: str) -> dict[str, Any] | None:
+        """One of the bucket's settings as S3 returns it, or None when the bucket has none (``missing_code``)."""
+        try:
+            return dict(get(Bucket=self.bucket))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == missing_code:
+                return None
+            raise translate(exc, f"get {what} of bucket {self.bucket}") from exc
+        except BotoCoreError as exc:  # the endpoint is down or unreachable
+            raise translate(exc, f"get {what} of bucket {self.bucket}") from exc
+
+    def public_access_block(self) -> dict[str, bool] | None:
+        """The bucket's public access block flags, or None when it has none."""
+        out = self._bucket_setting(
+            self._s3.get_public_access_block, "NoSuchPublicAccessBlockConfiguration", "public access block"
         )
+        return None if out is None else dict(out.get("PublicAccessBlockConfiguration", {}))
+
+    def block_public_access(self) -> None:
+        """Block every kind of public access to the bucket (ACLs and policies, new and existing)."""
+        flags = dict.fromkeys(PUBLIC_ACCESS_FLAGS, True)
+        try:
+            self._s3.put_public_access_block(Bucket=self.bucket, PublicAccessBlockConfiguration=flags)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"put public access block of bucket {self.bucket}") from exc
+
+    def lifecycle_rules(self) -> list[dict[str, Any]]:
+        """The bucket's lifecycle rules (empty when it has none)."""
+        try:
+            out = self._s3.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "NoSuchLifecycleConfiguration":
+                return []
+            raise translate(exc, f"get lifecycle of bucket {self.bucket}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, f"get lifecycle of bucket {self.bucket}") from exc
+        return list(out.get("Rules", []))
+
+    def put_lifecycle_rules(self, rules: list[dict[str, Any]]) -> None:
+        """Replace the bucket's lifecycle rules with ``rules`` (pass the existing ones to keep them)."""
+        try:
+            self._s3.put_bucket_lifecycle_configuration(Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"put lifecycle of bucket {self.bucket}") from exc
 
     def put_file(self, path: Path, key: str) -> None:
         """Upload a local file (multipart above 32 MiB) with SSE."""
@@ -172,14 +246,11 @@ class S3ObjectStore:
 
     def default_encryption(self) -> dict[str, Any] | None:
         """The bucket's default encryption rule, or None when it has none."""
-        try:
-            out = self._s3.get_bucket_encryption(Bucket=self.bucket)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ServerSideEncryptionConfigurationNotFoundError":
-                return None
-            raise translate(exc, f"get encryption of bucket {self.bucket}") from exc
-        except BotoCoreError as exc:  # the endpoint is down or unreachable
-            raise translate(exc, f"get encryption of bucket {self.bucket}") from exc
+        out = self._bucket_setting(
+            self._s3.get_bucket_encryption, "ServerSideEncryptionConfigurationNotFoundError", "encryption"
+        )
+        if out is None:
+            return None
         rules = out.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
         return rules[0].get("ApplyServerSideEncryptionByDefault") if rules else None
 
@@ -207,6 +278,34 @@ class S3ObjectStore:
             except (ClientError, BotoCoreError) as exc:
                 raise translate(exc, f"delete s3://{self.bucket}/{prefix}") from exc
         return len(keys)
+
+    def delete(self, key: str) -> None:
+        """Delete one object (one already gone is fine)."""
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"delete s3://{self.bucket}/{key}") from exc
+
+    # --- leftovers (`keyflow cleanup`)
+
+    def incomplete_uploads(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Multipart uploads under ``prefix`` that were started and never completed (a killed upload's parts)."""
+        paginator = self._s3.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from page.get("Uploads", [])
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"list uploads of s3://{self.bucket}/{prefix}") from exc
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort an incomplete multipart upload, dropping its parts (one already gone is fine)."""
+        try:
+            self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "NoSuchUpload":
+                raise translate(exc, f"abort upload of s3://{self.bucket}/{key}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, f"abort upload of s3://{self.bucket}/{key}") from exc
 
     def probe(self, prefix: str, write: bool = True) -> None:
         """Check, before a run, that ``prefix`` can be listed and, when ``write``, written.

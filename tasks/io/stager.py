@@ -1,9 +1,19 @@
-"""Write Arrow batches as compressed CSV or Parquet part files and upload them; memory stays at one batch."""
+"""Write Arrow batches as compressed CSV or Parquet part files and upload them; memory stays at one batch.
+
+Every upload of a staged object passes the process-wide :data:`GATE`. When the process is interrupted (SIGINT,
+SIGTERM), the gate closes: uploads in flight finish, no new one starts, and the local part folders are known, so
+the interrupt can remove everything the run staged without a part landing after the removal.
+"""
 
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -12,11 +22,94 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import zstandard
 
+from config.errors import KeyFailedError
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.arrow import csv_write_options
 from tasks.transforms.staging import StagedPart, part_name
 
 ROW_GROUP_BYTES = 16 << 20  # Parquet: batches are gathered up to this much Arrow memory per row group
+
+LOCAL_PREFIX = "keyflow-stage-"
+"""Local part folders are ``<tmp>/keyflow-stage-<pid>-…``: ``keyflow cleanup`` removes those of dead processes."""
+
+
+class StagingStopped(KeyFailedError):
+    """The process is being interrupted: no staged object is uploaded any more."""
+
+
+class StagingGate:
+    """Lets staged uploads through until :meth:`close`; knows the local part folders of the process."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()  # re-entrant: a signal handler may run on a thread holding it
+        self._in_flight = 0
+        self._closed = False
+        self._folders: set[str] = set()
+
+    @property
+    def closed(self) -> bool:
+        """Whether an interrupt closed the gate."""
+        return self._closed
+
+    def check(self) -> None:
+        """Raise :class:`StagingStopped` once the gate is closed."""
+        if self._closed:
+            raise StagingStopped("interrupted: staging stopped")
+
+    @contextmanager
+    def upload(self) -> Iterator[None]:
+        """Hold the gate open for one upload (refused once closed; :meth:`close` waits for it)."""
+        with self._cond:
+            self.check()
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify_all()
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Refuse new uploads and wait up to ``timeout`` seconds for those in flight; True when none is left."""
+        with self._cond:
+            self._closed = True
+            return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def reopen(self) -> None:
+        """Let uploads through again (a process that goes on after an interrupt: tests)."""
+        with self._cond:
+            self._closed = False
+
+    def track(self, folder: str) -> None:
+        """Remember a local part folder until it is removed."""
+        with self._cond:
+            self._folders.add(folder)
+
+    def untrack(self, folder: str) -> None:
+        """Forget a local part folder (it was removed)."""
+        with self._cond:
+            self._folders.discard(folder)
+
+    def remove_folders(self) -> int:
+        """Remove every local part folder still there; returns how many."""
+        with self._cond:
+            folders, self._folders = sorted(self._folders), set()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        return len(folders)
+
+
+GATE = StagingGate()
+"""The process's gate: every staged upload passes it (parts here, manifests and leases in the tasks)."""
+
+
+def stop_if_interrupted() -> None:
+    """Raise :class:`StagingStopped` once this process is being interrupted.
+
+    A function, not ``GATE.check``, for task bodies: a task shipped to a Dask worker pickles what its body names,
+    and the gate's lock does not pickle.
+    """
+    GATE.check()
 
 
 def _compressor(raw: IO[bytes], compression: str, level: int) -> IO[bytes]:
@@ -52,7 +145,8 @@ class PartWriter:
         self.part_rows = part_rows
         self.format = fmt
         self.parts: list[StagedPart] = []
-        self._tmp = tempfile.TemporaryDirectory(prefix="keyflow-stage-")
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{LOCAL_PREFIX}{os.getpid()}-")
+        GATE.track(self._tmp.name)
         self._file: IO[bytes] | None = None
         self._stream: Any = None
         self._path = Path(self._tmp.name)
@@ -96,13 +190,15 @@ class PartWriter:
             self._file.close()
         path = self._path
         key = part_name(self.prefix, len(self.parts), self.compression, self.format)
-        self.store.put_file(path, key)
+        with GATE.upload():
+            self.store.put_file(path, key)
         self.parts.append(StagedPart(key=key, rows=self._rows, bytes=path.stat().st_size))
         path.unlink()
         self._writer = self._file = self._stream = None
 
     def write(self, table: pa.Table) -> None:
-        """Append rows, starting new parts as they fill."""
+        """Append rows, starting new parts as they fill (refused once the process is interrupted)."""
+        GATE.check()
         offset = 0
         while offset < table.num_rows:
             if self._writer is None:
@@ -137,7 +233,7 @@ class PartWriter:
         if self._writer is None and not self.parts:
             self._open()
         self._close_part()
-        self._tmp.cleanup()
+        self._remove_folder()
         return self.parts
 
     def abort(self) -> None:
@@ -148,4 +244,9 @@ class PartWriter:
                     f.close()
             except Exception:
                 pass
-        self._tmp.cleanup()
+        self._remove_folder()
+
+    def _remove_folder(self) -> None:
+        GATE.untrack(self._tmp.name)
+        with suppress(OSError):  # an interrupt removed it already
+            self._tmp.cleanup()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
+from typing import Any
 from urllib.parse import quote
 
 from config.errors import ReconciliationError
@@ -13,11 +16,22 @@ from tasks.transforms.paths import join_under
 EXTENSIONS = {"zstd": ".csv.zst", "gzip": ".csv.gz", "none": ".csv"}
 PARQUET_EXTENSIONS = {"zstd": ".zstd.parquet", "gzip": ".gz.parquet", "none": ".parquet"}  # codec inside the file
 
+LEASE = "_lease.json"
+"""The object a running ETL run keeps fresh under its run prefix: while it is fresh, nothing removes the run."""
+
+RUN_ID = re.compile(r"\d{4}-\d{2}-\d{2}-\d{6}-[0-9A-Za-z]+")
+"""What an ETL run id looks like (``2017-03-20-140312-3f2a9c1d``): the only folders ``keyflow cleanup`` removes."""
+
 
 def key_segment(key: str) -> str:
     """A key as one safe S3 path segment (``/``, ``..`` and control characters percent-encoded)."""
     seg = quote(key, safe="-_.~")
     return seg.replace(".", "%2E") if seg in (".", "..") or seg.startswith("..") else seg
+
+
+def run_prefix(prefix: str, dataset: str, run_id: str) -> str:
+    """``<prefix>/<dataset>/<run_id>/`` — everything one ETL run stages, and its lease."""
+    return join_under(prefix, f"{dataset}/{run_id}") + "/"
 
 
 def key_prefix(prefix: str, dataset: str, run_id: str, key: str) -> str:
@@ -86,3 +100,83 @@ def reconcile(staged: StagedKey, copied: int, loaded: int) -> None:
         staged.rows_staged == copied == loaded
     ):
         raise ReconciliationError(staged.key, staged.rows_extracted, staged.rows_staged, loaded)
+
+
+def lease_record(run_id: str, owner: str, renewed_at: datetime, seconds: float) -> bytes:
+    """The body of a run's lease: who holds it and until when (cleanup reads the object's own time, not this)."""
+    body = {
+        "run_id": run_id,
+        "owner": owner,
+        "renewed_at": renewed_at.isoformat(),
+        "expires_at": (renewed_at + timedelta(seconds=seconds)).isoformat(),
+    }
+    return json.dumps(body, indent=1).encode()
+
+
+@dataclass(frozen=True)
+class StagedRun:
+    """What one ETL run left under ``<prefix>/<dataset>/<run_id>/``, from a listing of the bucket."""
+
+    prefix: str
+    dataset: str
+    run_id: str
+    objects: int
+    bytes: int
+    newest: datetime
+    lease_renewed: datetime | None = None
+
+    def live(self, now: datetime, lease_seconds: float) -> bool:
+        """Whether a process still holds the run: its lease was renewed less than ``lease_seconds`` ago."""
+        return self.lease_renewed is not None and now - self.lease_renewed < timedelta(seconds=lease_seconds)
+
+
+def _base(prefix: str) -> str:
+    return prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+
+def run_of(prefix: str, key: str) -> str | None:
+    """The run prefix (``<prefix>/<dataset>/<run_id>/``) an object key belongs to, or None when it is no run's."""
+    base = _base(prefix)
+    if not key.startswith(base):
+        return None
+    parts = key[len(base) :].split("/")
+    if len(parts) < 3 or not parts[0] or not RUN_ID.fullmatch(parts[1]):
+        return None
+    return f"{base}{parts[0]}/{parts[1]}/"
+
+
+def staged_runs(prefix: str, objects: Iterable[Mapping[str, Any]]) -> list[StagedRun]:
+    """Group a listing (``Key``, ``Size``, ``LastModified``) of the staging prefix into runs, oldest first.
+
+    Only ``<prefix>/<dataset>/<run_id>/…`` with a run id of the ETL's form counts: anything else under the prefix
+    (files a person put there, another tool's folders) is never taken for a run.
+    """
+    base = _base(prefix)
+    runs: dict[tuple[str, str], dict[str, Any]] = {}
+    for obj in objects:
+        key = str(obj["Key"])
+        if run_of(prefix, key) is None:
+            continue
+        parts = key[len(base) :].split("/")
+        run = runs.setdefault((parts[0], parts[1]), {"objects": 0, "bytes": 0, "newest": None, "lease": None})
+        modified: datetime = obj["LastModified"]
+        run["objects"] += 1
+        run["bytes"] += int(obj.get("Size", 0))
+        run["newest"] = modified if run["newest"] is None else max(run["newest"], modified)
+        if len(parts) == 3 and parts[2] == LEASE:
+            run["lease"] = modified
+    return sorted(
+        (
+            StagedRun(
+                prefix=f"{base}{dataset}/{run_id}/",
+                dataset=dataset,
+                run_id=run_id,
+                objects=r["objects"],
+                bytes=r["bytes"],
+                newest=r["newest"],
+                lease_renewed=r["lease"],
+            )
+            for (dataset, run_id), r in runs.items()
+        ),
+        key=lambda r: (r.newest, r.prefix),
+    )
