@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class KeyflowError(Exception):
     """Base class of keyflow's own errors."""
@@ -32,6 +34,21 @@ class ReconciliationError(KeyFailedError):
             f"key {key!r}: reconciliation failed: extracted={extracted} staged={staged} loaded={loaded}; "
             "the load was rolled back and the key's previous rows are intact"
         )
+
+
+class RunFailedError(KeyflowError):
+    """A run that went to its end with some keys (or files) failed: ``data`` holds every one's result row.
+
+    A flow's Failed state carries this exception, so Prefect can raise it (a deployment run, a flow called without
+    ``return_state``) while the CLI still prints every row from ``data``.
+    """
+
+    def __init__(self, message: str, data: Any) -> None:
+        self.data = data
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self), self.data)  # results are pickled: keep both arguments
 
 
 class ConfigError(KeyflowError):

@@ -15,7 +15,7 @@ from prefect import get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, Completed, Failed, State
 
-from config.errors import ConfigError, KeyflowError, first_line
+from config.errors import ConfigError, KeyflowError, RunFailedError, first_line
 from tasks.control import is_paused
 from tasks.preflight import Job, check_before_run
 
@@ -102,9 +102,13 @@ def gather(
 
 
 def final_state(data: Any, done: str, failed: str | None = None, paused: str | None = None) -> State[Any]:
-    """Failed with message ``failed`` when given, else Cancelled with ``paused`` when given, else Completed."""
+    """Failed with message ``failed`` when given, else Cancelled with ``paused`` when given, else Completed.
+
+    A Failed state's data is a :class:`RunFailedError` holding ``data`` (Prefect resolves a failed state into an
+    exception: a list there is a ``TypeError`` in a deployment run); the others carry ``data`` itself.
+    """
     if failed:
-        return Failed(message=failed, data=data)
+        return Failed(message=failed, data=RunFailedError(failed, data))
     if paused:
         return Cancelled(message=paused, data=data)
     return Completed(message=done, data=data)

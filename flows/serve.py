@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,9 @@ def serve_all(path: Path, names: list[str] | None = None) -> None:
                 for name, pool in taken
             ]
         )
+    # Served runs are this process's children: they send heartbeats as the work-pool deployments do, so the zombie
+    # automation (deployments/automations.yaml) crashes a run whose host died.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     serve(*deployments)
 
 

@@ -95,6 +95,32 @@ def within(preset: dict[str, Any], seconds: float) -> dict[str, Any]:
     return {**preset, "retry_condition_fn": RetryTransient(condition.delays, deadline)}
 
 
+MAX_BACKOFF = 30.0
+"""The longest wait between two retries of :func:`backoff_within`."""
+
+
+def backoff_delays(window: float, first: float, cap: float = MAX_BACKOFF) -> list[float]:
+    """Exponential waits (``first``, twice that, … at most ``cap``) until they add up to ``window`` seconds.
+
+    ``backoff_delays(180, 2)`` is 2, 4, 8, 16, 30, 30, 30, 30, 30: nine retries over three minutes.
+    """
+    delays: list[float] = []
+    delay = first
+    while sum(delays) < window:
+        delays.append(min(delay, cap))
+        delay *= 2
+    return delays
+
+
+def backoff_within(window: float, first: float, jitter: float = 0.5) -> dict[str, Any]:
+    """``@task`` options: transient errors retried with exponential backoff and jitter for up to ``window`` seconds.
+
+    For the keys of the ETL: a database failover or restart (60-120 s on RDS Multi-AZ) is ridden out within the
+    profile's ``retry_window_seconds``; ``first`` is its ``retry_backoff_seconds``.
+    """
+    return retrying(*backoff_delays(window, first), jitter=jitter, deadline=window)
+
+
 SETUP_IO = retrying(2, 8, deadline=120)
 """One short call that creates, lists or records something (a table, the landing files, a watermark)."""
 

@@ -19,9 +19,10 @@ from tests.helpers.services import PG_DSN, PG_URL, require_service, unique  # no
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # A test needs a service when it uses one of these fixtures (directly or through another fixture), or when it lives in
-# a tier that runs against the real thing: adapters in tests/io, flows end to end in tests/flows (see DEVELOPERS.md).
+# a tier that runs against the real thing: adapters in tests/io, flows end to end in tests/flows, the fault matrix in
+# tests/faults (see DEVELOPERS.md).
 SERVICE_FIXTURES = frozenset({"pg", "mysql", "aws_endpoint", "prefect_harness", "redshift_standin"})
-SERVICE_TIERS = tuple(Path(__file__).parent / tier for tier in ("io", "flows"))
+SERVICE_TIERS = tuple(Path(__file__).parent / tier for tier in ("io", "flows", "faults"))
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

@@ -174,6 +174,15 @@ class Profile(BaseSettings):
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (tcp://…)")
     dask_workers: int = Field(2, ge=1, le=256, description="worker processes of a local Dask cluster")
     keep_staged: bool = Field(False, description="keep staged files after a successful load")
+    retry_window_seconds: float = Field(
+        180,
+        ge=0,
+        le=3600,
+        description="how long a key keeps retrying a dropped or refused connection (an RDS failover takes 60-120 s)",
+    )
+    retry_backoff_seconds: float = Field(
+        2, gt=0, le=60, description="the first wait before a retry; each next one doubles, up to 30 s, with jitter"
+    )
     secrets: dict[Ident, SecretRef] = Field(default_factory=dict, description="named secrets, e.g. hash salts")
     encryption_keys: dict[Ident, EncryptionKey] = Field(
         default_factory=dict, description="public keys for the privacy rule's 'encrypt' action"

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from config.errors import ConfigError, KeyflowError, first_line
+from config.errors import ConfigError, KeyflowError, RunFailedError, first_line
 
 if TYPE_CHECKING:
     from prefect.states import State
@@ -120,6 +120,8 @@ def finish(
 
     watch(state.state_details.flow_run_id)  # the local server stops only once this run's task runs are recorded
     result: Any = state.result(raise_on_failure=False)
+    if isinstance(result, RunFailedError):  # the run went to its end: its rows say which keys failed
+        return Outcome(result.data, FAILED)
     if isinstance(result, BaseException):
         fail(*(str(result).strip() or type(result).__name__).splitlines(), code=exit_code(result), cause=result)
     if state.is_cancelled():

@@ -10,6 +10,11 @@ role or table, a refused permission or a host name that does not resolve is a :c
 the database (``user@host:port/db``); other connection trouble (refused, reset, timed out) is a
 :class:`RetryableError`; any other database error fails the key with the database's own first line
 (:func:`config.errors.first_line`).
+
+A dropped connection (:func:`is_disconnect`: the server restarted or failed over, a backend was terminated, MySQL's
+"gone away" or "lost connection") is connection trouble too, whichever call notices it: the statement, the
+rollback after it (``connection already closed``) or the pool's reset. The retry opens a fresh connection: a dead
+one is closed or invalidated, never handed out again (:func:`rollback_quietly`; engines pre-ping their pool).
 """
 
 from __future__ import annotations
@@ -123,6 +128,60 @@ PG_CONNECT_PERMANENT = (
 UNKNOWN_HOST = ("name or service not known", "nodename nor servname", "no address associated with hostname")
 
 
+# SQLSTATEs of a connection the server ended or refuses for now: class 08 (connection exception), an administrator's
+# or a crash's shutdown (57P01, 57P02), "the database system is starting up / shutting down" (57P03).
+PG_DISCONNECT_STATES = ("57P01", "57P02", "57P03")
+# MySQL client errors of a dropped or refused connection: can't connect (2002, 2003), gone away (2006), lost during
+# a query (2013), lost at handshake (2055); and the server's own shutdown in progress (1053).
+MYSQL_DISCONNECT = {1053, 2002, 2003, 2006, 2013, 2055}
+DISCONNECT_TEXT = (
+    "connection already closed",
+    "server closed the connection unexpectedly",
+    "terminating connection",
+    "the database system is",
+    "connection refused",
+    "lost connection",
+    "gone away",
+    "broken pipe",
+    "connection reset",
+)
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether ``exc`` (a driver's error, or SQLAlchemy's wrapping one) says the connection dropped or was refused.
+
+    A retry on a fresh connection can succeed: the server restarted or failed over, or the backend was terminated.
+    psycopg2 reports a connection it found dead as ``InterfaceError: connection already closed``; PyMySQL a closed
+    one as ``InterfaceError (0, '')``.
+    """
+    if getattr(exc, "connection_invalidated", False):
+        return True  # SQLAlchemy saw the driver's disconnect and invalidated the connection
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "pgcode", None)
+    if isinstance(code, str) and (code.startswith("08") or code in PG_DISCONNECT_STATES):
+        return True
+    args = getattr(orig, "args", ())
+    if type(orig).__module__.startswith(("pymysql", "MySQLdb")) and args and isinstance(args[0], int):
+        return args[0] in MYSQL_DISCONNECT or (args[0] == 0 and type(orig).__name__ == "InterfaceError")
+    if isinstance(orig, psycopg2.OperationalError | psycopg2.InterfaceError | ConnectionError):
+        return True
+    text = str(orig).lower()
+    return any(needle in text for needle in DISCONNECT_TEXT)
+
+
+def rollback_quietly(conn: Any) -> None:
+    """Roll back ``conn``; a connection that is already dead needs no rollback (its server ended the transaction).
+
+    Raising here would hide the error that killed the connection (``connection already closed`` instead of the
+    server's "terminating connection"), and that error is the one that says a retry can succeed.
+    """
+    try:
+        conn.rollback()
+    except Exception as exc:
+        if not is_disconnect(exc):
+            raise
+
+
 def permanent_reason(exc: BaseException) -> str | None:
     """Why retrying ``exc`` (a driver's error, or SQLAlchemy's wrapping one) cannot help; None when it might."""
     orig = getattr(exc, "orig", None) or exc
@@ -173,7 +232,7 @@ def translate_db_error(exc: Exception, what: str, where: str | None = None) -> E
     head = f"{what} ({where})" if where else what
     if permanent_reason(exc):
         return ConfigError(f"{head}: {_driver_line(exc)}")
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.DisconnectionError | sa_exc.TimeoutError):
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.DisconnectionError | sa_exc.TimeoutError) or is_disconnect(exc):
         return RetryableError(f"{head}: {_driver_line(exc)}")
     return KeyFailedError(f"{what}: {_driver_line(exc)}")  # the statement failed: the database is not the point
 
@@ -219,7 +278,7 @@ def pg_error(exc: psycopg2.Error, what: str, failed: str | None = None, where: s
     head = f"{what} ({where})" if where else what
     if permanent_reason(exc):
         return ConfigError(f"{failed or head}: {_driver_line(exc)}")
-    if isinstance(exc, psycopg2.OperationalError):
+    if is_disconnect(exc):
         return RetryableError(f"{head}: {_driver_line(exc)}")
     return KeyFailedError(f"{failed or what}: {first_line(exc)}")
 
@@ -238,9 +297,17 @@ def pg_connect(dsn: dict[str, Any], what: str = "warehouse") -> Any:
 
 @contextmanager
 def pg_connection(dsn: dict[str, Any], what: str = "warehouse") -> Iterator[Any]:
-    """A psycopg2 connection for one unit of work, closed after it (uncommitted work is rolled back)."""
+    """A psycopg2 connection for one unit of work, closed after it (uncommitted work is rolled back).
+
+    A connection that drops during the work is a :class:`RetryableError` naming the database, whatever statement
+    noticed it; the next unit of work opens a new one.
+    """
     conn = pg_connect(dsn, what)
     try:
         yield conn
+    except psycopg2.Error as exc:
+        if is_disconnect(exc) and not permanent_reason(exc):
+            raise pg_error(exc, what, where=describe_dsn(dsn)) from None
+        raise
     finally:
         conn.close()

@@ -15,7 +15,7 @@ from sqlalchemy import exc as sa_exc
 from config.errors import ConfigError, KeyFailedError, RetryableError, first_line
 from config.models import SourceConfig
 from config.types import ColumnType
-from tasks.io.databases import describe_url, dialect_of, engine_for, translate_db_error
+from tasks.io.databases import describe_url, dialect_of, engine_for, is_disconnect, translate_db_error
 from tasks.transforms.arrow import csv_read_options, rows_to_table
 from tasks.transforms.types import arrow_type
 
@@ -94,6 +94,24 @@ def arrow_native_mysql(schema: pa.Schema | None) -> bool:
     except ImportError:
         return False
     return True
+
+
+def _release(raw: Any) -> None:
+    """Give a raw pooled connection back after a COPY: rolled back, or discarded when its server dropped it.
+
+    A rollback on a dead connection raises ``connection already closed``, which would hide the error that killed
+    it (the one that says the key can be retried); the dead connection is invalidated so the pool never hands it
+    out again.
+    """
+    try:
+        raw.rollback()
+    except Exception as exc:
+        if not is_disconnect(exc):
+            raw.close()
+            raise
+        raw.invalidate(exc)
+        return
+    raw.close()
 
 
 class SqlSource:
@@ -232,10 +250,7 @@ class SqlSource:
         finally:
             source.close()
             producer.join()
-            try:
-                raw.rollback()
-            finally:
-                raw.close()
+            _release(raw)
         if failure:
             raise self._translate(failure[0]) from failure[0]
 

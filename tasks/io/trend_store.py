@@ -45,7 +45,7 @@ class TrendCounts:
         try:
             with conn, conn.cursor() as cur:
                 return work(cur)
-        except psycopg2.OperationalError as exc:
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:  # InterfaceError: dropped mid-work
             raise pg_error(exc, "trend counts database", where=describe_dsn(self._dsn)) from None
         finally:
             conn.close()

@@ -23,7 +23,7 @@ import zstandard
 
 from config.errors import ConfigError, KeyFailedError, ReconciliationError, RetryableError, first_line
 from config.types import ColumnType
-from tasks.io.databases import CREATE_RACES, pg_connection, pg_dsn, pg_error
+from tasks.io.databases import CREATE_RACES, pg_connection, pg_dsn, pg_error, rollback_quietly
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.arrow import csv_read_options
 from tasks.transforms.drift import plan_drift, type_from_catalog
@@ -211,11 +211,15 @@ class _PsycopgWarehouse:
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         raise NotImplementedError
 
+    def _lock_key(self, cur: Any, spec: TableSpec, key: str) -> None:
+        """Hold the key of the target alone until the transaction ends (nothing here: a subclass's lock)."""
+
     def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         """Replace one key's rows in a single transaction; return the rows loaded."""
         with self.connect() as conn:
             try:
                 with conn.cursor() as cur:
+                    self._lock_key(cur, spec, staged.key)
                     if spec.load_mode == "merge":
                         # Upsert by primary key: copy into a session table, merge, and count what now matches.
                         cur.execute(render_create_merge_stage(spec, self.dialect))
@@ -233,15 +237,15 @@ class _PsycopgWarehouse:
                 conn.commit()
                 return loaded
             except ReconciliationError:
-                conn.rollback()
+                rollback_quietly(conn)
                 raise
             except psycopg2.Error as exc:
-                conn.rollback()
+                rollback_quietly(conn)
                 raise pg_error(
                     exc, f"key {staged.key!r}: load", failed=f"key {staged.key!r}: load failed, previous rows kept"
                 ) from None
             except BaseException:
-                conn.rollback()
+                rollback_quietly(conn)
                 raise
 
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
@@ -279,6 +283,14 @@ class PostgresWarehouse(_PsycopgWarehouse):
     """PostgreSQL: staged files are streamed from S3, decompressed, into ``COPY … FROM STDIN``."""
 
     dialect = "postgres"
+
+    def _lock_key(self, cur: Any, spec: TableSpec, key: str) -> None:
+        """Take a transaction-scoped advisory lock per (target, key).
+
+        A second run loading the same key at the same time waits for the first to commit, then replaces its rows,
+        instead of adding to them.
+        """
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"keyflow:{spec.schema}.{spec.table}:{key}",))
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         sql = render_copy_from_stdin(spec)

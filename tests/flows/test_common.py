@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from prefect.states import Completed, Failed
 
+from config.errors import RunFailedError
 from flows.common import artifact_key, final_state, gather
 
 
@@ -52,6 +53,10 @@ def test_final_state_failed_wins_then_paused_then_completed() -> None:
     rows = [{"key": "K1"}]
     failed = final_state(rows, done="1 loaded", failed="1 of 1 key(s) failed: K1", paused="paused: 1 of 1")
     assert failed.is_failed() and failed.message == "1 of 1 key(s) failed: K1"
+    # Prefect resolves a Failed state into an exception (a deployment run raises it): the rows travel inside.
+    with pytest.raises(RunFailedError, match=r"^1 of 1 key\(s\) failed: K1$") as raised:
+        failed.result()
+    assert raised.value.data == rows
     paused = final_state(rows, done="1 loaded", paused="paused: 1 of 1 key(s) not started")
     assert paused.is_cancelled() and paused.message == "paused: 1 of 1 key(s) not started"
     done = final_state(rows, done="1 key(s) loaded", failed=None, paused=None)

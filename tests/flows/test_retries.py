@@ -194,3 +194,15 @@ def test_a_drain_gives_up_within_its_max_seconds(
     refused = drain("amqp://guest@127.0.0.1:5672/%2F", 5)
     assert time.monotonic() - started < 3
     assert str(raised(refused)).endswith("ACCESS_REFUSED: the broker refused the user name or password")
+
+
+def test_the_etl_backoff_doubles_up_to_30_s_within_the_profile_window() -> None:
+    """Issue 18: a 60-120 s failover is ridden out by the default window of 180 s; a window of 0 retries nothing."""
+    from tasks.retries import RetryTransient, backoff_delays, backoff_within
+
+    assert backoff_delays(180, 2) == [2, 4, 8, 16, 30, 30, 30, 30, 30]
+    assert backoff_delays(60, 0.5) == [0.5, 1, 2, 4, 8, 16, 30]
+    assert backoff_delays(0, 2) == []
+    options = backoff_within(180, 2)
+    assert options["retry_condition_fn"] == RetryTransient([2, 4, 8, 16, 30, 30, 30, 30, 30], 180)
+    assert options["retry_jitter_factor"] == 0.5

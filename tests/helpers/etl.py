@@ -125,5 +125,8 @@ def warehouse(pg: Any, names: dict[str, str]) -> list[tuple[Any, ...]]:
 
 def run(dataset: Path, profile: Path, day: dt.date) -> tuple[Any, list[dict[str, Any]]]:
     """Run the main flow for ``day``: its final state and its per-key results."""
+    from config.errors import RunFailedError
+
     state = rds_to_redshift(dataset=str(dataset), run_date=day, profile=str(profile), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    result = state.result(raise_on_failure=False)
+    return state, result.data if isinstance(result, RunFailedError) else result

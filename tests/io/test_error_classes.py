@@ -24,7 +24,7 @@ from tasks.io.objectstore import S3ObjectStore
 from tasks.io.rds_writer import RdsWriter
 from tasks.io.source import SqlSource
 from tasks.io.warehouse import PostgresWarehouse
-from tests.helpers.services import free_port, require_service, unique
+from tests.helpers.services import PG_DSN, free_port, require_service, unique
 
 
 def failure(call: Callable[[], Any]) -> tuple[KeyflowError, float]:
@@ -225,3 +225,53 @@ def test_a_resolver_that_fails_for_now_stays_transient() -> None:
     assert not unknown_host(again) and unknown_host(gone)
     libpq = 'could not translate host name "db.example" to address: Temporary failure in name resolution'
     assert permanent_reason(__import__("psycopg2").OperationalError(libpq)) is None
+
+
+def _dropped() -> list[Exception]:
+    import psycopg2.errors
+    import pymysql
+
+    return [
+        psycopg2.errors.AdminShutdown("terminating connection due to administrator command"),
+        psycopg2.OperationalError("server closed the connection unexpectedly"),
+        psycopg2.InterfaceError("connection already closed"),
+        pymysql.err.OperationalError(2006, "MySQL server has gone away"),
+        pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query"),
+        pymysql.err.InterfaceError(0, ""),
+        pymysql.err.OperationalError(2003, "Can't connect to MySQL server on '127.0.0.1' ([Errno 111] refused)"),
+    ]
+
+
+@pytest.mark.parametrize("driver", _dropped(), ids=lambda e: f"{type(e).__name__}:{e}"[:60])
+def test_a_dropped_connection_is_transient_whichever_call_notices_it(driver: Exception) -> None:
+    """Issue 18: a restart, a failover or a terminated backend retries on a fresh connection, never fails the key."""
+    import psycopg2
+    from sqlalchemy import exc as sa_exc
+
+    from tasks.io.databases import is_disconnect, pg_error, translate_db_error
+
+    assert is_disconnect(driver)
+    wrapped = sa_exc.DBAPIError.instance("SELECT 1", {}, driver, type(driver).__mro__[1])
+    assert isinstance(translate_db_error(wrapped, "extract from source", "u@h:5432/db"), RetryableError)
+    if isinstance(driver, psycopg2.Error):
+        assert isinstance(pg_error(driver, "key 'K1': load", failed="key 'K1': load failed"), RetryableError)
+
+
+def test_a_rollback_on_a_dead_connection_keeps_the_error_that_killed_it(pg: Any) -> None:
+    """`connection already closed` from the rollback must not hide the server's own error (issue 18 item 1)."""
+    import psycopg2
+
+    from tasks.io.databases import rollback_quietly
+
+    conn = psycopg2.connect(PG_DSN)
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+    with pg.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(psycopg2.OperationalError, match="terminating connection|server closed"), conn.cursor() as cur:
+        try:
+            cur.execute("SELECT 1")
+        finally:
+            rollback_quietly(conn)  # raised `InterfaceError: connection already closed` before
+    conn.close()
