@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
-from config.errors import first_line
+from config.errors import RunFailedError, first_line
 from config.loader import load_profile, load_trends
 from flows.common import artifact_key, ends_failed_on_errors, refuse_if_misconfigured, refuse_if_paused
 from tasks.resources import Resources, resources_for
@@ -104,7 +104,10 @@ def trend_scoring(job: str = "trending", profile: str = "local", end: datetime |
     if note := data["late_note"]:
         get_run_logger().warning("%s", note[0].upper() + note[1:])
     if failures:
-        return Failed(message="\n".join(failures), data={**data, "failed": failures, "audiences": 0, "scored": 0})
+        message = "\n".join(failures)  # an exception, not a dict: a deployment run raises what a Failed state holds
+        return Failed(
+            message=message, data=RunFailedError(message, {**data, "failed": failures, "audiences": 0, "scored": 0})
+        )
     scored = score_trends(cfg, resources, until)
     advance_watermark(cfg, resources, until)
     data |= {"audiences": scored.audiences, "scored": scored.scored, "compacted": _compact(cfg, resources, until)}
@@ -180,7 +183,7 @@ def trend_backfill(
     if note := late_note(totals["late"], totals["events"], spec.lateness):
         get_run_logger().warning("%s", note[0].upper() + note[1:])
     if failures:
-        return Failed(message="\n".join(failures), data=rows)
+        return Failed(message="\n".join(failures), data=RunFailedError("\n".join(failures), rows))
     message = f"{len(summaries)} hour(s) recounted, {totals['counted']} event(s) counted"
     if publish:
         scored = score_trends(cfg, resources, b)
