@@ -27,12 +27,11 @@ from tasks.io.warehouse import PostgresWarehouse
 from tests.helpers.services import PG_DSN, free_port, require_service, unique
 
 
-def failure(call: Callable[[], Any]) -> tuple[KeyflowError, float]:
-    """The keyflow error ``call`` raises, and how long it took to raise it."""
-    started = time.perf_counter()
+def failure(call: Callable[[], Any]) -> KeyflowError:
+    """The keyflow error ``call`` raises: its class says whether a task retries it (ConfigError: never)."""
     with pytest.raises(KeyflowError) as caught:
         call()
-    return caught.value, time.perf_counter() - started
+    return caught.value
 
 
 def test_plain_urls_use_the_drivers_keyflow_installs(pg: Any, mysql: Any) -> None:
@@ -89,8 +88,8 @@ def mariadb_user(mysql: Any) -> Iterator[str]:
 def test_a_wrong_password_fails_at_once_naming_the_database(mariadb_user: str) -> None:
     url = f"mysql://{mariadb_user}@127.0.0.1:3306/test"
     SqlSource(url, password="right-Pw-1").ping()
-    error, seconds = failure(SqlSource(url, password="wrong-Pw-2").ping)
-    assert isinstance(error, ConfigError) and seconds < 5
+    error = failure(SqlSource(url, password="wrong-Pw-2").ping)
+    assert isinstance(error, ConfigError)
     assert str(error).startswith(f"connect to source ({mariadb_user}@127.0.0.1:3306/test): Access denied for user")
     assert str(error).endswith("(using password: YES) (error 1045)") and "\n" not in str(error)
     assert "wrong-Pw-2" not in str(error)
@@ -98,36 +97,36 @@ def test_a_wrong_password_fails_at_once_naming_the_database(mariadb_user: str) -
 
 def test_a_missing_database_fails_at_once(pg: Any, mysql: Any) -> None:
     missing = unique("nosuchdb")
-    error, seconds = failure(SqlSource(f"postgresql://postgres@127.0.0.1:5432/{missing}").ping)
-    assert isinstance(error, ConfigError) and seconds < 5
+    error = failure(SqlSource(f"postgresql://postgres@127.0.0.1:5432/{missing}").ping)
+    assert isinstance(error, ConfigError)
     assert str(error) == f'connect to source (postgres@127.0.0.1:5432/{missing}): database "{missing}" does not exist'
     warehouse = PostgresWarehouse(f"postgresql://postgres@127.0.0.1:5432/{missing}")
-    error, _ = failure(lambda: warehouse.check(None, "public"))
+    error = failure(lambda: warehouse.check(None, "public"))
     assert isinstance(error, ConfigError)
     assert (
         str(error) == f'connect to warehouse (postgres@127.0.0.1:5432/{missing}): database "{missing}" does not exist'
     )
-    error, _ = failure(SqlSource(f"mysql://root@127.0.0.1:3306/{missing}").ping)
+    error = failure(SqlSource(f"mysql://root@127.0.0.1:3306/{missing}").ping)
     assert isinstance(error, ConfigError)
     assert str(error) == f"connect to source (root@127.0.0.1:3306/{missing}): Unknown database '{missing}' (error 1049)"
 
 
 def test_an_unknown_host_fails_at_once(aws_endpoint: str) -> None:
     host = "nosuchhost.invalid"
-    error, seconds = failure(SqlSource(f"postgresql://postgres@{host}:5432/test").ping)
-    assert isinstance(error, ConfigError) and seconds < 5
+    error = failure(SqlSource(f"postgresql://postgres@{host}:5432/test").ping)
+    assert isinstance(error, ConfigError)
     assert str(error).startswith(
         f'connect to source (postgres@{host}:5432/test): could not translate host name "{host}"'
     )
-    error, _ = failure(SqlSource(f"mysql://root@{host}:3306/test").ping)
+    error = failure(SqlSource(f"mysql://root@{host}:3306/test").ping)
     assert isinstance(error, ConfigError) and f"Can't connect to MySQL server on '{host}'" in str(error)
     (problem,) = check_queues(f"amqp://guest@{host}:5672/%2F", None, ["q"])
     assert problem.startswith(f"broker guest@{host}:5672/%2F: the host name does not resolve")
-    error, seconds = failure(lambda: RabbitMQSource(f"amqp://guest@{host}:5672/%2F", None, "q", "q_d", 10))
-    assert isinstance(error, ConfigError) and seconds < 5
+    error = failure(lambda: RabbitMQSource(f"amqp://guest@{host}:5672/%2F", None, "q", "q_d", 10))
+    assert isinstance(error, ConfigError)
     store = S3ObjectStore("any-bucket", "us-east-1", f"http://{host}:9000")
-    error, seconds = failure(lambda: store.probe("staging"))
-    assert isinstance(error, ConfigError) and seconds < 10 and "(the host name does not resolve)" in str(error)
+    error = failure(lambda: store.probe("staging"))
+    assert isinstance(error, ConfigError) and "(the host name does not resolve)" in str(error)
 
 
 def test_a_refused_connection_stays_transient() -> None:
@@ -137,17 +136,15 @@ def test_a_refused_connection_stays_transient() -> None:
         lambda: check_queues("amqp://guest@127.0.0.1:1/%2F", None, ["q"]),
         lambda: S3ObjectStore("b", "us-east-1", "http://127.0.0.1:1").probe("staging"),
     ):
-        error, seconds = failure(call)
-        assert isinstance(error, RetryableError) and seconds < 10
+        error = failure(call)
+        assert isinstance(error, RetryableError)
 
 
 def test_a_refused_broker_login_fails_at_once() -> None:
     require_service(5672, "RabbitMQ")
     queue = unique("q")
-    error, seconds = failure(
-        lambda: RabbitMQSource("amqp://guest@127.0.0.1:5672/%2F", "wrong", queue, queue + "_d", 10)
-    )
-    assert isinstance(error, ConfigError) and seconds < 5
+    error = failure(lambda: RabbitMQSource("amqp://guest@127.0.0.1:5672/%2F", "wrong", queue, queue + "_d", 10))
+    assert isinstance(error, ConfigError)
     assert str(error) == (
         f"connect to broker queue {queue!r} (guest@127.0.0.1:5672/%2F): ACCESS_REFUSED: "
         "the broker refused the user name or password"
@@ -160,14 +157,14 @@ def test_a_refused_broker_login_fails_at_once() -> None:
 
 def test_a_missing_bucket_or_table_is_a_config_error(aws_endpoint: str, names: dict[str, str]) -> None:
     store = S3ObjectStore(names["bucket"], "us-east-1", aws_endpoint)
-    error, _ = failure(lambda: store.put_bytes(b"x", "staging/part-1"))
+    error = failure(lambda: store.put_bytes(b"x", "staging/part-1"))
     assert isinstance(error, ConfigError)
     assert str(error) == (
         f"put s3://{names['bucket']}/staging/part-1: NoSuchBucket: The specified bucket does not exist"
     )
     keys = DynamoKeyStore(names["keys_table"], "us-east-1", aws_endpoint)
     assert keys.probe() is False
-    error, _ = failure(lambda: keys.list_keys("facts"))
+    error = failure(lambda: keys.list_keys("facts"))
     assert isinstance(error, ConfigError) and "ResourceNotFoundException" in str(error)
 
 
@@ -199,13 +196,13 @@ def moto_with_auth() -> Iterator[str]:
 
 def test_refused_credentials_fail_at_once(moto_with_auth: str) -> None:
     store = S3ObjectStore("any-bucket", "us-east-1", moto_with_auth)
-    error, seconds = failure(lambda: store.probe("staging"))
-    assert isinstance(error, ConfigError) and seconds < 5
+    error = failure(lambda: store.probe("staging"))
+    assert isinstance(error, ConfigError)
     assert str(error) == (
         "s3://any-bucket/staging/: InvalidAccessKeyId: "
         "The AWS Access Key Id you provided does not exist in our records."
     )
-    error, _ = failure(DynamoKeyStore("any_table", "us-east-1", moto_with_auth).probe)
+    error = failure(DynamoKeyStore("any_table", "us-east-1", moto_with_auth).probe)
     assert isinstance(error, ConfigError)
     assert str(error) == (
         "DynamoDB table any_table: InvalidClientTokenId: The security token included in the request is invalid."
