@@ -20,6 +20,7 @@ from tests.helpers.etl import (
     D2,
     EVIL,
     KEYS,
+    PATHS,
     create_pg_source,
     expected,
     put_keys,
@@ -45,8 +46,12 @@ def pg_setup(pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any) 
         cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
 
 
-def test_loads_exactly_the_active_keys_value_for_value(pg: Any, pg_setup: Any, names: dict[str, str]) -> None:
+@pytest.mark.parametrize("path", list(PATHS))
+def test_loads_exactly_the_active_keys_value_for_value(
+    pg: Any, pg_setup: Any, names: dict[str, str], tmp_path: Path, path: str
+) -> None:
     rows, dataset, profile = pg_setup
+    dataset = write_dataset(tmp_path, names, path=path)
     state, results = run(dataset, profile, D1)
     assert state.is_completed(), state.message
     assert sorted(r["key"] for r in results) == sorted(["K1", "K2", EVIL])
@@ -188,8 +193,9 @@ def test_staged_files_are_encrypted_and_secrets_never_logged(
         assert len(cur.fetchone()[0]) == 64  # HMAC-SHA256 hex: the text itself never reached the warehouse
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 def test_mariadb_source_value_for_value(
-    mysql: Any, pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+    mysql: Any, pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any, path: str
 ) -> None:
     rows = source_rows([k[0] for k in KEYS], per_key=25)
     table = names["src_table"]
@@ -203,7 +209,7 @@ def test_mariadb_source_value_for_value(
     try:
         profile = make_profile(source_url=MYSQL_URL)
         put_keys(profile)
-        dataset = write_dataset(tmp_path, names)
+        dataset = write_dataset(tmp_path, names, path=path)
         state, results = run(dataset, profile, D1)
         assert state.is_completed(), state.message
         assert sorted(r["rows_loaded"] for r in results) == [25, 25, 25]
