@@ -320,7 +320,8 @@ class SqlSource:
                     if session is not None and session.salts:
                         table = f"pg_temp.{SALT_TABLE}"
                         cur.execute(f"CREATE TEMP TABLE {SALT_TABLE} (name text PRIMARY KEY, salt bytea NOT NULL)")
-                        rows = "".join(f"{name}\t\\x{salt.hex()}\n" for name, salt in session.salts.items())
+                        # COPY text format reads a backslash escape itself: "\\\\x" reaches bytea as "\\x" (hex)
+                        rows = "".join(f"{name}\t\\\\x{salt.hex()}\n" for name, salt in session.salts.items())
                         cur.copy_expert(f"COPY {table} (name, salt) FROM STDIN", io.BytesIO(rows.encode()))
                     if count_compiled is not None and session is not None:
                         cur.execute(count_compiled, dict(params))

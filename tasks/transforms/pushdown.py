@@ -265,7 +265,7 @@ class _Compiler:
             columns,
             lambda x: (
                 f'CASE WHEN octet_length({x}) = char_length({x}) THEN {fn}({x} COLLATE "C") '
-                f"ELSE translate({x}, {frm}, {to}) END"
+                f'ELSE translate({fn}({x} COLLATE "C"), {frm}, {to}) END'  # ASCII first, then the rest
             ),
         )
 

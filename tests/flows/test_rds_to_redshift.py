@@ -272,3 +272,30 @@ def test_a_long_key_logs_how_many_rows_it_staged_so_far(
     state, _ = run(dataset, profile, D1)
     assert state.is_completed(), state.message
     assert re.search(r"Staging key 'K1': \d+ rows staged so far \(\d+s\)", caplog.text)
+
+
+@pytest.mark.parametrize("pushdown", [True, False], ids=["filter-on-source", "filter-on-client"])
+def test_a_filtered_key_reconciles_with_the_sources_count(
+    pg: Any, pg_setup: Any, names: dict[str, str], tmp_path: Path, pushdown: bool
+) -> None:
+    """Rows a pushed filter drops never reach keyflow: the source counts the key's slice in the same snapshot."""
+    rows, _, profile = pg_setup
+    dataset = write_yaml(
+        tmp_path / "datasets" / "filtered.yaml",
+        {
+            "name": "facts",
+            "source": {"table": names["src_table"], "key_column": "campaign_key", "pushdown": pushdown},
+            "rules": [{"rename": {"label": "title"}}, {"filter": {"column": "ratio", "op": ">", "value": 0}}],
+            "target": {"schema": names["wh_schema"], "table": "facts"},
+        },
+    )
+    state, results = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    kept = {r[0] for r in rows if r[1] in ("K1", "K2", EVIL) and r[5] is not None and r[5] > 0}
+    for r in results:
+        assert r["rows_extracted"] == 40
+        assert r["rows_filtered"] == 40 - r["rows_staged"] and r["rows_staged"] == r["rows_loaded"]
+    assert sum(r["rows_loaded"] for r in results) == len(kept)
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT id FROM {names['wh_schema']}.facts")
+        assert {r[0] for r in cur.fetchall()} == kept
