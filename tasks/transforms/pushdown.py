@@ -21,8 +21,10 @@ the source either), so these are the only forms pushed:
   server as data (a temporary table filled by ``COPY … FROM STDIN``), never in the statement.
 
 Anything else stays on the client: ``dedupe``, ``encrypt``, float arithmetic (PostgreSQL raises on overflow where
-Arrow gives infinity), date parts, casts that parse or round. Once a rule stays on the client, a later rule is pushed
-only if it is row-local, cannot fail, and touches no column the client rules read or write; the rest follow it.
+Arrow gives infinity), date parts, casts that parse or round; on MySQL/MariaDB also trim, case mapping and the hash.
+Once a rule stays on the client, a later rule is pushed only while every client rule so far keeps columns and rows
+and cannot fail, and only if it cannot fail either (or is a filter) and touches no column the client rules read or
+write: the result is then the same whichever side runs first.
 Every constant reaches SQL as a bound parameter; identifiers are validated and quoted.
 """
 
@@ -427,14 +429,32 @@ class _Compiler:
         self.cols[p.column] = _Col(f"encode({digest}, 'hex')", pa.string())
 
 
-# Rule kinds that keep every column and row and never fail: a later rule may be pushed past them (disjoint columns).
-_TOTAL = {"trim", "lower", "upper"}
+def _arith(e: Expr) -> bool:
+    """Does the expression add, subtract or multiply (which can overflow and fail)?"""
+    if e.op in ("add", "sub", "mul"):
+        return True
+    if e.op in ("col", "lit"):
+        return False
+    arg = getattr(e, e.op)
+    return any(_arith(a) for a in (arg if isinstance(arg, list) else [arg]))
 
 
-def _total(rule: Rule) -> bool:
-    return rule.name in _TOTAL or (
-        rule.name == "privacy" and rule.privacy is not None and rule.privacy.action != "drop"
-    )
+def _total(rule: Rule, cols: dict[str, _Col], compiled: bool) -> bool:
+    """Does the rule keep every column and row and never fail (so another rule may be pushed past it)?
+
+    Trim, case mapping and privacy other than drop; a fill of text columns with text; and, when it compiled for the
+    source (so its casts are exact widenings), a derive without integer arithmetic (division by zero gives null).
+    """
+    name = rule.name
+    if name in ("trim", "lower", "upper"):
+        return True
+    if name == "privacy":
+        return rule.privacy is not None and rule.privacy.action != "drop"
+    if name == "fill" and rule.fill:
+        return all(isinstance(v, str) and c in cols and _is_text(cols[c].type) for c, v in rule.fill.items())
+    if name == "derive" and rule.derive is not None:
+        return compiled and not _arith(rule.derive.expr)
+    return False
 
 
 def _touched(rule: Rule) -> set[str]:
@@ -448,6 +468,7 @@ def plan_pushdown(rules: Sequence[Rule], source: pa.Schema, caps: SourceCapabili
     comp = _Compiler(caps, {f.name: _Col(quote_ident(f.name, caps.dialect), f.type) for f in source})
     placements: list[Placement] = []
     client: list[tuple[int, Rule]] = []
+    client_total = True  # every client rule so far keeps columns and rows and never fails
     client_touched: set[str] = set()
     for i, rule in enumerate(rules):
         name = rule.name
@@ -455,10 +476,8 @@ def plan_pushdown(rules: Sequence[Rule], source: pa.Schema, caps: SourceCapabili
         reason = ""
         if spec is None or name == "dedupe":
             reason = "keeps rows seen across batches" if name == "dedupe" else "empty rule"
-        elif client and not all(_total(r) for _, r in client):
-            reason = "follows a client rule that changes columns, rows or types"
-        elif client and not (_total(rule) or name == "filter"):
-            reason = "follows a client rule, and could fail or change columns"
+        elif client and not client_total:
+            reason = "follows a client rule that changes columns, rows or types, or could fail"
         elif client and _touched(rule) & client_touched:
             reason = "reads or writes a column a client rule touches"
         if not reason:
@@ -468,10 +487,14 @@ def plan_pushdown(rules: Sequence[Rule], source: pa.Schema, caps: SourceCapabili
             except _NotPushed as exc:
                 reason = str(exc)
             else:
-                comp = trial
-                placements.append(Placement(i, name, "source"))
-                continue
+                if client and not (name == "filter" or _total(rule, comp.cols, compiled=True)):
+                    reason = "follows a client rule, and could fail or change columns"
+                else:
+                    comp = trial
+                    placements.append(Placement(i, name, "source"))
+                    continue
         placements.append(Placement(i, name, "client", reason))
+        client_total = client_total and _total(rule, comp.cols, compiled=False)
         client.append((i, rule))
         client_touched |= _touched(rule)
     return Pushdown(

@@ -78,14 +78,50 @@ def test_without_pgcrypto_the_hash_stays_on_the_client_and_says_why() -> None:
     assert [i for i, _ in push.client_rules] == [7] and push.salts == ()
 
 
-def test_mysql_keeps_trim_and_case_on_the_client_and_what_follows_them() -> None:
+def test_mysql_keeps_trim_and_case_on_the_client_and_pushes_what_commutes_with_them() -> None:
     push = plan_pushdown(BENCH, SCHEMA, MY)
     where = {p.index: p.where for p in push.placements}
-    assert where[0] == "source" and where[1] == where[2] == "client"
-    # After trim and lower (which never fail) only rules that never fail either go to the source: a fill could
-    # (a bad value), so it stays, and after it nothing is pushed; the hash needs PostgreSQL.
-    assert all(where[i] == "client" for i in range(3, 8))
-    assert push.placements[3].reason == "follows a client rule, and could fail or change columns"
+    # trim and lower stay (collations, whitespace); they never fail and keep every row, so the rules after them on
+    # other columns still go to the source, except the mask of the trimmed column and the hash (no pgcrypto).
+    assert [where[i] for i in range(8)] == [
+        "source",
+        "client",
+        "client",
+        "source",
+        "source",
+        "source",
+        "client",
+        "client",
+    ]
+    assert push.placements[6].reason == "reads or writes a column a client rule touches"
+
+
+def test_a_client_rule_that_can_fail_keeps_every_later_rule_on_the_client() -> None:
+    push = plan_pushdown(
+        rules(
+            {"cast": {"ratio": "integer"}},
+            {"trim": ["name"]},
+            {"filter": {"column": "id", "op": ">", "value": 0}},
+        ),
+        SCHEMA,
+        PG,
+    )
+    assert [p.where for p in push.placements] == ["client"] * 3
+    assert push.placements[1].reason == "follows a client rule that changes columns, rows or types, or could fail"
+
+
+def test_integer_arithmetic_is_not_pushed_past_a_client_rule() -> None:
+    push = plan_pushdown(
+        rules(
+            {"privacy": {"column": "name", "action": "encrypt", "key": "k"}},
+            {"derive": {"column": "x", "expr": {"add": ["clicks", "imps"]}}},
+            {"derive": {"column": "y", "expr": {"div": ["clicks", "imps"]}}},
+        ),
+        SCHEMA,
+        PG,
+    )
+    assert [p.where for p in push.placements] == ["client", "client", "client"]
+    assert push.placements[1].reason == "follows a client rule, and could fail or change columns"
 
 
 def test_encryption_and_dedupe_stay_on_the_client_and_rules_after_them_too() -> None:
@@ -100,7 +136,7 @@ def test_encryption_and_dedupe_stay_on_the_client_and_rules_after_them_too() -> 
     )
     assert [p.where for p in push.placements] == ["client"] * 3
     assert push.placements[0].reason == "keeps rows seen across batches"
-    assert push.placements[1].reason == "follows a client rule that changes columns, rows or types"
+    assert push.placements[1].reason == "follows a client rule that changes columns, rows or types, or could fail"
 
 
 def test_a_total_client_rule_lets_later_rules_on_other_columns_through() -> None:
