@@ -115,12 +115,19 @@ def render_count_query(base_sql: str) -> str:
 # -- what Arrow does, probed from Arrow itself --------------------------------------------------------------------
 
 
-def _all_code_points() -> pa.Array:
-    """Every Unicode scalar value except NUL as a one-character string array (built from buffers: fast)."""
+PROBED_UP_TO = 0x20000
+"""Code points probed at run time: the Basic and Supplementary Multilingual Planes. Unicode has no case pair and no
+whitespace beyond them (``tests/transforms/test_pushdown.py`` probes the other planes of the installed Arrow)."""
+
+
+def code_points(start: int = 1, stop: int = PROBED_UP_TO) -> pa.Array:
+    """Every Unicode scalar value in [start, stop) as a one-character string array (from buffers: no Python object
+    per code point, a few MB)."""
     import numpy as np
 
-    cps = np.concatenate([np.arange(1, 0xD800), np.arange(0xE000, 0x110000)])
-    data = "".join(map(chr, cps.tolist())).encode("utf-8")
+    cps = np.arange(max(start, 1), stop, dtype=np.int64)
+    cps = cps[(cps < 0xD800) | (cps > 0xDFFF)]
+    data = cps.astype("<u4").tobytes().decode("utf-32-le").encode("utf-8")
     widths = np.where(cps < 0x80, 1, np.where(cps < 0x800, 2, np.where(cps < 0x10000, 3, 4)))
     offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int32)
     return pa.StringArray.from_buffers(len(cps), pa.py_buffer(offsets.tobytes()), pa.py_buffer(data))
@@ -129,7 +136,7 @@ def _all_code_points() -> pa.Array:
 @functools.cache
 def arrow_whitespace() -> str:
     """The code points ``utf8_trim_whitespace`` removes, probed from the installed Arrow."""
-    chars = _all_code_points()
+    chars = code_points()
     return "".join(chars.filter(pc.equal(pc.utf8_trim_whitespace(chars), "")).to_pylist())
 
 
@@ -139,7 +146,7 @@ def arrow_case_map(upper: bool) -> tuple[str, str] | None:
 
     ``None`` when some code point maps to more (or fewer) than one code point: ``translate`` could not express it.
     """
-    chars = _all_code_points()
+    chars = code_points()
     mapped = (pc.utf8_upper if upper else pc.utf8_lower)(chars)
     changed = pc.not_equal(mapped, chars)
     frm, to = chars.filter(changed), mapped.filter(changed)

@@ -15,8 +15,10 @@ from config.models import Rule
 from tasks.transforms.csvscan import CsvRecordCounter
 from tasks.transforms.pushdown import (
     SourceCapabilities,
+    PROBED_UP_TO,
     arrow_case_map,
     arrow_whitespace,
+    code_points,
     plan_pushdown,
     render_count_query,
     render_pushed_query,
@@ -214,6 +216,15 @@ def test_arrows_whitespace_and_case_maps_are_probed_from_arrow() -> None:
     assert " " in ws and "\u3000" in ws and "\u00a0" in ws and "\u200b" not in ws
     frm, to = arrow_case_map(upper=False) or ("", "")
     assert len(frm) == len(to) > 1000 and to[frm.index("Ä")] == "ä" and "A" not in frm
+
+
+def test_no_code_point_beyond_the_probed_planes_is_whitespace_or_changes_case_in_arrow() -> None:
+    import pyarrow.compute as pc
+
+    rest = code_points(PROBED_UP_TO, 0x110000)
+    assert len(rest) == 0x110000 - PROBED_UP_TO
+    for fn in (pc.utf8_lower, pc.utf8_upper, pc.utf8_trim_whitespace):
+        assert pc.all(pc.equal(fn(rest), rest)).as_py()
 
 
 @settings(max_examples=200, deadline=None)
