@@ -273,9 +273,9 @@ def main() -> None:
     bindir = Path(python).parent
     load_before = os.getloadavg()
     ensure_pg_data(args.rebuild)
-    print_split()
     if "mariadb" not in args.skip:
         ensure_mysql_data(args.rebuild)
+    print_split()
     results: dict[str, Any] = {}
     tmp = Path(tempfile.gettempdir(), "keyflow-bench")  # kept after the run, to rerun one contender by hand
     tmp.mkdir(exist_ok=True)

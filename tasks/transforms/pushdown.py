@@ -121,8 +121,10 @@ whitespace beyond them (``tests/transforms/test_pushdown.py`` probes the other p
 
 
 def code_points(start: int = 1, stop: int = PROBED_UP_TO) -> pa.Array:
-    """Every Unicode scalar value in [start, stop) as a one-character string array (from buffers: no Python object
-    per code point, a few MB)."""
+    """Every Unicode scalar value in [start, stop) as a one-character string array.
+
+    Built from buffers: no Python object per code point, a few MB.
+    """
     import numpy as np
 
     cps = np.arange(max(start, 1), stop, dtype=np.int64)

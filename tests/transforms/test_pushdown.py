@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from config.models import Rule
 from tasks.transforms.csvscan import CsvRecordCounter
 from tasks.transforms.pushdown import (
-    SourceCapabilities,
     PROBED_UP_TO,
+    SourceCapabilities,
     arrow_case_map,
     arrow_whitespace,
     code_points,
