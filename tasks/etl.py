@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -9,6 +10,7 @@ from datetime import date
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
 from config.errors import ConfigError, KeyFailedError, KeyflowError, PausedError
 from config.models import DatasetConfig
@@ -104,6 +106,14 @@ def list_active_keys(dataset: str, run_date: date, resources: Resources) -> list
 PROGRESS_SECONDS = 10.0  # how often a key still staging logs its progress
 
 
+def _logger() -> Any:
+    """The run's logger; ``stage_rows`` also runs outside a task (a helper process that stages, then crashes)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("keyflow.etl")
+
+
 @dataclass(frozen=True)
 class Route:
     """How one key travels: the rules pushed into the source's query (if any), and whether bytes pass through."""
@@ -174,7 +184,7 @@ def stage_rows(
         raise KeyFailedError(f"key {key.key!r}: extraction is switched off (source_max_connections is 0)")
     if route.push is not None:
         on_client = [p for p in route.push.placements if p.where == "client"]
-        get_run_logger().info(
+        _logger().info(
             "Key %r: %d rule(s) computed by the source, %d by keyflow%s; %s",
             key.key,
             len(route.push.placements) - len(on_client),
@@ -204,7 +214,7 @@ def stage_rows(
         nonlocal report_at
         if time.perf_counter() >= report_at:  # a long key says how far it got, in the log and on the TTY
             report_at = time.perf_counter() + PROGRESS_SECONDS
-            get_run_logger().info(
+            _logger().info(
                 "Staging key %r: %d rows staged so far (%.0fs)",
                 key.key,
                 staged_so_far,
