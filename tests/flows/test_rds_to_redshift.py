@@ -23,6 +23,7 @@ from tests.helpers.etl import (
     PATHS,
     create_pg_source,
     expected,
+    masked,
     put_keys,
     run,
     source_rows,
@@ -299,3 +300,58 @@ def test_a_filtered_key_reconciles_with_the_sources_count(
     with pg.cursor() as cur:
         cur.execute(f"SELECT id FROM {names['wh_schema']}.facts")
         assert {r[0] for r in cur.fetchall()} == kept
+
+
+def test_a_hash_computed_by_pgcrypto_equals_keyflows_and_the_salt_stays_out_of_the_logs(
+    pg: Any,
+    tmp_path: Path,
+    names: dict[str, str],
+    make_profile: Any,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A source database with pgcrypto computes the salted hash: every rule runs there and the bytes pass through."""
+    import hashlib
+    import hmac
+
+    import psycopg2
+
+    from tests.helpers.services import PG_DSN, PG_URL, unique
+
+    db = unique("kf_crypto")
+    pg_admin = pg
+    with pg_admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db} TEMPLATE template0 ENCODING 'UTF8'")
+    src = psycopg2.connect(PG_DSN.replace("dbname=test", f"dbname={db}"))
+    src.autocommit = True
+    try:
+        with src.cursor() as cur:
+            cur.execute("CREATE EXTENSION pgcrypto")
+        rows = source_rows([k[0] for k in KEYS], per_key=20)
+        create_pg_source(src, names["src_table"], rows)
+        profile = make_profile(source_url=PG_URL.rsplit("/", 1)[0] + f"/{db}")
+        put_keys(profile)
+        dataset = write_dataset(tmp_path, names)
+        ds = __import__("yaml").safe_load(dataset.read_text())
+        ds["rules"].append({"privacy": {"column": "title", "action": "hash", "salt_secret": "email_salt"}})
+        write_yaml(dataset, ds)
+        caplog.set_level(logging.DEBUG)
+        state, _ = run(dataset, profile, D1)
+        assert state.is_completed(), state.message
+        assert "3 rule(s) computed by the source, 0 by keyflow; CSV bytes passed through unparsed" in caplog.text
+
+        secret = "s3nt1nel-salt-never-logged"  # the conftest's KEYFLOW_EMAIL_SALT
+        salt = secret.encode()
+
+        def hashed(v: str | None) -> str | None:
+            return None if v is None else hmac.new(salt, v.encode(), hashlib.sha256).hexdigest()
+
+        want = [(*r[:3], hashed(r[3]), *r[4:8], masked(r[8])) for r in rows if r[1] in ("K1", "K2", EVIL)]
+        assert warehouse(pg, names) == want
+        out, errs = capfd.readouterr()
+        assert secret not in caplog.text and secret not in out and secret not in errs
+    finally:
+        src.close()
+        with pg_admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
