@@ -28,6 +28,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from isal import igzip, isal_zlib
 import pyarrow.parquet as pq
 
 from config.errors import ConfigError, KeyFailedError, RetryableError, first_line
@@ -52,6 +53,8 @@ MANIFEST = "_compaction.json"
 USER_KEY_META = "keyflow.user_key"  # a compacted file's metadata: the version of the hash its user_key column holds
 CHUNK_BYTES = 2 << 20  # of inflated JSON lines parsed at once
 PARQUET_BATCH_ROWS = 1 << 17
+GZIP_ERRORS = (OSError, EOFError, zlib.error, isal_zlib.error)
+"""What inflating a damaged gzip stream raises (``OSError`` covers ``gzip.BadGzipFile``)."""
 
 
 def hour_prefix(prefix: str, hour: datetime) -> str:
@@ -317,9 +320,12 @@ class FileReport:
 
 
 def jsonl_chunks(raw: IO[bytes] | pa.NativeFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """A gzip JSON lines stream inflated as chunks of whole lines."""
-    native = raw if isinstance(raw, pa.NativeFile) else pa.PythonFile(raw, mode="r")
-    stream = pa.CompressedInputStream(native, "gzip")
+    """A gzip JSON lines stream inflated as chunks of whole lines.
+
+    Inflated by ISA-L (``isal``): a third of zlib's CPU time, which was a fifth of reading a file. A stream that is
+    not gzip raises ``OSError``, a cut one ``EOFError``, a damaged one :data:`GZIP_ERRORS`.
+    """
+    stream = igzip.IGzipFile(fileobj=raw, mode="rb")
     tail = b""
     while True:
         data = stream.read(chunk_bytes)
@@ -367,7 +373,7 @@ def read_archive_file(
                     yield with_arrival(parsed.events, file.uploaded)
     except (ConnectionError, TimeoutError) as exc:
         raise RetryableError(f"read s3://{file.key}: {first_line(exc)}") from None
-    except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as exc:
+    except (pa.ArrowInvalid, *GZIP_ERRORS) as exc:
         damage = "not a Parquet file" if file.key.endswith(".parquet") else "not gzip JSON lines"
         where = f" (after line {report.lines})" if report.lines else ""
         report.quarantined = f"{damage}{where}: {first_line(exc)}"
