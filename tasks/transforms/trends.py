@@ -14,7 +14,7 @@ Score of an article for a (gender, segment), over the windows of the last ``max_
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -156,20 +156,40 @@ KEYED_SCHEMA = pa.schema(
 class ArticleNames:
     """The article id behind each 64-bit article key, gathered batch by batch (thread-safe, each key kept once)."""
 
+    _SLOTS = 1 << 20  # a key's last slot: "seen already" at the cost of one lookup, exact (a slot holds a whole key)
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._keys: list[np.ndarray] = []
         self._names: list[pa.Array] = []
         self._rows = 0
+        self._seen = np.zeros(self._SLOTS, np.uint64)
 
     def add(self, keys: np.ndarray, names: pa.Array) -> None:
         """Record that ``keys[i]`` stands for ``names[i]``."""
         with self._lock:
-            self._keys.append(keys)
-            self._names.append(names.cast(pa.string()))
-            self._rows += len(keys)
-            if self._rows > 1 << 20:  # keep memory to the distinct articles
-                self._compact()
+            self._add(keys, names)
+
+    def _add(self, keys: np.ndarray, names: pa.Array) -> None:
+        self._keys.append(keys)
+        self._names.append(names.cast(pa.string()))
+        self._rows += len(keys)
+        self._seen[keys & np.uint64(self._SLOTS - 1)] = keys
+        if self._rows > 1 << 20:  # keep memory to the distinct articles
+            self._compact()
+
+    def add_new(self, keys: np.ndarray, names_at: Callable[[np.ndarray], list[str]]) -> None:
+        """Record the names of the keys not recorded yet; ``names_at(i)`` names ``keys[i]`` for positions ``i``.
+
+        A key found in its slot is certainly recorded; one that is not (never seen, or its slot was taken since)
+        is recorded again, which :meth:`table` keeps once.
+        """
+        with self._lock:
+            new = np.flatnonzero((self._seen[keys & np.uint64(self._SLOTS - 1)] != keys) | (keys == 0))
+            if not len(new):
+                return
+            unique, first = np.unique(keys[new], return_index=True)
+            self._add(unique, pa.array(names_at(new[first]), pa.string()))
 
     def _compact(self) -> None:
         keys = np.concatenate(self._keys)
@@ -194,6 +214,10 @@ def keyed_events(table: pa.Table | pa.RecordBatch, names: ArticleNames) -> pa.Ta
     dictionary alone.
     """
     n = table.num_rows
+    if "article_key" in table.column_names:  # keyed already (ingestion's layout read, or held back and released)
+        if "held" not in table.column_names:
+            table = table.append_column("held", pa.nulls(n, pa.bool_()))
+        return pa.Table.from_arrays([table[f.name] for f in KEYED_SCHEMA], schema=KEYED_SCHEMA)
     if "user_key" in table.column_names:
         user_key = table["user_key"]
     else:
