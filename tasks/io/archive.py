@@ -333,13 +333,15 @@ def jsonl_chunks(raw: IO[bytes] | pa.NativeFile, chunk_bytes: int = CHUNK_BYTES)
         data = stream.read(chunk_bytes)
         if not data:
             break
-        buf = tail + data if tail else data
-        cut = buf.rfind(b"\n") + 1
-        if cut == 0 and len(buf) < 64 * chunk_bytes:
-            tail = buf  # one long line: keep reading until it ends (a runaway line is cut and rejected as such)
+        cut = data.rfind(b"\n") + 1  # found in the new bytes: the chunk is copied once, not twice
+        if cut == 0 and len(tail) + len(data) < 64 * chunk_bytes:
+            tail += data  # one long line: keep reading until it ends (a runaway line is cut and rejected as such)
             continue
-        cut = cut or len(buf)
-        chunk, tail = buf[:cut], buf[cut:]
+        cut = cut or len(data)
+        if cut == len(data):
+            chunk, tail = (tail + data if tail else data), b""
+        else:
+            chunk, tail = tail + data[:cut], data[cut:]
         yield chunk
     if tail:
         yield tail

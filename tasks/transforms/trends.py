@@ -156,7 +156,7 @@ KEYED_SCHEMA = pa.schema(
 class ArticleNames:
     """The article id behind each 64-bit article key, gathered batch by batch (thread-safe, each key kept once)."""
 
-    _SLOTS = 1 << 20  # a key's last slot: "seen already" at the cost of one lookup, exact (a slot holds a whole key)
+    _SLOTS = 1 << 18  # a key's last slot: "seen already" at the cost of one lookup, exact (a slot holds a whole key)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
