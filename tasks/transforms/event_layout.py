@@ -148,33 +148,33 @@ def _number(d: np.ndarray, at: int, n: int) -> np.ndarray:
 _DATE_HOUR = np.uint64((1 << 40) - 1)  # of a time's second word: "DDTHH", the rest of its date and hour
 
 
-def _times(words: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _times(words: np.ndarray, length: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Epoch microseconds of ``isoformat`` UTC times (row words from :data:`_LEAD`), and which are certainly good.
+
+    Only ``rows`` are read (the others are not good).
 
     Each form (length) present is read with one template for its rows: nearly always one form for a whole chunk,
     and ``isoformat`` leaves out a zero fraction, so a second one is few rows.
     """
-    kinds = _TIME_KIND[length]
+    kinds = np.where(rows, _TIME_KIND[length], len(_TIME_TEXTS))  # only ``rows`` are read
     w = np.ascontiguousarray(words[:, _LEAD // 8 : _LEAD // 8 + 4].T)  # a row of words is a cache line
     counts = np.bincount(kinds, minlength=len(_TIME_TEXTS) + 1)
     present = np.flatnonzero(counts[: len(_TIME_TEXTS)])
     if len(present) == 1:
-        us, ok = _times_of(w, int(present[0]))
-        return us, ok & (kinds == present[0])
+        return _times_of(w, int(present[0]), kinds == present[0])
     us, ok = np.zeros(len(length), np.int64), np.zeros(len(length), bool)
     for kind in present.tolist():
         rows = np.flatnonzero(kinds == kind)
-        us[rows], ok[rows] = _times_of(w[:, rows], kind)
+        us[rows], ok[rows] = _times_of(w[:, rows], kind, np.ones(len(rows), bool))
     return us, ok
 
 
-def _times_of(w: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_times` for times of one form (``w``: their four words, one row each).
+def _times_of(w: np.ndarray, kind: int, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_times` for times of one form (``w``: their four words, one row each; ``ok``: the rows to read).
 
     The date and hour (the first 13 bytes) are nearly always one for all of them (a file holds an hour of event
-    times): then they are read once, and each time only for its minutes, seconds, fraction and zone.
+    times): they are read once, and each time only for its minutes, seconds, fraction and zone.
     """
-    ok = np.ones(w.shape[1], bool)
     d: list[np.ndarray] = list(w)  # then: digit bytes hold their value, other bytes zero
     for i in (1, 2, 3):  # from the 14th byte: ":MM:SS", a fraction, the zone
         mask, value, digit = (t[kind, i] for t in _TIME_TABLES)
@@ -190,11 +190,22 @@ def _times_of(w: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
     us = (minute * 60 + second) * 1_000_000
     if _TIME_LENGTHS[kind] in (27, 32):  # six digits of fraction
         us += _number(d[2], 4, 4) * 100 + _number(d[3], 0, 2)
-    if w.shape[1] and (w[0] == w[0, 0]).all() and ((w[1] & _DATE_HOUR) == (w[1, 0] & _DATE_HOUR)).all():
-        hour_us, hour_ok = _date_hour(w[0, :1], w[1, :1])
-    else:
-        hour_us, hour_ok = _date_hour(w[0], w[1])
-    return us + hour_us, ok & hour_ok
+    good = np.flatnonzero(ok)
+    if not len(good):
+        return us, ok
+    # The date and hour of the first good row, and the rows whose date and hour are other (read one by one).
+    date_hour = w[1] & _DATE_HOUR
+    first = good[:1]
+    same = (w[0] == w[0, first[0]]) & (date_hour == date_hour[first[0]])
+    hour_us, hour_ok = _date_hour(w[0, first], w[1, first])
+    us += hour_us[0]
+    ok &= same & hour_ok[0] | ~same
+    other = np.flatnonzero(ok & ~same)
+    if len(other):
+        other_us, other_ok = _date_hour(w[0, other], w[1, other])
+        us[other] += other_us - hour_us[0]
+        ok[other] &= other_ok
+    return us, ok
 
 
 def _date_hour(w0: np.ndarray, w1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -288,8 +299,8 @@ def read_layout(chunk: bytes) -> Layout:
     # (no field is missing, no id is too long), so it is rejected here, whatever its times.
     unknown = np.flatnonzero(ok & ~(click | impression))
     ok &= click | impression
-    ts, ts_ok = _times(words[1], lengths[1])
-    received, received_ok = _times(words[5], lengths[5])
+    ts, ts_ok = _times(words[1], lengths[1], ok)
+    received, received_ok = _times(words[5], lengths[5], ok)
     ok &= ts_ok & received_ok
     keep: slice | np.ndarray = slice(None) if ok.all() else np.flatnonzero(ok)
     taken = cand[keep]

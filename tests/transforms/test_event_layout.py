@@ -51,8 +51,9 @@ def assert_same(chunk: bytes, first_line: int = 1) -> KeyedLines:
 
 
 def test_ingestions_own_lines_are_read_by_the_layout_alone() -> None:
+    # Times over several hours and days (a month's end too), one without a fraction (isoformat leaves it out).
     events = [
-        Event(f"id-{i}", T + dt.timedelta(seconds=i, microseconds=i * 7), f"a{i % 3}", f"u{i}", action, T)
+        Event(f"id-{i}", T + dt.timedelta(minutes=97 * i, microseconds=i * 7), f"a{i % 3}", f"u{i}", action, T)
         for i, action in enumerate(["click", "impression"] * 50)
     ]
     chunk = jsonl(e.as_json() for e in events)
