@@ -333,7 +333,6 @@ def read_layout(chunk: bytes) -> Layout:
     )
 
 
-_ACTION_NAMES = pa.array(["impression", "click"])
 COUNT_SCHEMA = KEYED_SCHEMA.remove(KEYED_SCHEMA.get_field_index("held"))
 """What :func:`keyed_lines` returns: the events as counting reads them, before the duplicate filter marks any."""
 
@@ -376,7 +375,7 @@ def keyed_lines(
         [
             pa.Array.from_buffers(TS, n, [None, pa.py_buffer(read.ts)]),
             pa.Array.from_buffers(TS, n, [None, pa.py_buffer(read.received_at)]),
-            _ACTION_NAMES.take(pa.array(read.click.view(np.int8))),
+            pa.array(read.click),
             pa.array(read.user_key),
             pa.array(read.article_key),
         ],

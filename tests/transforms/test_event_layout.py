@@ -60,7 +60,7 @@ def test_ingestions_own_lines_are_read_by_the_layout_alone() -> None:
     fast = assert_same(chunk)
     assert fast.in_layout == 100 and fast.events.num_rows == 100 and not fast.rejected
     assert fast.events["ts"].to_pylist() == [e.ts for e in events]
-    assert fast.events["action"].to_pylist() == [e.action for e in events]
+    assert fast.events["click"].to_pylist() == [e.action == "click" for e in events]
     read = read_layout(chunk)
     assert len(read.rest) == 0 and (read.line == np.arange(100)).all()
 
