@@ -5,17 +5,20 @@ six fields in one order, times from ``isoformat``)::
 
     {"event_id":"…","ts":"2026-11-27T10:05:33+00:00","article_id":"…","user_id":"…","action":"click","received_at":"…"}
 
-Such a line is read from the positions of its quotes: its skeleton (everything outside the six values) is compared
-byte for byte, ids are hashed straight from their bytes (:func:`tasks.transforms.hashing.hash_ids`'s hash, so keys
-agree with every other reader), times are read from their digits. No text column is built, which is what made a
-general JSON reader and its checks most of a trend run's CPU time.
+Such a line is read field by field: its skeleton (everything outside the six values) is compared 8 bytes at a time,
+each value ends at its first quote, ids are hashed straight from their bytes (with
+:func:`tasks.transforms.hashing.hash_ids`'s hash, so keys agree with every other reader), times are read from their
+digits. No text column is built, which is what made a general JSON reader and its checks most of a trend run's CPU
+time.
 
 A line is taken here only when it is certainly an event that the general reader (:mod:`tasks.transforms.event_lines`)
 would accept with the same values: plain ASCII without escapes or control bytes, the exact skeleton, non-empty ids
-short enough to read in one go, a known action, and times in one of ``isoformat``'s UTC forms (``Z`` or ``+00:00``,
-whole seconds or six digits of fraction) that name a real date and time in 1970 or later. Every other line, good or
-bad (blank lines, numeric ids, other time zones, long ids, CRLF, malformed ones), is left to the general reader,
-which decides it and says why; :func:`read_layout` returns which lines those are.
+short enough to read in one go (48 bytes), a known action, and times in one of ``isoformat``'s UTC forms (``Z`` or
+``+00:00``, whole seconds or six digits of fraction) that name a real date and time in 1970 or later. A line that is
+all that but for its action is rejected here for it, in the general reader's words (the action is the first of its
+rules such a line breaks). Every other line, good or bad (blank lines, numeric ids, other time zones, long ids, CRLF,
+malformed ones), is left to the general reader, which decides it and says why; :func:`read_layout` returns which
+lines those are.
 """
 
 from __future__ import annotations
