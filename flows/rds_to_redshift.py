@@ -25,7 +25,7 @@ from flows.common import (
     ride_out,
     settled,
 )
-from tasks.cleanup import staged_run
+from tasks.cleanup import staged_run, sweep_dead_runs
 from tasks.etl import KeyResult, list_active_keys, load_key, prepare_target, remove_inactive_keys, stage_key
 from tasks.resources import Resources, resources_for
 from tasks.transforms.keys import CampaignKey
@@ -61,6 +61,7 @@ def rds_to_redshift(
     if refused := refuse_if_misconfigured(ds, resources):
         return refused
     spec = prepare_target.with_options(**ride_out(resources))(ds, resources)
+    sweep_dead_runs(resources, ds.name)  # what killed runs of this dataset left (stale leases), before staging
     keys = list_active_keys(ds.name, day, resources)
     if not keys:
         logger.info("Nothing to do: no key of %s is active on %s", ds.name, day)

@@ -71,6 +71,12 @@ class ObjectStore(Protocol):
     def probe(self, prefix: str, write: bool = ...) -> None:
         """Check, before a run, that ``prefix`` can be listed and, when ``write``, written."""
 
+    def incomplete_uploads(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Multipart uploads under ``prefix`` that were started and never completed."""
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort an incomplete multipart upload, dropping its parts."""
+
 
 class S3ObjectStore:
     """A bucket reached through boto3 (a moto server or real S3)."""
