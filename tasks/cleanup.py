@@ -364,24 +364,24 @@ def sweep_dead_runs(resources: Resources, dataset: str) -> Swept:
     """
     logger = get_run_logger()
     store, prof = resources.object_store(), resources.profile
+    runs: list[StagedRun] = []
+    deleted = aborted = 0
     try:
-        runs = dead_runs(resources, dataset)
-        deleted = sum(store.delete_prefix(run.prefix) for run in runs)
+        for run in dead_runs(resources, dataset):
+            deleted += store.delete_prefix(run.prefix)
+            runs.append(run)
         gone = {run.prefix for run in runs}
-        uploads = [
-            u
-            for u in store.incomplete_uploads(join_under(prof.prefix, dataset) + "/")
-            if run_of(prof.prefix, str(u["Key"])) in gone
-        ]
-        for upload in uploads:
-            store.abort_upload(str(upload["Key"]), str(upload["UploadId"]))
+        if gone:  # a killed multipart upload's parts are not objects yet: only the upload listing shows them
+            for upload in store.incomplete_uploads(join_under(prof.prefix, dataset) + "/"):
+                if run_of(prof.prefix, str(upload["Key"])) in gone:
+                    store.abort_upload(str(upload["Key"]), str(upload["UploadId"]))
+                    aborted += 1
     except KeyflowError as exc:
-        logger.warning("Leftovers of killed runs not swept (`keyflow cleanup` removes them later): %s", exc)
-        return Swept()
+        logger.warning("Leftovers of killed runs not all swept (`keyflow cleanup` removes the rest): %s", exc)
     folders = _dead_folders()
     for folder in folders:
         shutil.rmtree(folder.path, ignore_errors=True)
-    swept = Swept(tuple(run.run_id for run in runs), deleted, len(uploads), len(folders))
+    swept = Swept(tuple(run.run_id for run in runs), deleted, aborted, len(folders))
     if runs or folders:
         logger.info("%s", swept.line(dataset))
     return swept

@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.flows.test_cleanup import dead_pid
 from tests.flows.test_interrupts import KEYFLOW, interrupt, keyflow_env, slow_etl, staged
 from tests.helpers.services import processes_with
@@ -66,9 +68,12 @@ def _target_schema(dataset: Path) -> str:
     return str(yaml.safe_load(dataset.read_text())["target"]["schema"])
 
 
+@pytest.mark.usefixtures("prefect_harness")
 def test_the_sweep_takes_only_dead_runs(make_profile: Any) -> None:
+    from prefect import flow
+
     from config.loader import load_profile
-    from tasks.cleanup import RunLease, dead_runs
+    from tasks.cleanup import RunLease, Swept, dead_runs, sweep_dead_runs
     from tasks.resources import object_store_for, resources_for
     from tasks.transforms.staging import lease_record
 
@@ -96,8 +101,27 @@ def test_the_sweep_takes_only_dead_runs(make_profile: Any) -> None:
     put_run("other", "2017-03-20-141414-0a0a0a0a", lease_record("r", f"{host}:{dead_pid()}", now, 300))
     remote = put_run("facts", "2017-03-20-151515-0b0b0b0b", lease_record("r", "elsewhere:1", now, 300))
 
+    killed_upload = store._s3.create_multipart_upload(Bucket=store.bucket, Key=f"staging/facts/{killed}/K2/part-00000")
+    live_upload = store._s3.create_multipart_upload(Bucket=store.bucket, Key=f"staging/facts/{live}/K2/part-00000")
+
     resources = resources_for(profile)
     assert [r.run_id for r in dead_runs(resources, "facts")] == [killed]
     # A lease no one renewed for longer than LEASE_SECONDS: its holder (on another host) is presumed dead too.
     later = datetime.now(UTC) + timedelta(seconds=301)
     assert sorted(r.run_id for r in dead_runs(resources, "facts", now=later)) == sorted([killed, live, remote])
+
+    before = set(store.list_keys("staging/"))
+
+    @flow
+    def sweep() -> Swept:
+        return sweep_dead_runs(resources, "facts")
+
+    swept = sweep()
+    assert (swept.runs, swept.objects, swept.uploads) == ((killed,), 2, 1)  # its part and its lease; its upload
+    assert before - set(store.list_keys("staging/")) == {
+        f"staging/facts/{killed}/K1/part-00000.csv.zst",
+        f"staging/facts/{killed}/_lease.json",
+    }
+    uploads = {u["UploadId"] for u in store.incomplete_uploads("staging/")}
+    assert live_upload["UploadId"] in uploads and killed_upload["UploadId"] not in uploads
+    assert swept.line("facts").startswith(f"Swept what killed runs of facts left: 2 staged object(s) of run {killed}")
