@@ -22,12 +22,12 @@ from flows.common import (
     gather,
     refuse_if_misconfigured,
     refuse_if_paused,
+    ride_out,
     settled,
 )
-from tasks.cleanup import staged_run
+from tasks.cleanup import staged_run, sweep_dead_runs
 from tasks.etl import KeyResult, list_active_keys, load_key, prepare_target, remove_inactive_keys, stage_key
 from tasks.resources import Resources, resources_for
-from tasks.retries import backoff_within
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.sql import TableSpec
 from tasks.transforms.staging import StagedKey
@@ -60,7 +60,8 @@ def rds_to_redshift(
     resources = resources_for(prof)
     if refused := refuse_if_misconfigured(ds, resources):
         return refused
-    spec = prepare_target.with_options(**_ride_out(resources))(ds, resources)
+    spec = prepare_target.with_options(**ride_out(resources))(ds, resources)
+    sweep_dead_runs(resources, ds.name)  # what killed runs of this dataset left (stale leases), before staging
     keys = list_active_keys(ds.name, day, resources)
     if not keys:
         logger.info("Nothing to do: no key of %s is active on %s", ds.name, day)
@@ -68,7 +69,7 @@ def rds_to_redshift(
     with staged_run(resources, ds.name, run_id):  # a lease while it runs; SIGINT/SIGTERM remove what it staged
         results = _load_keys(keys, ds, resources, spec, run_id, day)
     if ds.target.load_mode == "replace_table" and all(r.status == "loaded" for r in results):
-        remove_inactive_keys.with_options(**_ride_out(resources))(resources, spec, [k.key for k in keys])
+        remove_inactive_keys.with_options(**ride_out(resources))(resources, spec, [k.key for k in keys])
     _publish_summary(ds.name, day, run_id, results)
     return _final_state(results)
 
@@ -82,19 +83,13 @@ def _load_keys(
     keys: list[CampaignKey], ds: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, day: date
 ) -> list[KeyResult]:
     """Stage then load every key, one parallel branch per key; each key's result, a failed branch's included."""
-    ride_out = _ride_out(resources)
-    staged = stage_key.with_options(**ride_out).map(
+    retries = ride_out(resources)
+    staged = stage_key.with_options(**retries).map(
         keys, unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
     )
     # A load's retry loads the files its key staged: a fault on the warehouse side never extracts the key again.
-    loaded = load_key.with_options(**ride_out).map(staged, unmapped(ds), unmapped(resources), unmapped(spec))
+    loaded = load_key.with_options(**retries).map(staged, unmapped(ds), unmapped(resources), unmapped(spec))
     return gather(list(zip(keys, staged, strict=True)), loaded, _branch_failure)
-
-
-def _ride_out(resources: Resources) -> dict[str, Any]:
-    """Retry options of the steps that talk to the databases: connection trouble retried for the profile's window."""
-    prof = resources.profile
-    return backoff_within(prof.retry_window_seconds, prof.retry_backoff_seconds)
 
 
 def _branch_failure(branch: tuple[CampaignKey, PrefectFuture[StagedKey]], load: State[Any]) -> KeyResult:

@@ -115,8 +115,8 @@ def backoff_delays(window: float, first: float, cap: float = MAX_BACKOFF) -> lis
 def backoff_within(window: float, first: float, jitter: float = 0.5) -> dict[str, Any]:
     """``@task`` options: transient errors retried with exponential backoff and jitter for up to ``window`` seconds.
 
-    For the keys of the ETL: a database failover or restart (60-120 s on RDS Multi-AZ) is ridden out within the
-    profile's ``retry_window_seconds``; ``first`` is its ``retry_backoff_seconds``.
+    For the I/O steps of every flow (``flows.common.ride_out``): a database failover or restart (60-120 s on RDS
+    Multi-AZ) is ridden out within the profile's ``retry_window_seconds``; ``first`` is its ``retry_backoff_seconds``.
     """
     return retrying(*backoff_delays(window, first), jitter=jitter, deadline=window)
 

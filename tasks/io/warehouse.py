@@ -8,7 +8,9 @@ previous rows.
 from __future__ import annotations
 
 import gzip
+import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
@@ -48,6 +50,7 @@ from tasks.transforms.sql import (
     render_ledger_delete,
     render_ledger_insert,
     render_ledger_keys,
+    render_lock_target,
     render_merge,
     render_merge_index,
     render_redshift_copy,
@@ -307,6 +310,13 @@ class RedshiftWarehouse(_PsycopgWarehouse):
 
     dialect = "redshift"
 
+    def _lock_key(self, cur: Any, spec: TableSpec, key: str) -> None:
+        """``LOCK`` the target until the transaction ends (Redshift has no advisory locks).
+
+        A second run loading the same key waits for the first to commit, then replaces its rows.
+        """
+        cur.execute(render_lock_target(spec, self.dialect))
+
     def __init__(
         self, url: str, password: str | None, iam_role: str, region: str | None, credentials: Any = None
     ) -> None:
@@ -336,29 +346,58 @@ class RedshiftWarehouse(_PsycopgWarehouse):
         return int(cur.fetchone()[0])
 
 
+def _held_elsewhere(exc: BaseException) -> bool:
+    """Whether DuckDB refused to open a file because another process holds its lock (one writing process per file)."""
+    return "Could not set lock on file" in str(exc)
+
+
 class DuckDBWarehouse:
-    """Embedded warehouse in one DuckDB file (the no-server default)."""
+    """Embedded warehouse in one DuckDB file (the no-server default).
+
+    DuckDB lets one process at a time open a file for writing. Another keyflow process that holds it (a second run,
+    a backfill) is waited for, up to ``lock_wait_seconds`` (the profile's ``retry_window_seconds``), then the step
+    fails with a :class:`RetryableError` and retries within its window: two runs take turns, neither fails.
+    """
 
     dialect = "duckdb"
     _locks: dict[str, threading.Lock] = {}
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, lock_wait_seconds: float = 180.0) -> None:
         self.path = str(Path(path.removeprefix("duckdb:///")))
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = self._locks.setdefault(self.path, threading.Lock())
+        self.lock_wait_seconds = lock_wait_seconds
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
         """A connection to the DuckDB file, held alone for as long as the block runs."""
-        import duckdb  # imported here: only the embedded default needs it
-
         # One writer per file: DuckDB's optimistic concurrency would abort parallel writers of one table.
         with self._lock:
-            conn = duckdb.connect(self.path)
+            conn = self._open()
             try:
                 yield conn
             finally:
                 conn.close()
+
+    def _open(self) -> Any:
+        """Open the file, waiting (0.05 s, doubling up to 1 s) while another process holds it."""
+        import duckdb  # imported here: only the embedded default needs it
+
+        deadline, pause = time.monotonic() + self.lock_wait_seconds, 0.05
+        while True:
+            try:
+                return duckdb.connect(self.path)
+            except duckdb.IOException as exc:
+                if not _held_elsewhere(exc):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    pid = re.search(r"\(PID (\d+)\)", str(exc))
+                    holder = f"another process (PID {pid[1]})" if pid else "another process"
+                    raise RetryableError(
+                        f"DuckDB file {self.path}: held by {holder} for more than {self.lock_wait_seconds:g} s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
     def columns(self, spec: TableSpec) -> list[tuple[str, ColumnType | None]]:
         """The target table's columns and types as they stand (none when it does not exist)."""
@@ -391,7 +430,9 @@ class DuckDBWarehouse:
         try:
             with self.connect() as conn:
                 rows = conn.execute(COLUMNS_QUERY.replace("%s", "?"), [schema, spec.table if spec else ""]).fetchall()
-        except Exception as exc:  # duckdb.IOException (locked, unwritable) and kin
+        except RetryableError:
+            raise  # held by another process past the wait: transient, the preflight checks again
+        except Exception as exc:  # duckdb.IOException (unwritable, not a DuckDB file) and kin
             return [f"cannot open the DuckDB file {self.path}: {first_line(exc)}"]
         existing = [(r[0], type_from_catalog(r[1], r[2], r[3])) for r in rows]
         return _drift_problems(spec, existing) if spec else []

@@ -154,6 +154,17 @@ def render_merge_index(spec: TableSpec, dialect: Dialect) -> str:
     return f"CREATE UNIQUE INDEX IF NOT EXISTS {name} ON {qualified(spec.schema, spec.table, dialect)} ({keys})"
 
 
+def render_lock_target(spec: TableSpec, dialect: Dialect) -> str:
+    """Lock the target table until the load's transaction ends (Redshift: no advisory locks, LOCK is the way).
+
+    Two runs loading one key at once then run one after the other: the second waits, then replaces the first's
+    rows. Redshift's ``LOCK`` takes an ACCESS EXCLUSIVE lock; its writes to one table are serialized anyway, so the
+    loads of a run lose no parallelism, and a conflicting pair waits instead of failing (error 1023, serializable
+    isolation). Taken first, so every load takes the target before the ledger: no deadlock.
+    """
+    return f"LOCK {qualified(spec.schema, spec.table, dialect)}"
+
+
 def render_delete_key(spec: TableSpec, dialect: Dialect) -> str:
     """Delete one key's slice; the key is a bound parameter (``%s``)."""
     return (
@@ -291,9 +302,11 @@ def render_data_api_load(spec: TableSpec, copy_sql: str) -> tuple[list[str], tup
     target = qualified(spec.schema, spec.table, "redshift")
     key_col = quote_ident(spec.key_column, "redshift")
     ledger = qualified(spec.schema, LEDGER_TABLE, "redshift")
+    lock = render_lock_target(spec, "redshift")  # first: two loads of one key run one after the other
     copied = "SELECT 1 / CASE WHEN pg_last_copy_count() = CAST(:rows AS BIGINT) THEN 1 ELSE 0 END AS copied_rows_match"
     if spec.load_mode == "merge":
         sqls = [
+            lock,
             render_create_merge_stage(spec, "redshift"),
             copy_sql,
             copied,
@@ -301,16 +314,17 @@ def render_data_api_load(spec: TableSpec, copy_sql: str) -> tuple[list[str], tup
             f"SELECT 1 / CASE WHEN ({render_count_merged(spec, 'redshift')}) = CAST(:rows AS BIGINT) "
             "THEN 1 ELSE 0 END AS merged_rows_match",
         ]
-        checks: tuple[int, ...] = (2, 4)
+        checks: tuple[int, ...] = (3, 5)
     else:
         sqls = [
+            lock,
             f"DELETE FROM {target} WHERE {key_col} = :key",  # noqa: S608 - quoted idents
             copy_sql,
             copied,
             f"SELECT 1 / CASE WHEN count(*) = CAST(:rows AS BIGINT) THEN 1 ELSE 0 END AS key_rows_match "  # noqa: S608
             f"FROM {target} WHERE {key_col} = :key",
         ]
-        checks = (2, 3)
+        checks = (3, 4)
     sqls += [
         f"DELETE FROM {ledger} WHERE dataset = :dataset AND key = :key AND run_date = CAST(:run_date AS DATE)",  # noqa: S608
         f"INSERT INTO {ledger} (dataset, key, run_date, run_id, rows_loaded, loaded_at) "  # noqa: S608

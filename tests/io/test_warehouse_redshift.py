@@ -79,11 +79,12 @@ def warehouse(conn: RecordingConnection) -> RedshiftWarehouse:
     return wh
 
 
-def test_delete_copy_count_commit_in_one_transaction() -> None:
+def test_lock_delete_copy_count_commit_in_one_transaction() -> None:
     conn = RecordingConnection(copied=5, counted=5)
     assert warehouse(conn).load_key(SPEC, staged(5), store=None) == 5  # type: ignore[arg-type]
-    sql = [s for s, _ in conn.statements]
-    assert sql[0] == 'DELETE FROM "analytics"."facts" WHERE "campaign_key" = %s' and conn.statements[0][1] == (
+    lock, *sql = [s for s, _ in conn.statements]
+    assert lock == 'LOCK "analytics"."facts"'  # first: a second load of the key waits for this one to commit
+    assert sql[0] == 'DELETE FROM "analytics"."facts" WHERE "campaign_key" = %s' and conn.statements[1][1] == (
         "MCS2017",
     )
     assert sql[1].startswith('COPY "analytics"."facts" ("campaign_key")\nFROM \'s3://b/p/manifest.json\'\n')
@@ -91,7 +92,7 @@ def test_delete_copy_count_commit_in_one_transaction() -> None:
     assert sql[2] == "SELECT pg_last_copy_count()"
     assert sql[3].startswith("SELECT count(*)")
     assert sql[4].startswith('DELETE FROM "analytics"."keyflow_loads"') and sql[5].startswith("INSERT INTO")
-    assert conn.statements[5][1][:5] == ("facts", "MCS2017", "2017-03-20", "r1", 5)  # ledger row, same transaction
+    assert conn.statements[6][1][:5] == ("facts", "MCS2017", "2017-03-20", "r1", 5)  # ledger row, same transaction
     assert conn.committed and not conn.rolled_back
 
 
@@ -113,7 +114,8 @@ def test_merge_copies_into_a_session_table_then_merges_by_primary_key() -> None:
     )
     conn = RecordingConnection(copied=5, counted=5)
     assert warehouse(conn).load_key(spec, staged(5), store=None) == 5  # type: ignore[arg-type]
-    sql = [s for s, _ in conn.statements]
+    lock, *sql = [s for s, _ in conn.statements]
+    assert lock == 'LOCK "analytics"."facts"'
     assert sql[0] == 'CREATE TEMP TABLE "keyflow_merge_stage" (LIKE "analytics"."facts")'
     assert sql[1].startswith('COPY "keyflow_merge_stage" ("campaign_key", "id")\nFROM \'s3://b/p/manifest.json\'')
     assert sql[2] == "SELECT pg_last_copy_count()"
