@@ -25,7 +25,18 @@ from flows.common import (
     settled,
 )
 from tasks.cleanup import staged_run
-from tasks.etl import KeyResult, list_active_keys, load_key, prepare_target, remove_inactive_keys, stage_key
+from tasks.etl import (
+    KeyResult,
+    list_active_keys,
+    load_key,
+    load_unit,
+    plan_work_units,
+    prepare_target,
+    remove_inactive_keys,
+    retry_keys,
+    stage_key,
+    stage_unit,
+)
 from tasks.resources import Resources, resources_for
 from tasks.retries import backoff_within
 from tasks.transforms.keys import CampaignKey
@@ -44,10 +55,11 @@ PAUSED = "The etl flows are paused: nothing started (`keyflow resume etl` switch
 def rds_to_redshift(
     dataset: str = "campaign_facts", run_date: date | None = None, profile: str = "local"
 ) -> State[Any]:
-    """Load every key of ``dataset`` active on ``run_date`` (today, UTC, by default), one parallel branch per key.
+    """Load every key of ``dataset`` active on ``run_date`` (today, UTC, by default), in parallel work units.
 
-    Each key is replaced atomically in the warehouse and reconciled; a failed key keeps its previous rows and
-    fails the run after the other keys have loaded.
+    Many small keys share a unit (one extraction, one staged object set, one load); a large key has its own. Each
+    key is replaced atomically in the warehouse and reconciled; a failed key keeps its previous rows and fails the
+    run after the other keys have loaded (a failed shared unit's keys are retried one by one first).
     """
     logger = get_run_logger()
     prof, ds = load_profile(profile), load_dataset(dataset)
@@ -81,14 +93,41 @@ def _run_id(run_date: date) -> str:
 def _load_keys(
     keys: list[CampaignKey], ds: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, day: date
 ) -> list[KeyResult]:
-    """Stage then load every key, one parallel branch per key; each key's result, a failed branch's included."""
+    """Stage then load every work unit in parallel; each key's result in key order, a failed key's included.
+
+    A key on its own is staged and loaded as it always was (``stage-K1``, ``load-K1``); many small keys share a
+    unit (``stage-K0001..K0250 (250 keys)``), and a shared unit that fails has its keys retried one by one.
+    """
     ride_out = _ride_out(resources)
+    units = plan_work_units.with_options(**ride_out)(keys, ds, resources)
+    alone = [u.keys[0] for u in units if not u.shared]
+    shared = [u for u in units if u.shared]
+    # Everything is submitted before anything is awaited: single keys and shared units run side by side.
     staged = stage_key.with_options(**ride_out).map(
-        keys, unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
+        alone, unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
     )
     # A load's retry loads the files its key staged: a fault on the warehouse side never extracts the key again.
     loaded = load_key.with_options(**ride_out).map(staged, unmapped(ds), unmapped(resources), unmapped(spec))
-    return gather(list(zip(keys, staged, strict=True)), loaded, _branch_failure)
+    unit_staged = stage_unit.with_options(**ride_out).map(
+        shared, unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
+    )
+    unit_loaded = load_unit.with_options(**ride_out).map(unit_staged, unmapped(ds), unmapped(resources), unmapped(spec))
+    by_key = {r.key: r for r in gather(list(zip(alone, staged, strict=True)), loaded, _branch_failure)}
+    retried: list[PrefectFuture[list[KeyResult]]] = []
+    for unit, stage, load in zip(shared, unit_staged, unit_loaded, strict=True):
+        if settled(load).is_completed():
+            by_key.update((r.key, r) for r in load.result())
+            continue
+        state = stage.state if not settled(stage).is_completed() else load.state
+        failure = _failure(unit.label, state)
+        if failure.status == "paused":
+            paused = [KeyResult(key=k, status="paused", error=failure.error, unit=unit.label) for k in unit.names]
+            by_key.update((r.key, r) for r in paused)
+            continue
+        retried.append(retry_keys.submit(unit, ds, resources, spec, run_id, day, failure.error))
+    for future in retried:
+        by_key.update((r.key, r) for r in future.result())
+    return [by_key[k.key] for k in keys]
 
 
 def _ride_out(resources: Resources) -> dict[str, Any]:

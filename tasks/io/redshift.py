@@ -295,6 +295,7 @@ class RedshiftDataApiWarehouse:
     """Redshift through the Data API: each key's load is one ``BatchExecuteStatement``, crash-safe by its ledger."""
 
     dialect = "redshift"
+    loads_units = False  # a batch's checks and its S3 statement ledger are per key: every key is its own unit
 
     def __init__(self, api: DataApi, iam_role: str, region: str | None, ledger_prefix: str) -> None:
         self.api = api
@@ -395,6 +396,10 @@ class RedshiftDataApiWarehouse:
         self.api.raise_for(outcome, what)  # aborted: retried, and the ledger resubmits
         ledger.clear(staged)
         return staged.rows_staged
+
+    def load_unit(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> dict[str, int]:
+        """Not offered (``loads_units`` is False): the run plans one key per unit for this warehouse."""
+        raise RuntimeError(f"unit {staged.key}: the Redshift Data API warehouse loads one key at a time")
 
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
         """Delete the rows of every key not in ``keep``; returns how many."""

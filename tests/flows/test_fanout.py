@@ -1,0 +1,272 @@
+"""Fan-out at thousands of keys (issue 16): small keys share work units, results stay per key, a bad key fails alone.
+
+Real PostgreSQL (and MariaDB) sources, the moto server for S3 and DynamoDB, a PostgreSQL warehouse, Prefect's
+test harness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers.etl import (
+    D1,
+    create_narrow_pg_source,
+    many_keys,
+    narrow_expected,
+    narrow_rows,
+    narrow_warehouse,
+    put_many_keys,
+    run,
+    write_narrow_dataset,
+)
+from tests.helpers.services import MYSQL_URL
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def task_runs(state: Any) -> list[Any]:
+    """The task runs of a flow run, as the Prefect API lists them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            runs: list[Any] = []
+            while True:
+                page = await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}),
+                    offset=len(runs),
+                    limit=200,
+                )
+                runs += page
+                if len(page) < 200:
+                    return runs
+
+    return asyncio.run(read())
+
+
+def ledger(pg: Any, names: dict[str, str], day: dt.date = D1) -> dict[str, int]:
+    with pg.cursor() as cur:
+        cur.execute(
+            f"SELECT key, rows_loaded FROM {names['wh_schema']}.keyflow_loads "
+            "WHERE dataset = 'narrow' AND run_date = %s",
+            (day,),
+        )
+        return dict(cur.fetchall())
+
+
+@pytest.fixture()
+def drop_after(pg: Any, names: dict[str, str]) -> Any:
+    yield
+    with pg.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
+        cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+@pytest.mark.usefixtures("drop_after")
+def test_2000_keys_in_one_run_every_key_exact_with_bounded_task_runs(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    keys = many_keys(2000)
+    # Rows of keys that are not active (never listed) must not be extracted by a shared unit either.
+    rows = narrow_rows([k for k, _, _ in keys] + ["X1", "X2"])
+    create_narrow_pg_source(pg, names["src_table"], rows)
+    profile = make_profile(max_parallel_keys=4)
+    put_many_keys(profile, keys)
+    dataset = write_narrow_dataset(tmp_path, names)
+
+    state, results = run(dataset, profile, D1)
+
+    assert state.is_completed(), state.message
+    want = narrow_expected(rows, keys)
+    assert [r["key"] for r in results] == [k for k, _, _ in keys]  # every key, in key order
+    for r in results:
+        n = len(want[r["key"]])
+        assert (r["status"], r["rows_loaded"], r["rows_staged"]) == ("loaded", n, n), r
+        assert r["rows_extracted"] == r["rows_staged"] + r["rows_filtered"]
+    assert sum(r["rows_filtered"] for r in results) > 0 and any(not want[k] for k in want)
+    got = narrow_warehouse(pg, names)
+    assert got == {k: v for k, v in want.items() if v}  # value for value, each key within its own window
+    assert ledger(pg, names) == {k: len(v) for k, v in want.items()}  # a ledger row per key, with its rows
+
+    runs = task_runs(state)
+    names_ = sorted(t.name for t in runs)
+    assert len(runs) <= 30, names_  # 8 units of 250 keys: stage + load each, plus the run's own steps
+    assert "stage-K0000..K0249 (250 keys)" in names_ and "load-K1750..K1999 (250 keys)" in names_
+    assert {r["unit"] for r in results} == {n.removeprefix("load-") for n in names_ if n.startswith("load-")}
+
+    # Rerun: the same rows, replaced not added; nothing left in staging.
+    state, results = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    assert narrow_warehouse(pg, names) == {k: v for k, v in want.items() if v}
+    from config.loader import load_profile
+    from tasks.resources import object_store_for
+
+    assert list(object_store_for(load_profile(profile, environ={})).list_keys("staging/narrow/")) == []
+
+
+@pytest.mark.usefixtures("drop_after")
+def test_a_poisoned_key_among_500_fails_alone_and_keeps_its_rows(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    keys = many_keys(500)
+    rows = narrow_rows([k for k, _, _ in keys])
+    create_narrow_pg_source(pg, names["src_table"], rows)
+    profile = make_profile(max_parallel_keys=2)
+    put_many_keys(profile, keys)
+    dataset = write_narrow_dataset(tmp_path, names, max_keys_per_unit=100)
+    assert run(dataset, profile, D1)[0].is_completed()
+    before = narrow_warehouse(pg, names)
+    src, wh = names["src_table"], names["wh_schema"]
+    poisoned = "K0123"
+    with pg.cursor() as cur:
+        cur.execute(f"UPDATE {src} SET v = v || '-v2'")
+        # A real fault in the warehouse: one value of K0123 breaks a constraint in the middle of its unit's COPY.
+        cur.execute(f"UPDATE {src} SET v = 'poison' WHERE id = (SELECT max(id) FROM {src} WHERE k = %s)", (poisoned,))
+        cur.execute(f"ALTER TABLE {wh}.narrow ADD CONSTRAINT no_poison CHECK (v IS DISTINCT FROM 'poison')")
+
+    state, results = run(dataset, profile, D1)
+
+    assert state.is_failed()
+    assert state.message == f"1 of 500 key(s) failed: {poisoned}"
+    by_key = {r["key"]: r for r in results}
+    assert len(by_key) == 500
+    bad = by_key.pop(poisoned)
+    assert bad["status"] == "failed"
+    assert bad["error"].startswith(f"key {poisoned!r}: load failed, previous rows kept: new row for relation")
+    assert bad["unit"] == "K0100..K0199 (100 keys), retried alone"
+    assert all(r["status"] == "loaded" for r in by_key.values())
+    after = narrow_warehouse(pg, names)
+    assert after[poisoned] == before[poisoned]  # untouched: the previous run's rows
+    assert all(row[4].endswith("-v2") for k, v in after.items() if k != poisoned for row in v)
+    # The keys of the poisoned key's unit were retried one by one; the other units loaded together.
+    assert {r["unit"] for r in by_key.values() if r["unit"].endswith("retried alone")} == {
+        "K0100..K0199 (100 keys), retried alone"
+    }
+    assert sum(r["unit"] == "K0000..K0099 (100 keys)" for r in by_key.values()) == 100
+    names_ = {t.name for t in task_runs(state)}
+    assert "retry-K0100..K0199 (100 keys)-key-by-key" in names_
+
+
+@pytest.mark.usefixtures("drop_after")
+def test_a_shared_units_reconciliation_failure_is_retried_key_by_key(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    """A trigger swallows one key's rows: the unit's counts disagree, it rolls back, its keys load one by one."""
+    keys = many_keys(60)
+    rows = narrow_rows([k for k, _, _ in keys])
+    create_narrow_pg_source(pg, names["src_table"], rows)
+    profile = make_profile(max_parallel_keys=2)
+    put_many_keys(profile, keys)
+    dataset = write_narrow_dataset(tmp_path, names)
+    assert run(dataset, profile, D1)[0].is_completed()
+    want = narrow_expected(rows, keys)
+    swallowed = next(k for k, v in want.items() if k >= "K0030" and len(v) >= 2)
+    wh = names["wh_schema"]
+    with pg.cursor() as cur:
+        cur.execute(
+            f"""CREATE FUNCTION {wh}.swallow() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN IF NEW.k = '{swallowed}' THEN RETURN NULL; END IF; RETURN NEW; END $$"""
+        )
+        cur.execute(f"CREATE TRIGGER swallow BEFORE INSERT ON {wh}.narrow FOR EACH ROW EXECUTE FUNCTION {wh}.swallow()")
+        cur.execute(f"UPDATE {wh}.keyflow_loads SET run_id = 'before'")
+
+    state, results = run(dataset, profile, D1)
+
+    assert state.is_failed() and state.message == f"1 of 60 key(s) failed: {swallowed}"
+    by_key = {r["key"]: r for r in results}
+    assert by_key[swallowed]["error"].startswith(f"key {swallowed!r}: reconciliation failed: extracted=")
+    assert by_key[swallowed]["unit"] == "K0030..K0059 (30 keys), retried alone"
+    assert [k for k, r in by_key.items() if r["status"] != "loaded"] == [swallowed]
+    got = narrow_warehouse(pg, names)
+    assert {k: v for k, v in got.items() if k != swallowed} == {k: v for k, v in want.items() if v and k != swallowed}
+    assert got[swallowed] == want[swallowed]  # the previous run's rows, intact
+    with pg.cursor() as cur:  # every key but the swallowed one has this run's ledger row
+        cur.execute(f"SELECT key FROM {wh}.keyflow_loads WHERE run_id = 'before'")
+        assert [r[0] for r in cur.fetchall()] == [swallowed]
+
+
+@pytest.mark.usefixtures("drop_after")
+def test_summary_and_json_list_every_key(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.cli import app
+
+    keys = many_keys(300)
+    rows = narrow_rows([k for k, _, _ in keys])
+    create_narrow_pg_source(pg, names["src_table"], rows)
+    profile = make_profile(max_parallel_keys=2)
+    put_many_keys(profile, keys)
+    dataset = write_narrow_dataset(tmp_path, names)
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    args = ["etl", "run", "-d", str(dataset), "--date", D1.isoformat(), "-p", str(profile)]
+
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    listed = json.loads(as_json.stdout.strip().splitlines()[-1])
+    want = narrow_expected(rows, keys)
+    assert {r["key"]: r["rows_loaded"] for r in listed} == {k: len(v) for k, v in want.items()}
+    assert {r["unit"] for r in listed} == {"K0000..K0149 (150 keys)", "K0150..K0299 (150 keys)"}
+
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0, table.output
+    for k, _, _ in keys:
+        assert f"\n {k} " in table.stdout or f"\n{k} " in table.stdout, k
+
+    # The run's artifact has a row per key too.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def artifact() -> Any:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["narrow-run-summary"])),
+                sort="CREATED_DESC",  # type: ignore[arg-type]
+                limit=1,
+            )
+            return found[0]
+
+    data = (asyncio.run(artifact())).data
+    table_rows = json.loads(data) if isinstance(data, str) else data
+    assert sorted(r["key"] for r in table_rows) == [k for k, _, _ in keys]
+
+
+def test_mariadb_source_shares_units_too(
+    mysql: Any, pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    keys = many_keys(90)
+    rows = narrow_rows([k for k, _, _ in keys] + ["X1"])
+    table = names["src_table"]
+    with mysql.cursor() as cur:
+        cur.execute(
+            f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, k VARCHAR(64) NOT NULL, d DATE NOT NULL, n INT, v TEXT, "
+            "KEY (k, d)) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )
+        cur.executemany(f"INSERT INTO {table} VALUES (%s,%s,%s,%s,%s)", rows)
+    try:
+        profile = make_profile(source_url=MYSQL_URL, max_parallel_keys=3)
+        put_many_keys(profile, keys)
+        dataset = write_narrow_dataset(tmp_path, names)
+        state, results = run(dataset, profile, D1)
+        assert state.is_completed(), state.message
+        want = narrow_expected(rows, keys)
+        assert {r["unit"] for r in results} == {
+            "K0000..K0029 (30 keys)",
+            "K0030..K0059 (30 keys)",
+            "K0060..K0089 (30 keys)",
+        }
+        assert {r["key"]: r["rows_loaded"] for r in results} == {k: len(v) for k, v in want.items()}
+        assert narrow_warehouse(pg, names) == {k: v for k, v in want.items() if v}
+    finally:
+        with mysql.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        with pg.cursor() as cur:
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
