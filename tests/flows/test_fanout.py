@@ -270,3 +270,47 @@ def test_mariadb_source_shares_units_too(
             cur.execute(f"DROP TABLE IF EXISTS {table}")
         with pg.cursor() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+@pytest.mark.usefixtures("drop_after")
+def test_units_on_a_dask_cluster_load_every_key_and_a_bad_key_fails_alone(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    """The same units on a local Dask cluster of two worker processes: units, results and retries cross processes."""
+    from config.errors import RunFailedError
+    from flows.rds_to_redshift import for_profile
+
+    keys = many_keys(400)
+    rows = narrow_rows([k for k, _, _ in keys])
+    create_narrow_pg_source(pg, names["src_table"], rows)
+    profile = make_profile(max_parallel_keys=2)
+    put_many_keys(profile, keys)
+    dataset = write_narrow_dataset(tmp_path, names, max_keys_per_unit=100)
+    assert run(dataset, profile, D1)[0].is_completed()  # in threads first: the target and the rows are there
+    before = narrow_warehouse(pg, names)
+    poisoned = "K0301"
+    with pg.cursor() as cur:
+        cur.execute(f"UPDATE {names['src_table']} SET v = v || '-v2'")
+        cur.execute(
+            f"UPDATE {names['src_table']} SET v = 'poison' WHERE id = (SELECT max(id) FROM {names['src_table']} "
+            "WHERE k = %s)",
+            (poisoned,),
+        )
+        cur.execute(f"ALTER TABLE {names['wh_schema']}.narrow ADD CONSTRAINT no_poison CHECK (v <> 'poison')")
+    profile = make_profile(task_runner="dask", dask_workers=2, max_parallel_keys=2)
+
+    flow = for_profile(str(profile))
+    assert type(flow.task_runner).__name__ == "DaskTaskRunner"
+    state = flow(dataset=str(dataset), run_date=D1, profile=str(profile), return_state=True)
+
+    assert state.is_failed() and state.message == f"1 of 400 key(s) failed: {poisoned}"
+    result = state.result(raise_on_failure=False)
+    results = result.data if isinstance(result, RunFailedError) else result
+    want = narrow_expected(rows, keys)
+    assert {r["key"]: r["rows_loaded"] for r in results if r["key"] != poisoned} == {
+        k: len(v) for k, v in want.items() if k != poisoned
+    }
+    got = narrow_warehouse(pg, names)
+    assert got[poisoned] == before[poisoned]  # its previous rows
+    assert all(row[4].endswith("-v2") for k, v in got.items() if k != poisoned for row in v)
+    assert len(task_runs(state)) <= 20
