@@ -123,7 +123,6 @@ def write_config(folder: Path, endpoint: str, parallel_keys: int) -> dict[str, P
                 "aws_endpoint_url": endpoint,
                 "bucket": "keyflow-scale",
                 "prefix": "staging",
-                "kms_key_id": "alias/keyflow-scale",
                 "keys_table": "keyflow_scale_keys",
                 "max_parallel_keys": parallel_keys,
                 "source_max_connections": 3,
@@ -250,6 +249,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYFLOW_", "PREFECT_"))} | {
             "PREFECT_API_URL": api,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),  # this checkout's code, whatever is installed
         }
         keyflow = str(bindir / "keyflow")
         for n in args.keys:
