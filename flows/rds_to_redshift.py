@@ -91,17 +91,24 @@ def _run_id(run_date: date) -> str:
 
 
 def _load_keys(
-    keys: list[CampaignKey], ds: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, day: date
+    keys: list[CampaignKey],
+    ds: DatasetConfig,
+    resources: Resources,
+    spec: TableSpec,
+    run_id: str,
+    day: date,
+    dates: dict[str, list[date]] | None = None,
 ) -> list[KeyResult]:
     """Stage then load every work unit in parallel; each key's result in key order, a failed key's included.
 
     A key on its own is staged and loaded as it always was (``stage-K1``, ``load-K1``); many small keys share a
-    unit (``stage-K0001..K0250 (250 keys)``), and a shared unit that fails has its keys retried one by one.
+    unit (``stage-K0001..K0250 (250 keys)``), and a shared unit that fails has its keys retried one by one. A
+    backfill's ``dates`` (key → the dates it is loaded for) make every unit record its keys for those dates.
     """
     ride_out = _ride_out(resources)
-    units = plan_work_units.with_options(**ride_out)(keys, ds, resources)
-    alone = [u.keys[0] for u in units if not u.shared]
-    shared = [u for u in units if u.shared]
+    units = plan_work_units.with_options(**ride_out)(keys, ds, resources, dates)
+    alone = [u.keys[0] for u in units if not u.counted]
+    shared = [u for u in units if u.counted]
     # Everything is submitted before anything is awaited: single keys and shared units run side by side.
     staged = stage_key.with_options(**ride_out).map(
         alone, unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
@@ -120,9 +127,10 @@ def _load_keys(
             continue
         state = stage.state if not settled(stage).is_completed() else load.state
         failure = _failure(unit.label, state)
-        if failure.status == "paused":
-            paused = [KeyResult(key=k, status="paused", error=failure.error, unit=unit.label) for k in unit.names]
-            by_key.update((r.key, r) for r in paused)
+        if failure.status == "paused" or not unit.shared:  # paused, or a key alone already: nothing to retry
+            label = unit.label if unit.shared else ""
+            rows = [KeyResult(key=k, status=failure.status, error=failure.error, unit=label) for k in unit.names]
+            by_key.update((r.key, r) for r in rows)
             continue
         retried.append(retry_keys.submit(unit, ds, resources, spec, run_id, day, failure.error))
     for future in retried:

@@ -29,7 +29,17 @@ from tasks.transforms.staging import (
     run_record,
     unit_prefix,
 )
-from tasks.transforms.units import WorkUnit, add_counts, count_by_key, plan_units, why_not_shared, window_params
+from tasks.transforms.units import (
+    BackfillPlan,
+    WorkUnit,
+    add_counts,
+    count_by_key,
+    plan_backfill,
+    plan_units,
+    why_not_shared,
+    window_params,
+    with_dates,
+)
 
 _limits_lock = threading.Lock()
 _limits: dict[tuple[str, int], threading.BoundedSemaphore] = {}
@@ -141,7 +151,7 @@ def stage_rows(
         keep = passthrough_columns(dataset.rules, schema_in, target_schema)
         schema_in, target_schema = as_text(schema_in, keep), as_text(target_schema, keep)
     params: dict[str, Any]
-    if unit.shared:
+    if unit.counted:
         windows = unit.windows()
         sql = render_unit_query(dataset.source, source.dialect, [len(w.keys) for w in windows])
         params = {**window_params(windows), "run_date": run_date}
@@ -151,7 +161,7 @@ def stage_rows(
         params = {**key.params}
         params.update(key=key.key, start_date=key.start_date, end_date=key.end_date, run_date=run_date)
         prefix = key_prefix(profile.prefix, dataset.name, run_id, key.key)
-    what = f"unit {unit.label}" if unit.shared else f"key {key.key!r}"
+    what = f"unit {unit.label}" if unit.counted else f"key {key.key!r}"
     if profile.source_max_connections == 0:
         raise KeyFailedError(f"{what}: extraction is switched off (source_max_connections is 0)")
     read_by_key: dict[str, int] = {}
@@ -176,7 +186,7 @@ def stage_rows(
                 extracted += batch.num_rows
                 out = conform(engine.apply(batch), target_schema)
                 filtered += batch.num_rows - out.num_rows
-                if unit.shared:  # each key of the unit is reconciled on its own
+                if unit.counted:  # each key of the unit is reconciled on its own
                     add_counts(read_by_key, count_by_key(batch.column(dataset.source.key_column)))
                     add_counts(staged_by_key, count_by_key(out.column(spec.key_column)))
                 writer.write(out)
@@ -201,8 +211,9 @@ def stage_rows(
             read_by_key.get(k, 0),
             read_by_key.get(k, 0) - staged_by_key.get(k, 0),
             staged_by_key.get(k, 0),
+            unit.dates_of(k),
         )
-        for k in (unit.names if unit.shared else ())
+        for k in (unit.names if unit.counted else ())
     )
     staged = StagedKey(
         dataset=dataset.name,
@@ -294,22 +305,37 @@ def load_key(staged: StagedKey, dataset: DatasetConfig, resources: Resources, sp
     )
 
 
-@task(name="plan_units", **LISTING_IO)
-def plan_work_units(keys: list[CampaignKey], dataset: DatasetConfig, resources: Resources) -> list[WorkUnit]:
-    """Group the active keys into work units by their rows on the source (one ``GROUP BY``), see :class:`UnitsConfig`.
-
-    No more keys than keys run at once (``max_parallel_keys``): every key is its own unit, as before, and nothing
-    is counted. Nor when the dataset or the warehouse cannot share a unit (the reason is logged).
-    """
-    logger = get_run_logger()
-    profile = resources.profile
-    if len(keys) <= profile.max_parallel_keys or dataset.units.max_keys_per_unit <= 1:
-        return plan_units(keys, None, dataset.units.unit_rows, 1)
+def why_not_in_units(dataset: DatasetConfig, resources: Resources) -> str | None:
+    """Why the dataset's keys cannot share units on this profile (each is then its own), or None when they can."""
     reason = why_not_shared(dataset)
     warehouse = resources.warehouse()
     if reason is None and not warehouse.loads_units:
-        reason = f"the {profile.warehouse_kind} warehouse ({type(warehouse).__name__}) loads one key at a time"
+        kind = resources.profile.warehouse_kind
+        reason = f"the {kind} warehouse ({type(warehouse).__name__}) loads one key at a time"
+    return reason
+
+
+@task(name="plan_units", **LISTING_IO)
+def plan_work_units(
+    keys: list[CampaignKey],
+    dataset: DatasetConfig,
+    resources: Resources,
+    dates: dict[str, list[date]] | None = None,
+) -> list[WorkUnit]:
+    """Group the active keys into work units by their rows on the source (one ``GROUP BY``), see :class:`UnitsConfig`.
+
+    No more keys than keys run at once (``max_parallel_keys``): every key is its own unit, as before, and nothing
+    is counted. Nor when the dataset or the warehouse cannot share a unit (the reason is logged). A backfill's
+    ``dates`` (key → the dates it is loaded for) go with every unit, whatever its size.
+    """
+    logger = get_run_logger()
+    profile = resources.profile
+    if dates is None and (len(keys) <= profile.max_parallel_keys or dataset.units.max_keys_per_unit <= 1):
+        return plan_units(keys, None, dataset.units.unit_rows, 1)
+    reason = why_not_in_units(dataset, resources)
     if reason:
+        if dates is not None:  # the caller checked: a backfill in one run needs units
+            raise ConfigError(f"{dataset.file}: a backfill in one run needs work units, but {reason}")
         logger.info("%d keys, one unit each: %s", len(keys), reason)
         return plan_units(keys, None, dataset.units.unit_rows, 1)
     started = time.perf_counter()
@@ -324,6 +350,8 @@ def plan_work_units(keys: list[CampaignKey], dataset: DatasetConfig, resources: 
         max(1, min(dataset.units.unit_rows, per_slot_rows)),
         max(1, min(dataset.units.max_keys_per_unit, per_slot_keys)),
     )
+    if dates is not None:
+        units = with_dates(units, dates)
     shared = [u for u in units if u.shared]
     logger.info(
         "%d keys, %d rows on the source (counted in %.2fs): %d unit(s), %d shared by %d keys, %d key(s) on their own",
@@ -399,7 +427,7 @@ def load_unit(staged: StagedKey, dataset: DatasetConfig, resources: Resources, s
                 stage_seconds=round(staged.seconds, 3),
                 load_seconds=round(load_seconds, 3),
                 uri=f"s3://{staged.bucket}/{staged.prefix}",
-                unit=staged.key,
+                unit=staged.key if len(staged.members) > 1 else "",
             )
         )
     return results
@@ -439,7 +467,10 @@ def retry_keys(
             )
         except KeyflowError as exc:
             logger.warning("Unit %s: its staged files stay (keyflow audit lists them): %s", unit.label, exc)
-    return [_retry_one(key, dataset, resources, spec, run_id, run_date, unit.label) for key in unit.keys]
+    return [
+        _retry_one(key, dataset, resources, spec, run_id, run_date, unit.label, unit.dates_of(key.key))
+        for key in unit.keys
+    ]
 
 
 def _retry_one(
@@ -450,9 +481,14 @@ def _retry_one(
     run_id: str,
     run_date: date,
     unit: str,
+    dates: tuple[str, ...] = (),
 ) -> KeyResult:
-    """One key of a failed unit, staged then loaded on its own; its failure is its result, never raised."""
+    """One key of a failed unit, staged then loaded on its own; its failure is its result, never raised.
+
+    A backfill's key (``dates``) is loaded as a unit of one, so its ledger rows are written for each of its dates.
+    """
     profile = resources.profile
+    alone: CampaignKey | WorkUnit = WorkUnit((key,), dates=((key.key, dates),)) if dates else key
     delays = backoff_delays(profile.retry_window_seconds, profile.retry_backoff_seconds)
     staged: StagedKey | None = None
     for attempt in range(len(delays) + 1):
@@ -463,10 +499,14 @@ def _retry_one(
                         raise PausedError(
                             f"key {key.key!r} not started: the etl flows are paused (`keyflow resume etl`)"
                         )
-                    staged = stage_rows(key, dataset, resources, spec, run_id, run_date)
+                    staged = stage_rows(alone, dataset, resources, spec, run_id, run_date)
             started = time.perf_counter()
             stop_if_interrupted()
-            loaded = resources.warehouse().load_key(spec, staged, resources.object_store())
+            store = resources.object_store()
+            if staged.members:
+                loaded = resources.warehouse().load_unit(spec, staged, store)[key.key]
+            else:
+                loaded = resources.warehouse().load_key(spec, staged, store)
             _drop_staged(resources, staged)
             load_seconds = time.perf_counter() - started
             return KeyResult(
@@ -507,6 +547,31 @@ def _key_failed(key: str, status: str, exc: BaseException, staged: StagedKey | N
         error=first_line(exc, default=status),
         unit=f"{unit}, retried alone",
     )
+
+
+@task(name="plan_backfill", **LISTING_IO)
+def plan_backfill_dates(
+    dataset: DatasetConfig, resources: Resources, days: list[date], force: bool = False
+) -> BackfillPlan:
+    """A backfill's work over ``days``: the keys listed once, the ledger read once for the whole range."""
+    keys = resources.key_store().list_keys(dataset.name)
+    done = (
+        set()
+        if force
+        else resources.warehouse().loaded_between(
+            dataset.target.db_schema, dataset.name, days[0].isoformat(), days[-1].isoformat()
+        )
+    )
+    plan = plan_backfill(keys, days, done, force)
+    get_run_logger().info(
+        "Backfill of %s over %d date(s): %d (key, date) load(s) pending of %d active, %d distinct key(s) to load",
+        dataset.name,
+        len(days),
+        sum(len(v) for v in plan.pending.values()),
+        sum(len(v) for v in plan.active.values()),
+        len(plan.keys),
+    )
+    return plan
 
 
 @task(name="remove_inactive_keys", **SETUP_IO)

@@ -48,6 +48,7 @@ from tasks.transforms.sql import (
     render_delete_key,
     render_delete_keys,
     render_delete_other_keys,
+    render_ledger_between,
     render_ledger_delete,
     render_ledger_delete_keys,
     render_ledger_insert,
@@ -90,6 +91,9 @@ class Warehouse(Protocol):
 
     def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]:
         """The keys of ``dataset`` the ledger records as loaded for ``run_date``."""
+
+    def loaded_between(self, schema: str, dataset: str, first: str, last: str) -> set[tuple[str, str]]:
+        """``(key, run_date)`` of every load of ``dataset`` the ledger records from ``first`` to ``last``."""
 
     def check(self, spec: TableSpec | None, schema: str) -> list[str]:
         """Problems with the target before a run, one line each (schema, privileges, an existing table's columns)."""
@@ -318,6 +322,15 @@ class _PsycopgWarehouse:
                 return set()
             return {r[0] for r in cur.fetchall()}
 
+    def loaded_between(self, schema: str, dataset: str, first: str, last: str) -> set[tuple[str, str]]:
+        """``(key, run_date)`` of every committed, reconciled load from ``first`` to ``last`` (from the ledger)."""
+        with self.connect() as conn, conn.cursor() as cur:
+            try:
+                cur.execute(render_ledger_between(schema, self.dialect), (dataset, first, last))
+            except psycopg2.errors.UndefinedTable:
+                return set()
+            return {(r[0], r[1].isoformat()) for r in cur.fetchall()}
+
 
 def _record_load(cur: Any, spec: TableSpec, staged: StagedKey, loaded: int, dialect: str, mark: str) -> None:
     """Write the ledger row inside the key's transaction: it exists exactly when the key's rows do."""
@@ -330,16 +343,25 @@ def _record_load(cur: Any, spec: TableSpec, staged: StagedKey, loaded: int, dial
 
 
 def _record_unit(cur: Any, spec: TableSpec, staged: StagedKey, dialect: str, mark: str) -> None:
-    """A shared unit's ledger rows, one per key, inside the unit's transaction (after it reconciled)."""
-    keys = [m.key for m in staged.members]
-    cur.execute(
-        render_ledger_delete_keys(spec.schema, len(keys), dialect).replace("%s", mark),
-        (staged.dataset, staged.run_date, *keys),
-    )
+    """A unit's ledger rows, one per key and run date, inside the unit's transaction (after it reconciled).
+
+    A key's run dates are its own (a backfill's: every date it is loaded for), else the staged run date.
+    """
+    by_date: dict[str, list[str]] = {}
+    rows: list[tuple[str, str, int]] = []
+    for m in staged.members:
+        for day in m.dates or (staged.run_date,):
+            by_date.setdefault(day, []).append(m.key)
+            rows.append((m.key, day, m.rows_staged))
+    for day, keys in by_date.items():
+        cur.execute(
+            render_ledger_delete_keys(spec.schema, len(keys), dialect).replace("%s", mark),
+            (staged.dataset, day, *keys),
+        )
     now = datetime.now(UTC)
-    for start in range(0, len(keys), LEDGER_ROWS):  # bounded statements, whatever the unit's size
-        chunk = staged.members[start : start + LEDGER_ROWS]
-        values = [v for m in chunk for v in (staged.dataset, m.key, staged.run_date, staged.run_id, m.rows_staged, now)]
+    for start in range(0, len(rows), LEDGER_ROWS):  # bounded statements, whatever the unit's size
+        chunk = rows[start : start + LEDGER_ROWS]
+        values = [v for key, day, n in chunk for v in (staged.dataset, key, day, staged.run_id, n, now)]
         cur.execute(render_ledger_insert_rows(spec.schema, len(chunk), dialect).replace("%s", mark), values)
 
 
@@ -598,6 +620,17 @@ class DuckDBWarehouse:
         with self.connect() as conn:
             try:
                 return {r[0] for r in conn.execute(sql, [dataset, run_date]).fetchall()}
+            except duckdb.CatalogException:
+                return set()
+
+    def loaded_between(self, schema: str, dataset: str, first: str, last: str) -> set[tuple[str, str]]:
+        """``(key, run_date)`` of every load from ``first`` to ``last`` (none before the ledger exists)."""
+        import duckdb
+
+        sql = render_ledger_between(schema, self.dialect).replace("%s", "?")
+        with self.connect() as conn:
+            try:
+                return {(r[0], r[1].isoformat()) for r in conn.execute(sql, [dataset, first, last]).fetchall()}
             except duckdb.CatalogException:
                 return set()
 

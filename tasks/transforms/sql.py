@@ -371,6 +371,14 @@ def render_ledger_keys(schema: str, dialect: Dialect) -> str:
     )
 
 
+def render_ledger_between(schema: str, dialect: Dialect) -> str:
+    """``(key, run_date)`` of a dataset's ledger rows from one run date to another; values are bound parameters."""
+    return (
+        f"SELECT key, run_date FROM {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
+        "WHERE dataset = %s AND run_date >= %s AND run_date <= %s"
+    )
+
+
 def named_parameters(sql: str) -> str:
     """Turn ``%s`` placeholders into the Data API's named ones, in order: ``:p1``, ``:p2`` and so on."""
     parts = sql.split("%s")

@@ -67,6 +67,7 @@ class KeyCounts:
     rows_extracted: int
     rows_filtered: int
     rows_staged: int
+    dates: tuple[str, ...] = ()  # run dates the load records for the key (a backfill's); empty: the staged run date
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,7 @@ class StagedKey:
     seconds: float
     parts: tuple[StagedPart, ...] = field(default_factory=tuple)
     format: str = "csv"  # csv (compressed whole) or parquet (compressed inside, column by column)
-    members: tuple[KeyCounts, ...] = ()  # a shared unit's keys and their counts (``key`` is then its label)
-
-    @property
-    def shared(self) -> bool:
-        """Whether this is a shared unit's staging (several keys, one object set)."""
-        return bool(self.members)
+    members: tuple[KeyCounts, ...] = ()  # a unit's keys and their counts (``key`` is then its label)
 
     @property
     def manifest_url(self) -> str:

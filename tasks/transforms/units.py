@@ -38,10 +38,20 @@ class WorkUnit:
 
     keys: tuple[CampaignKey, ...]
     expected_rows: int = 0
+    dates: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a backfill's: the run dates each key is loaded for
 
     def __post_init__(self) -> None:
         if not self.keys:
             raise ValueError("a work unit holds at least one key")
+
+    @property
+    def counted(self) -> bool:
+        """Whether its keys are counted and recorded one by one (a shared unit, or any unit of a backfill)."""
+        return self.shared or bool(self.dates)
+
+    def dates_of(self, key: str) -> tuple[str, ...]:
+        """The run dates the ledger records for ``key`` (empty: the run's own date)."""
+        return dict(self.dates).get(key, ())
 
     @property
     def shared(self) -> bool:
@@ -92,6 +102,14 @@ def window_params(windows: Sequence[KeyWindow]) -> dict[str, Any]:
         params[f"s{i}"], params[f"e{i}"] = w.start_date, w.end_date
         params.update({f"k{i}_{j}": key for j, key in enumerate(w.keys)})
     return params
+
+
+def with_dates(units: Sequence[WorkUnit], dates: Mapping[str, Sequence[date]]) -> list[WorkUnit]:
+    """The units, each carrying the run dates (ISO) the ledger records for its keys (a backfill over many dates)."""
+    return [
+        WorkUnit(u.keys, u.expected_rows, tuple((k, tuple(d.isoformat() for d in dates[k])) for k in u.names))
+        for u in units
+    ]
 
 
 def plan_units(
@@ -165,3 +183,35 @@ def why_not_shared(dataset: DatasetConfig) -> str | None:
         if rule.dedupe is not None and not keys & set(rule.dedupe.on):
             return f"rules[{i}].dedupe is not per key (its 'on' does not name the key column)"
     return None
+
+
+@dataclass(frozen=True)
+class BackfillPlan:
+    """What a backfill over many dates loads in one run: each key once, recorded for every date it is pending on."""
+
+    active: dict[str, list[str]]  # run date (ISO) → keys active on it
+    pending: dict[str, list[str]]  # run date (ISO) → those without a ledger row (all of them when forced)
+    keys: list[CampaignKey]  # every key pending on some date, in key order
+    dates: dict[str, list[date]]  # key → the dates it is pending on, in order
+
+
+def plan_backfill(
+    keys: Sequence[CampaignKey], days: Sequence[date], done: set[tuple[str, str]], force: bool = False
+) -> BackfillPlan:
+    """Which keys a backfill over ``days`` loads, and for which dates, given the ledger's ``done`` (key, ISO date).
+
+    A key's rows do not depend on the run date (they are its rows within its own window), so a key pending on many
+    dates is extracted and loaded once, and its ledger gets a row for each of them.
+    """
+    active: dict[str, list[str]] = {}
+    pending: dict[str, list[str]] = {}
+    dates: dict[str, list[date]] = {}
+    by_name = {k.key: k for k in keys}
+    for day in days:
+        iso = day.isoformat()
+        on = sorted(k.key for k in keys if k.is_active(day))
+        active[iso] = on
+        pending[iso] = [k for k in on if force or (k, iso) not in done]
+        for k in pending[iso]:
+            dates.setdefault(k, []).append(day)
+    return BackfillPlan(active, pending, [by_name[k] for k in sorted(dates)], dates)
