@@ -11,6 +11,7 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from config.errors import PausedError, first_line
 from config.loader import load_dataset, load_profile
@@ -80,7 +81,7 @@ def rds_to_redshift(
     with staged_run(resources, ds.name, run_id):  # a lease while it runs; SIGINT/SIGTERM remove what it staged
         results = _load_keys(keys, ds, resources, spec, run_id, day)
     if ds.target.load_mode == "replace_table" and all(r.status == "loaded" for r in results):
-        remove_inactive_keys.with_options(**_ride_out(resources))(resources, spec, [k.key for k in keys])
+        remove_inactive_keys.with_options(**_ride_out(resources))(resources, spec, quote([k.key for k in keys]))  # type: ignore[call-overload]  # quote() is unwrapped by Prefect
     _publish_summary(ds.name, day, run_id, results)
     return _final_state(results)
 
@@ -106,7 +107,9 @@ def _load_keys(
     backfill's ``dates`` (key → the dates it is loaded for) make every unit record its keys for those dates.
     """
     ride_out = _ride_out(resources)
-    units = plan_work_units.with_options(**ride_out)(keys, ds, resources, dates)
+    # quote(): thousands of keys are one opaque value to Prefect, not thousands of inputs to walk (about 0.2 ms a
+    # key for each task that receives them).
+    units = plan_work_units.with_options(**ride_out)(quote(keys), ds, resources, quote(dates))  # type: ignore[call-overload]  # quote() is unwrapped by Prefect
     alone = [u.keys[0] for u in units if not u.counted]
     shared = [u for u in units if u.counted]
     # Everything is submitted before anything is awaited: single keys and shared units run side by side.
@@ -116,7 +119,7 @@ def _load_keys(
     # A load's retry loads the files its key staged: a fault on the warehouse side never extracts the key again.
     loaded = load_key.with_options(**ride_out).map(staged, unmapped(ds), unmapped(resources), unmapped(spec))
     unit_staged = stage_unit.with_options(**ride_out).map(
-        shared, unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
+        quote(shared), unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
     )
     unit_loaded = load_unit.with_options(**ride_out).map(unit_staged, unmapped(ds), unmapped(resources), unmapped(spec))
     by_key = {r.key: r for r in gather(list(zip(alone, staged, strict=True)), loaded, _branch_failure)}
@@ -132,7 +135,7 @@ def _load_keys(
             rows = [KeyResult(key=k, status=failure.status, error=failure.error, unit=label) for k in unit.names]
             by_key.update((r.key, r) for r in rows)
             continue
-        retried.append(retry_keys.submit(unit, ds, resources, spec, run_id, day, failure.error))
+        retried.append(retry_keys.submit(quote(unit), ds, resources, spec, run_id, day, failure.error))  # type: ignore[call-overload]  # quote() is unwrapped by Prefect
     for future in retried:
         by_key.update((r.key, r) for r in future.result())
     return [by_key[k.key] for k in keys]
