@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -203,15 +203,23 @@ def plan_backfill(
     A key's rows do not depend on the run date (they are its rows within its own window), so a key pending on many
     dates is extracted and loaded once, and its ledger gets a row for each of them.
     """
-    active: dict[str, list[str]] = {}
-    pending: dict[str, list[str]] = {}
+    iso = {d: d.isoformat() for d in days}
+    active: dict[str, list[str]] = {iso[d]: [] for d in days}
+    pending: dict[str, list[str]] = {iso[d]: [] for d in days}
     dates: dict[str, list[date]] = {}
     by_name = {k.key: k for k in keys}
-    for day in days:
-        iso = day.isoformat()
-        on = sorted(k.key for k in keys if k.is_active(day))
-        active[iso] = on
-        pending[iso] = [k for k in on if force or (k, iso) not in done]
-        for k in pending[iso]:
-            dates.setdefault(k, []).append(day)
+    if not days:
+        return BackfillPlan(active, pending, [], dates)
+    first, last = min(days), max(days)
+    for k in sorted(keys, key=lambda k: k.key):  # each key's own dates: as many steps as (key, date) pairs
+        if not k.enabled:
+            continue
+        day, end = max(k.start_date, first), min(k.end_date, last)
+        while day <= end:
+            if day in iso:
+                active[iso[day]].append(k.key)
+                if force or (k.key, iso[day]) not in done:
+                    pending[iso[day]].append(k.key)
+                    dates.setdefault(k.key, []).append(day)
+            day += timedelta(days=1)
     return BackfillPlan(active, pending, [by_name[k] for k in sorted(dates)], dates)

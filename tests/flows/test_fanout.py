@@ -314,3 +314,91 @@ def test_units_on_a_dask_cluster_load_every_key_and_a_bad_key_fails_alone(
     assert got[poisoned] == before[poisoned]  # its previous rows
     assert all(row[4].endswith("-v2") for k, v in got.items() if k != poisoned for row in v)
     assert len(task_runs(state)) <= 20
+
+
+def rolling_keys(days: int, per_day: int, span: int) -> list[tuple[str, dt.date, dt.date]]:
+    """Keys active ``span`` days each, ``per_day // span`` starting every day: ``per_day`` active on each date."""
+    first = dt.date(2017, 3, 1)
+    out = []
+    for d in range(-(span - 1), days):
+        start = first + dt.timedelta(days=d)
+        out += [(f"R{d + span:03d}-{j}", start, start + dt.timedelta(days=span - 1)) for j in range(per_day // span)]
+    return out
+
+
+@pytest.mark.usefixtures("drop_after")
+def test_a_backfill_of_many_dates_is_one_run_of_units_and_resumes_what_failed(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    from flows.cli import app
+
+    days, first = 30, dt.date(2017, 3, 1)
+    keys = rolling_keys(days, per_day=20, span=5)  # 20 keys active a day, 136 keys in all
+    rows = []
+    for i, (k, s, _) in enumerate(keys):  # 3 rows a key within its window, 1 outside it
+        rows += [(i * 4 + j, k, s + dt.timedelta(days=j * 2), j, f"{k}/{j}") for j in range(3)]
+        rows.append((i * 4 + 3, k, s - dt.timedelta(days=1), 3, f"{k}/out"))
+    create_narrow_pg_source(pg, names["src_table"], rows)
+    profile = make_profile(max_parallel_keys=2)
+    put_many_keys(profile, keys)
+    dataset = write_narrow_dataset(tmp_path, names)
+    wh = names["wh_schema"]
+    bad = "R012-1"
+
+    def backfill(*extra: str) -> Any:
+        args = ["etl", "backfill", "-d", str(dataset), "-p", str(profile), "--from", first.isoformat()]
+        return CliRunner().invoke(app, [*args, "--to", (first + dt.timedelta(days=days - 1)).isoformat(), *extra])
+
+    # The target exists before the backfill, with a constraint that fails one key (active 5 dates) for now.
+    assert run(dataset, profile, dt.date(2016, 1, 1))[0].is_completed()  # nothing active: only prepares
+    with pg.cursor() as cur:
+        cur.execute(f"ALTER TABLE {wh}.narrow ADD CONSTRAINT no_bad CHECK (k <> '{bad}')")
+
+    failed = backfill()
+    assert failed.exit_code == 1, failed.output
+    bad_days = [s + dt.timedelta(days=n) for k, s, _ in keys if k == bad for n in range(5)]
+    assert f"{days - 5} loaded, 5 failed" in failed.output
+    want = {k: [r for r in rows if r[1] == k and r[4][-3:] != "out"] for k, _, _ in keys if k != bad}
+    assert narrow_warehouse(pg, names) == want  # every other key, each within its window, once
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT key, run_date FROM {wh}.keyflow_loads WHERE dataset = 'narrow'")
+        ledger_pairs = set(cur.fetchall())
+    expected_pairs = {
+        (k, first + dt.timedelta(days=d))
+        for k, s, e in keys
+        for d in range(days)
+        if s <= first + dt.timedelta(days=d) <= e and k != bad
+    }
+    assert ledger_pairs == expected_pairs  # a ledger row for each (key, date) it was active on, none for the bad key
+
+    # One run for the whole range: its task runs do not grow with the dates.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def last_run() -> Any:
+        async with get_client() as client:
+            return (await client.read_flow_runs(limit=1, sort=FlowRunSort.START_TIME_DESC))[0]
+
+    flow_run = asyncio.run(last_run())
+    run_tasks = asyncio.run(_task_runs_of(flow_run.id))
+    assert len(run_tasks) <= 20, sorted(t.name for t in run_tasks)
+
+    with pg.cursor() as cur:
+        cur.execute(f"ALTER TABLE {wh}.narrow DROP CONSTRAINT no_bad")
+        cur.execute(f"UPDATE {wh}.keyflow_loads SET run_id = 'first'")
+    resumed = backfill()
+    assert resumed.exit_code == 0, resumed.output
+    assert f"5 loaded, {days - 5} skipped" in resumed.output
+    with pg.cursor() as cur:  # only the bad key's dates were loaded again
+        cur.execute(f"SELECT key, run_date FROM {wh}.keyflow_loads WHERE run_id <> 'first'")
+        assert sorted(cur.fetchall()) == sorted((bad, d) for d in bad_days)
+    again = backfill()
+    assert again.exit_code == 0 and f"{days} skipped" in again.output
+
+
+async def _task_runs_of(flow_run_id: Any) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    async with get_client() as client:
+        return await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}), limit=200)

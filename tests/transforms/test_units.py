@@ -23,7 +23,15 @@ from tasks.transforms.sql import (
     render_unit_query,
 )
 from tasks.transforms.staging import KeyCounts, StagedKey, reconcile_unit, unit_prefix
-from tasks.transforms.units import WorkUnit, count_by_key, key_windows, plan_units, why_not_shared, window_params
+from tasks.transforms.units import (
+    WorkUnit,
+    count_by_key,
+    key_windows,
+    plan_backfill,
+    plan_units,
+    why_not_shared,
+    window_params,
+)
 
 D = dt.date(2017, 3, 1)
 
@@ -199,3 +207,29 @@ def test_which_datasets_can_share_units() -> None:
     assert "leaves out the key column 'k'" in str(
         why_not_shared(dataset(source={"table": "f", "key_column": "k", "columns": ["v"]}))
     )
+
+
+@given(
+    windows=st.lists(st.tuples(st.integers(-5, 20), st.integers(0, 8), st.booleans()), max_size=30),
+    done_bits=st.integers(0, 2**64),
+    force=st.booleans(),
+)
+def test_a_backfill_plan_is_each_keys_active_dates_without_a_ledger_row(
+    windows: list[tuple[int, int, bool]], done_bits: int, force: bool
+) -> None:
+    days = [D + dt.timedelta(n) for n in range(15)]
+    keys = [
+        CampaignKey("facts", f"K{i:02d}", D + dt.timedelta(s), D + dt.timedelta(s + n), enabled)
+        for i, (s, n, enabled) in enumerate(windows)
+    ]
+    pairs = [(k.key, d.isoformat()) for k in keys for d in days if k.is_active(d)]
+    done = {p for i, p in enumerate(pairs) if done_bits >> (i % 64) & 1}
+    plan = plan_backfill(keys, days, done, force)
+    for d in days:  # the same as asking each date on its own, as a run for that date would
+        on = sorted(k.key for k in keys if k.is_active(d))
+        assert plan.active[d.isoformat()] == on
+        assert plan.pending[d.isoformat()] == [k for k in on if force or (k, d.isoformat()) not in done]
+    assert {(k, d.isoformat()) for k, ds in plan.dates.items() for d in ds} == {
+        (k, d) for d, ks in plan.pending.items() for k in ks
+    }
+    assert [k.key for k in plan.keys] == sorted(plan.dates)  # each pending key once, loaded for all its dates
