@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
@@ -43,6 +44,8 @@ from tasks.retries import backoff_within
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.sql import TableSpec
 from tasks.transforms.staging import StagedKey
+
+T = TypeVar("T")
 
 PAUSED = "The etl flows are paused: nothing started (`keyflow resume etl` switches them back on)"
 
@@ -81,7 +84,8 @@ def rds_to_redshift(
     with staged_run(resources, ds.name, run_id):  # a lease while it runs; SIGINT/SIGTERM remove what it staged
         results = _load_keys(keys, ds, resources, spec, run_id, day)
     if ds.target.load_mode == "replace_table" and all(r.status == "loaded" for r in results):
-        remove_inactive_keys.with_options(**_ride_out(resources))(resources, spec, quote([k.key for k in keys]))  # type: ignore[call-overload]  # quote() is unwrapped by Prefect
+        keep = quote([k.key for k in keys])  # called in the flow's thread: quote() is unwrapped by Prefect
+        remove_inactive_keys.with_options(**_ride_out(resources))(resources, spec, keep)  # type: ignore[call-overload]
     _publish_summary(ds.name, day, run_id, results)
     return _final_state(results)
 
@@ -119,7 +123,7 @@ def _load_keys(
     # A load's retry loads the files its key staged: a fault on the warehouse side never extracts the key again.
     loaded = load_key.with_options(**ride_out).map(staged, unmapped(ds), unmapped(resources), unmapped(spec))
     unit_staged = stage_unit.with_options(**ride_out).map(
-        quote(shared), unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
+        opaque(shared), unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
     )
     unit_loaded = load_unit.with_options(**ride_out).map(unit_staged, unmapped(ds), unmapped(resources), unmapped(spec))
     by_key = {r.key: r for r in gather(list(zip(alone, staged, strict=True)), loaded, _branch_failure)}
@@ -135,10 +139,22 @@ def _load_keys(
             rows = [KeyResult(key=k, status=failure.status, error=failure.error, unit=label) for k in unit.names]
             by_key.update((r.key, r) for r in rows)
             continue
-        retried.append(retry_keys.submit(quote(unit), ds, resources, spec, run_id, day, failure.error))  # type: ignore[call-overload]  # quote() is unwrapped by Prefect
+        retried.append(retry_keys.submit(opaque(unit), ds, resources, spec, run_id, day, failure.error))
     for future in retried:
         by_key.update((r.key, r) for r in future.result())
     return [by_key[k.key] for k in keys]
+
+
+def opaque(value: T) -> T:
+    """``quote(value)`` for a task submitted to threads; ``value`` itself for Dask.
+
+    Prefect walks every task input (about 0.1 ms per key of a unit); ``quote`` stops it, but Dask rebuilds the
+    quote (a named tuple) as a plain tuple on its way to a worker, so there the unit is passed as it is.
+    """
+    context = FlowRunContext.get()
+    if context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner):
+        return cast(T, quote(value))
+    return value
 
 
 def _ride_out(resources: Resources) -> dict[str, Any]:
