@@ -119,7 +119,7 @@ def _backfill_in_one_run(
     watch(state.state_details.flow_run_id)
     data = state.result(raise_on_failure=False)
     rows = data.data if isinstance(data, RunFailedError) else data
-    if not isinstance(rows, list) or (rows and not isinstance(rows[0], dict)):  # refused before any date ran
+    if not (isinstance(rows, list) and rows and isinstance(rows[0], dict)):  # refused before any date ran
         status = "paused" if state.is_cancelled() else "failed"
         rows = [{"run_date": d.isoformat(), "status": status, "keys": 0, "message": state.message or ""} for d in days]
     results = [DateResult(date.fromisoformat(r["run_date"]), r["status"], r["keys"], r["message"]) for r in rows]
