@@ -402,3 +402,30 @@ async def _task_runs_of(flow_run_id: Any) -> list[Any]:
 
     async with get_client() as client:
         return await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}), limit=200)
+
+
+@pytest.mark.usefixtures("drop_after")
+def test_a_one_run_backfill_while_paused_starts_nothing_and_says_so_per_date(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    from flows.cli import app
+
+    keys = rolling_keys(3, per_day=10, span=2)
+    create_narrow_pg_source(pg, names["src_table"], narrow_rows([k for k, _, _ in keys]))
+    profile = make_profile(max_parallel_keys=2)
+    put_many_keys(profile, keys)
+    dataset = write_narrow_dataset(tmp_path, names)
+    runner = CliRunner()
+    args = ["etl", "backfill", "-d", str(dataset), "-p", str(profile), "--from", "2017-03-01", "--to", "2017-03-03"]
+    assert runner.invoke(app, ["pause", "etl"]).exit_code == 0
+    try:
+        paused = runner.invoke(app, args, env={"COLUMNS": "200"})
+    finally:
+        assert runner.invoke(app, ["resume", "etl"]).exit_code == 0
+    assert paused.exit_code == 3, paused.output
+    assert "3 paused" in paused.output
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s", (names["wh_schema"],))
+        assert cur.fetchone()[0] == 0  # nothing was touched, not even the target table
+    done = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert done.exit_code == 0 and "3 loaded" in done.output, done.output
