@@ -429,3 +429,48 @@ def test_a_one_run_backfill_while_paused_starts_nothing_and_says_so_per_date(
         assert cur.fetchone()[0] == 0  # nothing was touched, not even the target table
     done = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert done.exit_code == 0 and "3 loaded" in done.output, done.output
+
+
+@pytest.mark.usefixtures("drop_after")
+def test_the_embedded_duckdb_warehouse_loads_shared_units_and_isolates_a_bad_key(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    import duckdb
+
+    keys = many_keys(120)
+    rows = narrow_rows([k for k, _, _ in keys])
+    create_narrow_pg_source(pg, names["src_table"], rows)
+    path = tmp_path / "wh.duckdb"
+    profile = make_profile(warehouse_kind="duckdb", warehouse_url=str(path), max_parallel_keys=2)
+    put_many_keys(profile, keys)
+    dataset = write_narrow_dataset(tmp_path, names)
+    want = narrow_expected(rows, keys)
+
+    def loaded() -> dict[str, list[tuple[Any, ...]]]:
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        with duckdb.connect(str(path), read_only=True) as db:
+            for r in db.execute(f"SELECT id, k, d, n, v FROM {names['wh_schema']}.narrow ORDER BY id").fetchall():
+                out.setdefault(r[1], []).append(tuple(r))
+            ledger = dict(db.execute(f"SELECT key, rows_loaded FROM {names['wh_schema']}.keyflow_loads").fetchall())
+        assert ledger == {k: len(v) for k, v in want.items() if k in ledger}
+        return out
+
+    state, results = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    shared = {r["key"]: r["unit"] for r in results if r["unit"]}  # two slots: about half the rows each
+    assert len(shared) >= 100 and len(set(shared.values())) <= 3, shared
+    assert loaded() == {k: v for k, v in want.items() if v}
+
+    # A key whose rows now break a constraint the DuckDB table enforces (NOT NULL): it fails alone.
+    bad = next(k for k, v in want.items() if k >= "K0060" and v and k in shared)
+    with pg.cursor() as cur:
+        cur.execute(f"ALTER TABLE {names['src_table']} ALTER COLUMN v DROP NOT NULL")
+        cur.execute(f"UPDATE {names['src_table']} SET v = NULL WHERE k = %s", (bad,))
+        cur.execute(f"UPDATE {names['src_table']} SET v = v || '-v2' WHERE k <> %s", (bad,))
+    with duckdb.connect(str(path)) as db:
+        db.execute(f"ALTER TABLE {names['wh_schema']}.narrow ALTER COLUMN v SET NOT NULL")
+    state, results = run(dataset, profile, D1)
+    assert state.is_failed() and state.message == f"1 of 120 key(s) failed: {bad}"
+    after = loaded()
+    assert after[bad] == want[bad]  # its previous rows
+    assert all(row[4].endswith("-v2") for k, v in after.items() if k != bad for row in v)  # the others reloaded
