@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from tests.helpers.etl import (
@@ -474,3 +475,39 @@ def test_the_embedded_duckdb_warehouse_loads_shared_units_and_isolates_a_bad_key
     after = loaded()
     assert after[bad] == want[bad]  # its previous rows
     assert all(row[4].endswith("-v2") for k, v in after.items() if k != bad for row in v)  # the others reloaded
+
+
+@pytest.mark.usefixtures("drop_after")
+def test_merge_mode_upserts_a_shared_unit_and_keeps_rows_no_longer_extracted(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+) -> None:
+    from tests.helpers.config_files import write_yaml
+
+    keys = many_keys(90)
+    rows = narrow_rows([k for k, _, _ in keys])
+    create_narrow_pg_source(pg, names["src_table"], rows)
+    profile = make_profile(max_parallel_keys=2)
+    put_many_keys(profile, keys)
+    dataset = write_narrow_dataset(tmp_path, names)
+    data = yaml.safe_load(dataset.read_text())
+    data["target"] |= {"load_mode": "merge", "primary_key": ["id"]}
+    write_yaml(dataset, data)
+    want = narrow_expected(rows, keys)
+    state, results = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    assert sum(bool(r["unit"]) for r in results) >= 60
+    assert narrow_warehouse(pg, names) == {k: v for k, v in want.items() if v}
+
+    src = names["src_table"]
+    gone = next(r for r in rows if r[1] in want and r in want[r[1]])  # a loaded row the source then loses
+    with pg.cursor() as cur:
+        cur.execute(f"UPDATE {src} SET v = v || '-v2'")
+        cur.execute(f"DELETE FROM {src} WHERE id = %s", (gone[0],))
+    state, results = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    got = narrow_warehouse(pg, names)
+    assert gone in got[gone[1]]  # merge keeps rows no longer extracted
+    assert all(r[4].endswith("-v2") for v in got.values() for r in v if r != gone)  # the others upserted
+    assert {r["key"]: r["rows_loaded"] for r in results} == {
+        k: len(v) - (k == gone[1]) for k, v in want.items()
+    }  # per key: the rows the merge matched
