@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-fast lint format services clean bench bench-trends bench-ingest
+.PHONY: install run test test-fast lint format services clean bench bench-trends bench-ingest bench-scale
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ lint: $(STAMP) ## ruff (check + format) and mypy
 
 bench: $(STAMP) ## ETL benchmark: the raw COPY limit, keyflow and the usual pandas script (see BENCHMARKS.md)
 	$(BIN)/python bench/etl_bench.py $(BENCH_ARGS)
+
+bench-scale: $(STAMP) ## Fan-out: 1,000 and 10,000 small keys in one run, and a 365-day backfill (see BENCHMARKS.md)
+	$(BIN)/python bench/scale_bench.py $(BENCH_ARGS)
 
 bench-trends: $(STAMP) ## Trend scoring: events per minute over 10 M generated events, beside a pandas baseline
 	$(BIN)/python bench/trends_bench.py $(BENCH_ARGS)

@@ -1,6 +1,7 @@
-"""Steps every flow shares: refuse to start while paused or misconfigured, gather mapped branches, end in one state.
+"""Steps every flow shares: refuse to start while paused or misconfigured, ride out connection trouble, one state.
 
-A keyflow error ends a flow in its Failed state too, without a traceback; artifact keys are named here.
+Mapped branches are gathered so one failed branch hides no other; a keyflow error ends a flow in its Failed state
+too, without a traceback; artifact keys are named here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 from config.errors import ConfigError, KeyflowError, RunFailedError, first_line
 from tasks.control import is_paused
 from tasks.preflight import Job, check_before_run
+from tasks.retries import backoff_within
 
 if TYPE_CHECKING:
     from tasks.resources import Resources
@@ -51,6 +53,16 @@ def ends_failed_on_errors(body: Callable[P, State[Any]]) -> Callable[P, State[An
     # the body's signature with its annotations already resolved (this module does not import `date`).
     run.__signature__ = inspect.signature(body, eval_str=True)  # type: ignore[attr-defined]
     return run
+
+
+def ride_out(resources: Resources) -> dict[str, Any]:
+    """``@task`` options of a step that talks to a database or AWS: connection trouble retried for the profile's window.
+
+    Exponential backoff from ``retry_backoff_seconds``, with jitter, for up to ``retry_window_seconds`` (a failover
+    or a restart is ridden out); only transient errors are retried. Every flow family uses it for its I/O steps.
+    """
+    prof = resources.profile
+    return backoff_within(prof.retry_window_seconds, prof.retry_backoff_seconds)
 
 
 def refuse_if_misconfigured(job: Job, resources: Resources, within: float | None = None) -> State[Any] | None:

@@ -9,10 +9,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, State
 
 from config.loader import load_events, load_profile
-from flows.common import artifact_key, ends_failed_on_errors, refuse_if_misconfigured, refuse_if_paused
+from flows.common import artifact_key, ends_failed_on_errors, refuse_if_misconfigured, refuse_if_paused, ride_out
 from tasks.ingest import drain_events
 from tasks.resources import resources_for
-from tasks.retries import DRAIN_IO, within
+from tasks.retries import within
 
 PAUSED = "The ingest flows are paused: nothing drained (`keyflow resume ingest`)"
 
@@ -36,8 +36,9 @@ def ingest_events(
     seconds = max_seconds or cfg.max_seconds
     if refused := refuse_if_misconfigured(cfg, resources, within=seconds):
         return refused
-    # A broker that stays down is retried only while the drain's own time allows: --max-seconds is a promise.
-    drain = drain_events.with_options(**within(DRAIN_IO, seconds))
+    # A broker, table or bucket that drops out is retried within the profile's window, and only while the drain's
+    # own time allows: --max-seconds is a promise.
+    drain = drain_events.with_options(**within(ride_out(resources), seconds))
     summary = drain(cfg, resources, max_events or cfg.max_events, seconds)
     row = summary.as_row()
     create_table_artifact(key=artifact_key(cfg.name, "drain"), table=[row], description=f"{cfg.name}: one drain")

@@ -17,6 +17,7 @@ from flows.common import (
     gather,
     refuse_if_misconfigured,
     refuse_if_paused,
+    ride_out,
 )
 from tasks.ingest_files import FileResult, ingest_file, list_landing_files, prepare_file_target
 from tasks.resources import resources_for
@@ -39,9 +40,10 @@ def ingest_files(source: str = "campaign_facts_files", profile: str = "local") -
     resources = resources_for(prof)
     if refused := refuse_if_misconfigured(src, resources):
         return refused
-    prepare_file_target(src, resources)
-    keys = list_landing_files(src, resources)
-    futures = ingest_file.map(unmapped(src), unmapped(resources), keys)
+    retries = ride_out(resources)  # a database failover or an S3 outage is ridden out within the profile's window
+    prepare_file_target.with_options(**retries)(src, resources)
+    keys = list_landing_files.with_options(**retries)(src, resources)
+    futures = ingest_file.with_options(**retries).map(unmapped(src), unmapped(resources), keys)
     results = gather(keys, futures, _file_failure)
     rows = [r.as_row() for r in results]
     create_table_artifact(key=artifact_key(src.name, "files"), table=rows, description=f"{src.name}: files of this run")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from config.errors import PausedError, first_line
 from config.loader import load_dataset, load_profile
@@ -22,15 +24,28 @@ from flows.common import (
     gather,
     refuse_if_misconfigured,
     refuse_if_paused,
+    ride_out,
     settled,
 )
-from tasks.cleanup import staged_run
-from tasks.etl import KeyResult, list_active_keys, load_key, prepare_target, remove_inactive_keys, stage_key
+from tasks.cleanup import staged_run, sweep_dead_runs
+from tasks.etl import (
+    KeyResult,
+    list_active_keys,
+    load_key,
+    load_unit,
+    plan_work_units,
+    prepare_target,
+    remove_inactive_keys,
+    retry_keys,
+    stage_key,
+    stage_unit,
+)
 from tasks.resources import Resources, resources_for
-from tasks.retries import backoff_within
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.sql import TableSpec
 from tasks.transforms.staging import StagedKey
+
+T = TypeVar("T")
 
 PAUSED = "The etl flows are paused: nothing started (`keyflow resume etl` switches them back on)"
 
@@ -44,10 +59,11 @@ PAUSED = "The etl flows are paused: nothing started (`keyflow resume etl` switch
 def rds_to_redshift(
     dataset: str = "campaign_facts", run_date: date | None = None, profile: str = "local"
 ) -> State[Any]:
-    """Load every key of ``dataset`` active on ``run_date`` (today, UTC, by default), one parallel branch per key.
+    """Load every key of ``dataset`` active on ``run_date`` (today, UTC, by default), in parallel work units.
 
-    Each key is replaced atomically in the warehouse and reconciled; a failed key keeps its previous rows and
-    fails the run after the other keys have loaded.
+    Many small keys share a unit (one extraction, one staged object set, one load); a large key has its own. Each
+    key is replaced atomically in the warehouse and reconciled; a failed key keeps its previous rows and fails the
+    run after the other keys have loaded (a failed shared unit's keys are retried one by one first).
     """
     logger = get_run_logger()
     prof, ds = load_profile(profile), load_dataset(dataset)
@@ -60,7 +76,8 @@ def rds_to_redshift(
     resources = resources_for(prof)
     if refused := refuse_if_misconfigured(ds, resources):
         return refused
-    spec = prepare_target.with_options(**_ride_out(resources))(ds, resources)
+    spec = prepare_target.with_options(**ride_out(resources))(ds, resources)
+    sweep_dead_runs(resources, ds.name)  # what killed runs of this dataset left (stale leases), before staging
     keys = list_active_keys(ds.name, day, resources)
     if not keys:
         logger.info("Nothing to do: no key of %s is active on %s", ds.name, day)
@@ -68,7 +85,8 @@ def rds_to_redshift(
     with staged_run(resources, ds.name, run_id):  # a lease while it runs; SIGINT/SIGTERM remove what it staged
         results = _load_keys(keys, ds, resources, spec, run_id, day)
     if ds.target.load_mode == "replace_table" and all(r.status == "loaded" for r in results):
-        remove_inactive_keys.with_options(**_ride_out(resources))(resources, spec, [k.key for k in keys])
+        keep = quote([k.key for k in keys])  # called in the flow's thread: quote() is unwrapped by Prefect
+        remove_inactive_keys.with_options(**ride_out(resources))(resources, spec, keep)  # type: ignore[call-overload]
     _publish_summary(ds.name, day, run_id, results)
     return _final_state(results)
 
@@ -79,22 +97,65 @@ def _run_id(run_date: date) -> str:
 
 
 def _load_keys(
-    keys: list[CampaignKey], ds: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, day: date
+    keys: list[CampaignKey],
+    ds: DatasetConfig,
+    resources: Resources,
+    spec: TableSpec,
+    run_id: str,
+    day: date,
+    dates: dict[str, list[date]] | None = None,
 ) -> list[KeyResult]:
-    """Stage then load every key, one parallel branch per key; each key's result, a failed branch's included."""
-    ride_out = _ride_out(resources)
-    staged = stage_key.with_options(**ride_out).map(
-        keys, unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
+    """Stage then load every work unit in parallel; each key's result in key order, a failed key's included.
+
+    A key on its own is staged and loaded as it always was (``stage-K1``, ``load-K1``); many small keys share a
+    unit (``stage-K0001..K0250 (250 keys)``), and a shared unit that fails has its keys retried one by one. A
+    backfill's ``dates`` (key → the dates it is loaded for) make every unit record its keys for those dates.
+    """
+    retries = ride_out(resources)
+    # quote(): thousands of keys are one opaque value to Prefect, not thousands of inputs to walk (about 0.2 ms a
+    # key for each task that receives them).
+    units = plan_work_units.with_options(**retries)(quote(keys), ds, resources, quote(dates))  # type: ignore[call-overload]  # quote() is unwrapped by Prefect
+    alone = [u.keys[0] for u in units if not u.counted]
+    shared = [u for u in units if u.counted]
+    # Everything is submitted before anything is awaited: single keys and shared units run side by side.
+    staged = stage_key.with_options(**retries).map(
+        alone, unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
     )
     # A load's retry loads the files its key staged: a fault on the warehouse side never extracts the key again.
-    loaded = load_key.with_options(**ride_out).map(staged, unmapped(ds), unmapped(resources), unmapped(spec))
-    return gather(list(zip(keys, staged, strict=True)), loaded, _branch_failure)
+    loaded = load_key.with_options(**retries).map(staged, unmapped(ds), unmapped(resources), unmapped(spec))
+    unit_staged = stage_unit.with_options(**retries).map(
+        opaque(shared), unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
+    )
+    unit_loaded = load_unit.with_options(**retries).map(unit_staged, unmapped(ds), unmapped(resources), unmapped(spec))
+    by_key = {r.key: r for r in gather(list(zip(alone, staged, strict=True)), loaded, _branch_failure)}
+    retried: list[PrefectFuture[list[KeyResult]]] = []
+    for unit, stage, load in zip(shared, unit_staged, unit_loaded, strict=True):
+        if settled(load).is_completed():
+            by_key.update((r.key, r) for r in load.result())
+            continue
+        state = stage.state if not settled(stage).is_completed() else load.state
+        failure = _failure(unit.label, state)
+        if failure.status == "paused" or not unit.shared:  # paused, or a key alone already: nothing to retry
+            label = unit.label if unit.shared else ""
+            rows = [KeyResult(key=k, status=failure.status, error=failure.error, unit=label) for k in unit.names]
+            by_key.update((r.key, r) for r in rows)
+            continue
+        retried.append(retry_keys.submit(opaque(unit), ds, resources, spec, run_id, day, failure.error))
+    for future in retried:
+        by_key.update((r.key, r) for r in future.result())
+    return [by_key[k.key] for k in keys]
 
 
-def _ride_out(resources: Resources) -> dict[str, Any]:
-    """Retry options of the steps that talk to the databases: connection trouble retried for the profile's window."""
-    prof = resources.profile
-    return backoff_within(prof.retry_window_seconds, prof.retry_backoff_seconds)
+def opaque(value: T) -> T:
+    """``quote(value)`` for a task submitted to threads; ``value`` itself for Dask.
+
+    Prefect walks every task input (about 0.1 ms per key of a unit); ``quote`` stops it, but Dask rebuilds the
+    quote (a named tuple) as a plain tuple on its way to a worker, so there the unit is passed as it is.
+    """
+    context = FlowRunContext.get()
+    if context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner):
+        return cast(T, quote(value))
+    return value
 
 
 def _branch_failure(branch: tuple[CampaignKey, PrefectFuture[StagedKey]], load: State[Any]) -> KeyResult:

@@ -14,7 +14,7 @@ from prefect.states import Completed, Failed, State
 
 from config.errors import RunFailedError, first_line
 from config.loader import load_profile, load_trends
-from flows.common import artifact_key, ends_failed_on_errors, refuse_if_misconfigured, refuse_if_paused
+from flows.common import artifact_key, ends_failed_on_errors, refuse_if_misconfigured, refuse_if_paused, ride_out
 from tasks.resources import Resources, resources_for
 from tasks.transforms.trends import closed_hours, floor_time, late_note
 from tasks.trends import (
@@ -58,7 +58,9 @@ def _count_hours(
     """
     summaries, failures = [], []
     for a, b in pieces:
-        state = count_windows(cfg, resources, a, b, ignore_lateness, return_state=True)
+        state = count_windows.with_options(**ride_out(resources))(
+            cfg, resources, a, b, ignore_lateness, return_state=True
+        )
         result = state.result(raise_on_failure=False)
         if isinstance(result, CountSummary):
             summaries.append(result)
@@ -90,7 +92,7 @@ def trend_scoring(job: str = "trending", profile: str = "local", end: datetime |
         return refused
     spec = window_spec(cfg)
     until = floor_time(_utc(end), spec.width)
-    planned = plan_windows(cfg, resources, until)
+    planned = plan_windows.with_options(**ride_out(resources))(cfg, resources, until)
     # Catch-up after downtime may span hours: count an hour at a time, so memory follows an hour's groups.
     summaries, failures = _count_hours(cfg, resources, _hours(planned.start, planned.end))
     totals = _totals(summaries)
@@ -108,8 +110,8 @@ def trend_scoring(job: str = "trending", profile: str = "local", end: datetime |
         return Failed(
             message=message, data=RunFailedError(message, {**data, "failed": failures, "audiences": 0, "scored": 0})
         )
-    scored = score_trends(cfg, resources, until)
-    advance_watermark(cfg, resources, until)
+    scored = score_trends.with_options(**ride_out(resources))(cfg, resources, until)
+    advance_watermark.with_options(**ride_out(resources))(cfg, resources, until)
     data |= {"audiences": scored.audiences, "scored": scored.scored, "compacted": _compact(cfg, resources, until)}
 
     create_table_artifact(
@@ -142,7 +144,7 @@ def _compact(cfg: Any, resources: Resources, until: datetime) -> int:
     hours = closed_hours(span, until, window_spec(cfg))
     if not hours:
         return 0
-    state = compact_hours(cfg, resources, hours, return_state=True)
+    state = compact_hours.with_options(**ride_out(resources))(cfg, resources, hours, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         get_run_logger().warning("Compaction left for the next run: %s", first_line(result))
@@ -186,7 +188,7 @@ def trend_backfill(
         return Failed(message="\n".join(failures), data=RunFailedError("\n".join(failures), rows))
     message = f"{len(summaries)} hour(s) recounted, {totals['counted']} event(s) counted"
     if publish:
-        scored = score_trends(cfg, resources, b)
+        scored = score_trends.with_options(**ride_out(resources))(cfg, resources, b)
         message += f"; {scored.audiences} audience(s) ranked as of {b.isoformat()} and published"
     return Completed(message=message, data=rows)
 
@@ -202,7 +204,8 @@ def trend_compaction(job: str, start: datetime, end: datetime, profile: str = "l
     closed = closed_hours(hours, now, spec)
     if refused := refuse_if_paused("trends", data=[]):
         return refused
-    results = compact_hours(cfg, resources_for(prof), closed) if closed else []
+    resources = resources_for(prof)
+    results = compact_hours.with_options(**ride_out(resources))(cfg, resources, closed) if closed else []
     rows = [r.as_row() for r in results]
     rows += [{"hour": h.isoformat(), "reason": "still open to late events"} for h in hours if h not in closed]
     done = sum(1 for r in results if r.files_out)

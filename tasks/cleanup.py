@@ -9,6 +9,10 @@
   is removed only when its lease is stale (no process renewed it for :data:`LEASE_SECONDS`, or the process holding
   it on this host is gone) and nothing under it is younger than ``--older-than``. A run that is still loading keeps
   renewing its lease, however long the load takes.
+- The next ETL run of the same dataset sweeps such runs at its start (:func:`sweep_dead_runs`), without waiting for
+  ``--older-than``: a run whose lease is stale or whose holder on this host is gone, with its incomplete uploads
+  and the local part folders of dead processes. A run with a fresh lease (a live run), a run without a lease
+  (``keep_staged``) and a run whose Data API load is still pending in the statement ledger are left alone.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
 from config.errors import KeyflowError
@@ -35,6 +39,7 @@ from config.models import Profile
 from tasks.io.objectstore import ObjectStore
 from tasks.io.stager import GATE, LOCAL_PREFIX
 from tasks.resources import Resources, object_store_for
+from tasks.transforms.paths import join_under
 from tasks.transforms.staging import LEASE, StagedRun, lease_record, run_of, run_prefix, staged_runs
 
 HEARTBEAT_SECONDS = 30.0
@@ -290,6 +295,96 @@ def remove_leftovers(profile: Profile, found: Leftovers) -> int:
     for folder in found.folders:
         shutil.rmtree(folder.path, ignore_errors=True)
     return deleted
+
+
+# --- what killed runs of a dataset left, swept by its next run
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What :func:`sweep_dead_runs` removed: the dead runs, objects deleted, uploads aborted, local folders."""
+
+    runs: tuple[str, ...] = ()
+    objects: int = 0
+    uploads: int = 0
+    folders: int = 0
+
+    def line(self, dataset: str) -> str:
+        """One log line naming what went."""
+        what = []
+        if self.runs:
+            runs = f"run{'s' if len(self.runs) > 1 else ''} {', '.join(self.runs)}"
+            what.append(f"{self.objects} staged object(s) of {runs}")
+        if self.uploads:
+            what.append(f"{self.uploads} incomplete upload(s)")
+        if self.folders:
+            what.append(f"{self.folders} local part folder(s) of dead processes")
+        return f"Swept what killed runs of {dataset} left: " + "; ".join(what)
+
+
+def dead_runs(
+    resources: Resources, dataset: str, now: datetime | None = None, lease_seconds: float = LEASE_SECONDS
+) -> list[StagedRun]:
+    """Runs of ``dataset`` that a killed process left: a lease no one renews, or whose holder on this host is gone.
+
+    Never a run with a fresh lease held by a live process (it is loading), nor a run without a lease (its staged
+    files were kept on purpose, or its removal failed after a load: `keyflow cleanup` decides), nor a run whose
+    Data API load is pending in the statement ledger (the next load of its key waits for that statement).
+    """
+    now = now or datetime.now(UTC)
+    store, prof = resources.object_store(), resources.profile
+    runs = staged_runs(prof.prefix, store.list_objects(join_under(prof.prefix, dataset) + "/"))
+    pending = _pending_loads(store, prof.prefix, dataset)
+    return [
+        run
+        for run in runs
+        if run.lease_renewed is not None
+        and run.run_id not in pending
+        and (not run.live(now, lease_seconds) or _holder_gone(store, run))
+    ]
+
+
+def _pending_loads(store: ObjectStore, prefix: str, dataset: str) -> set[str]:
+    """Run ids whose Data API load of some key was submitted and not yet resolved (``tasks/io/redshift.py``)."""
+    runs = set()
+    for key in store.list_keys(join_under(prefix, f"_loads/{dataset}") + "/"):
+        if key.endswith("/statement.json"):
+            try:
+                runs.add(str(json.loads(store.get_bytes(key)).get("run_id", "")))
+            except (KeyflowError, ValueError, AttributeError):
+                continue
+    return runs
+
+
+@task(name="sweep_dead_runs")
+def sweep_dead_runs(resources: Resources, dataset: str) -> Swept:
+    """Before a run stages: remove what killed runs of ``dataset`` left, and say so in one line.
+
+    Best effort: a failure is a warning (``keyflow cleanup`` removes the rest later), never a failed run.
+    """
+    logger = get_run_logger()
+    store, prof = resources.object_store(), resources.profile
+    runs: list[StagedRun] = []
+    deleted = aborted = 0
+    try:
+        for run in dead_runs(resources, dataset):
+            deleted += store.delete_prefix(run.prefix)
+            runs.append(run)
+        gone = {run.prefix for run in runs}
+        if gone:  # a killed multipart upload's parts are not objects yet: only the upload listing shows them
+            for upload in store.incomplete_uploads(join_under(prof.prefix, dataset) + "/"):
+                if run_of(prof.prefix, str(upload["Key"])) in gone:
+                    store.abort_upload(str(upload["Key"]), str(upload["UploadId"]))
+                    aborted += 1
+    except KeyflowError as exc:
+        logger.warning("Leftovers of killed runs not all swept (`keyflow cleanup` removes the rest): %s", exc)
+    folders = _dead_folders()
+    for folder in folders:
+        shutil.rmtree(folder.path, ignore_errors=True)
+    swept = Swept(tuple(run.run_id for run in runs), deleted, aborted, len(folders))
+    if runs or folders:
+        logger.info("%s", swept.line(dataset))
+    return swept
 
 
 def _holder_gone(store: ObjectStore, run: StagedRun) -> bool:

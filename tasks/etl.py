@@ -1,32 +1,50 @@
-"""Tasks of the key-driven ETL: prepare the target, list active keys, stage one key, load one key."""
+"""Tasks of the key-driven ETL: prepare the target, list active keys, group them into units, stage and load them."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
-from config.errors import ConfigError, KeyFailedError, KeyflowError, PausedError
+from config.errors import ConfigError, KeyFailedError, KeyflowError, PausedError, RetryableError, first_line
 from config.models import DatasetConfig
 from tasks.control import ensure_limit, is_paused, source_slot
 from tasks.io.passthrough import CsvPassthroughWriter
 from tasks.io.source import CopySession, SourceDatabase
 from tasks.io.stager import GATE, PartWriter, stop_if_interrupted
 from tasks.resources import Resources
-from tasks.retries import KEY_IO, LISTING_IO, SETUP_IO
+from tasks.retries import KEY_IO, LISTING_IO, SETUP_IO, backoff_delays
 from tasks.transforms.drift import plan_drift
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.plan import arrow_schema, plan_table
 from tasks.transforms.pushdown import Pushdown, plan_pushdown, render_count_query, render_pushed_query
 from tasks.transforms.rules import RuleEngine, RuleError, as_text, conform, passthrough_columns
-from tasks.transforms.sql import TableSpec, render_key_query
-from tasks.transforms.staging import StagedKey, key_prefix, redshift_manifest, run_record
+from tasks.transforms.sql import TableSpec, render_key_query, render_unit_query
+from tasks.transforms.staging import (
+    KeyCounts,
+    StagedKey,
+    key_prefix,
+    redshift_manifest,
+    run_record,
+    unit_prefix,
+)
+from tasks.transforms.units import (
+    BackfillPlan,
+    WorkUnit,
+    add_counts,
+    count_by_key,
+    plan_backfill,
+    plan_units,
+    why_not_shared,
+    window_params,
+    with_dates,
+)
 
 _limits_lock = threading.Lock()
 _limits: dict[tuple[str, int], threading.BoundedSemaphore] = {}
@@ -54,6 +72,7 @@ class KeyResult:
     load_seconds: float = 0.0
     uri: str = ""
     error: str = ""
+    unit: str = ""  # the shared unit that carried the key ("" for a key loaded on its own)
 
     def as_row(self) -> dict[str, Any]:
         """The result as one summary-table row."""
@@ -93,14 +112,13 @@ def prepare_target(dataset: DatasetConfig, resources: Resources) -> TableSpec:
 def list_active_keys(dataset: str, run_date: date, resources: Resources) -> list[CampaignKey]:
     """Query the DynamoDB key table for the keys of ``dataset`` active on ``run_date``."""
     keys = resources.key_store().active_keys(dataset, run_date)
-    get_run_logger().info(
-        "%d key(s) of %s active on %s: %s",
-        len(keys),
-        dataset,
-        run_date,
-        ", ".join(k.key for k in keys) or "none",
-    )
+    shown = ", ".join(k.key for k in keys[:LISTED_KEYS]) or "none"
+    more = f" and {len(keys) - LISTED_KEYS:,} more" if len(keys) > LISTED_KEYS else ""
+    get_run_logger().info("%d key(s) of %s active on %s: %s%s", len(keys), dataset, run_date, shown, more)
     return keys
+
+
+LISTED_KEYS = 20  # keys the listing's log line names (the run's results list every key)
 
 
 PROGRESS_SECONDS = 10.0  # how often a key still staging logs its progress
@@ -147,9 +165,20 @@ def choose_route(dataset: DatasetConfig, source: SourceDatabase, schema_in: Any,
 
 
 def stage_rows(
-    key: CampaignKey, dataset: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, run_date: date
+    key: CampaignKey | WorkUnit,
+    dataset: DatasetConfig,
+    resources: Resources,
+    spec: TableSpec,
+    run_id: str,
+    run_date: date,
 ) -> StagedKey:
-    """Stream one key's rows from the source through the rules into compressed, encrypted S3 parts."""
+    """Stream one key's rows (or a shared unit's) from the source through the rules into compressed, encrypted S3 parts.
+
+    A shared unit is one extraction of all its keys, each within its own dates, staged as one object set; its rows
+    are counted per key on the way (read, and staged after the rules), so each key is reconciled on its own.
+    """
+    unit = key if isinstance(key, WorkUnit) else WorkUnit((key,))
+    key = unit.keys[0]
     started = time.perf_counter()
     profile = resources.profile
     source = resources.source()
@@ -157,20 +186,32 @@ def stage_rows(
     schema_in = source.source_schema(dataset.source)
     target_schema = arrow_schema(spec)
     fmt = dataset.staging.format_for(profile.warehouse_kind)
-    sql = render_key_query(dataset.source, source.dialect)
-    params: dict[str, Any] = {**key.params}
-    params.update(key=key.key, start_date=key.start_date, end_date=key.end_date, run_date=run_date)
+    params: dict[str, Any]
+    if unit.counted:
+        windows = unit.windows()
+        sql = render_unit_query(dataset.source, source.dialect, [len(w.keys) for w in windows])
+        params = {**window_params(windows), "run_date": run_date}
+        prefix = unit_prefix(profile.prefix, dataset.name, run_id, unit.digest)
+    else:
+        sql = render_key_query(dataset.source, source.dialect)
+        params = {**key.params}
+        params.update(key=key.key, start_date=key.start_date, end_date=key.end_date, run_date=run_date)
+        prefix = key_prefix(profile.prefix, dataset.name, run_id, key.key)
+    what = f"unit {unit.label}" if unit.counted else f"key {key.key!r}"
     salts = resources.salts(dataset.secret_names())
-    route = choose_route(dataset, source, schema_in, target_schema, fmt)
+    # A shared unit counts each of its keys' rows from the parsed stream, before and after the rules (issue 16): its
+    # rules stay on the client, so no pushed filter hides rows from that count.
+    route = Route(None, False) if unit.counted else choose_route(dataset, source, schema_in, target_schema, fmt)
     session = CopySession()
     client_rules, positions = list(dataset.rules), None
     if route.push is not None:
         # The rules the source computes exactly are in the query; the count before its filters reconciles.
-        sql, push = render_pushed_query(sql, route.push, source.dialect), route.push
+        base, push = sql, route.push
+        sql = render_pushed_query(base, push, source.dialect)
         params.update(push.params)
         session = CopySession(
             salts={n: salts[n] for n in push.salts},
-            count_sql=render_count_query(render_key_query(dataset.source, source.dialect)) if push.filters else None,
+            count_sql=render_count_query(base) if push.filters else None,
         )
         schema_in = push.schema
         client_rules, positions = [r for _, r in push.client_rules], [i for i, _ in push.client_rules]
@@ -179,9 +220,8 @@ def stage_rows(
         # Columns no rule touches travel as the database's own text: exact, and no parse/format round trip.
         keep = passthrough_columns(client_rules, schema_in, target_schema)
         schema_in, target_schema = as_text(schema_in, keep), as_text(target_schema, keep)
-    prefix = key_prefix(profile.prefix, dataset.name, run_id, key.key)
     if profile.source_max_connections == 0:
-        raise KeyFailedError(f"key {key.key!r}: extraction is switched off (source_max_connections is 0)")
+        raise KeyFailedError(f"{what}: extraction is switched off (source_max_connections is 0)")
     if route.push is not None:
         on_client = [p for p in route.push.placements if p.where == "client"]
         _logger().info(
@@ -192,6 +232,8 @@ def stage_rows(
             f" ({'; '.join(p.describe() for p in on_client)})" if on_client else "",
             "CSV bytes passed through unparsed" if route.passthrough else "rows parsed for the client",
         )
+    read_by_key: dict[str, int] = {}
+    staged_by_key: dict[str, int] = {}
     writer: PartWriter | CsvPassthroughWriter
     if route.passthrough:
         writer = CsvPassthroughWriter(
@@ -215,8 +257,8 @@ def stage_rows(
         if time.perf_counter() >= report_at:  # a long key says how far it got, in the log and on the TTY
             report_at = time.perf_counter() + PROGRESS_SECONDS
             _logger().info(
-                "Staging key %r: %d rows staged so far (%.0fs)",
-                key.key,
+                "Staging %s: %d rows staged so far (%.0fs)",
+                what,
                 staged_so_far,
                 time.perf_counter() - started,
             )
@@ -235,12 +277,15 @@ def stage_rows(
                     streamed += batch.num_rows
                     out = conform(engine.apply(batch), target_schema)
                     filtered += batch.num_rows - out.num_rows
+                    if unit.counted:  # each key of the unit is reconciled on its own
+                        add_counts(read_by_key, count_by_key(batch.column(dataset.source.key_column)))
+                        add_counts(staged_by_key, count_by_key(out.column(spec.key_column)))
                     writer.write(out)
                     progress(streamed - filtered)
         parts = writer.close()
     except RuleError as exc:
         writer.abort()
-        raise KeyFailedError(f"key {key.key!r}: {dataset.file}: {exc.path}: {exc.message}") from None
+        raise KeyFailedError(f"{what}: {dataset.file}: {exc.path}: {exc.message}") from None
     except BaseException:
         writer.abort()
         raise
@@ -249,9 +294,19 @@ def stage_rows(
     # Rows the pushed filters dropped were counted by the source, in the extraction's snapshot (PostgreSQL).
     extracted = session.extracted if session.extracted is not None else streamed
     filtered += extracted - streamed
+    members = tuple(
+        KeyCounts(
+            k,
+            read_by_key.get(k, 0),
+            read_by_key.get(k, 0) - staged_by_key.get(k, 0),
+            staged_by_key.get(k, 0),
+            unit.dates_of(k),
+        )
+        for k in (unit.names if unit.counted else ())
+    )
     staged = StagedKey(
         dataset=dataset.name,
-        key=key.key,
+        key=unit.label,
         run_id=run_id,
         run_date=run_date.isoformat(),
         bucket=store.bucket,
@@ -266,11 +321,12 @@ def stage_rows(
         seconds=0.0,
         parts=tuple(parts),
         format=fmt,
+        members=members,
     )
     with GATE.upload():  # an interrupt removes the run's prefix: nothing may land after it
         store.put_bytes(redshift_manifest(store.bucket, parts), staged.manifest_key, "application/json")
         store.put_bytes(run_record(staged, run_date), prefix + "_keyflow.json", "application/json")
-    return StagedKey(**{**asdict(staged), "parts": staged.parts, "seconds": time.perf_counter() - started})
+    return replace(staged, seconds=time.perf_counter() - started)
 
 
 @task(name="stage_key", task_run_name="stage-{key.key}", **KEY_IO)
@@ -336,6 +392,275 @@ def load_key(staged: StagedKey, dataset: DatasetConfig, resources: Resources, sp
         load_seconds=round(time.perf_counter() - started, 3),
         uri=f"s3://{staged.bucket}/{staged.prefix}",
     )
+
+
+def why_not_in_units(dataset: DatasetConfig, resources: Resources) -> str | None:
+    """Why the dataset's keys cannot share units on this profile (each is then its own), or None when they can."""
+    reason = why_not_shared(dataset)
+    warehouse = resources.warehouse()
+    if reason is None and not warehouse.loads_units:
+        kind = resources.profile.warehouse_kind
+        reason = f"the {kind} warehouse ({type(warehouse).__name__}) loads one key at a time"
+    return reason
+
+
+@task(name="plan_units", **LISTING_IO)
+def plan_work_units(
+    keys: list[CampaignKey],
+    dataset: DatasetConfig,
+    resources: Resources,
+    dates: dict[str, list[date]] | None = None,
+) -> list[WorkUnit]:
+    """Group the active keys into work units by their rows on the source (one ``GROUP BY``), see :class:`UnitsConfig`.
+
+    No more keys than keys run at once (``max_parallel_keys``): every key is its own unit, as before, and nothing
+    is counted. Nor when the dataset or the warehouse cannot share a unit (the reason is logged). A backfill's
+    ``dates`` (key → the dates it is loaded for) go with every unit, whatever its size.
+    """
+    logger = get_run_logger()
+    profile = resources.profile
+    if dates is None and (len(keys) <= profile.max_parallel_keys or dataset.units.max_keys_per_unit <= 1):
+        return plan_units(keys, None, dataset.units.unit_rows, 1)
+    reason = why_not_in_units(dataset, resources)
+    if reason:
+        if dates is not None:  # the caller checked: a backfill in one run needs units
+            raise ConfigError(f"{dataset.file}: a backfill in one run needs work units, but {reason}")
+        logger.info("%d keys, one unit each: %s", len(keys), reason)
+        return plan_units(keys, None, dataset.units.unit_rows, 1)
+    started = time.perf_counter()
+    counts = resources.source().count_keys(dataset.source, keys)
+    counted = time.perf_counter() - started
+    # Fewer keys per unit than would leave a run slot idle: sharing must not cost the run its parallelism.
+    per_slot_keys = -(-len(keys) // profile.max_parallel_keys)
+    per_slot_rows = -(-sum(counts.values()) // profile.max_parallel_keys)
+    units = plan_units(
+        keys,
+        counts,
+        max(1, min(dataset.units.unit_rows, per_slot_rows)),
+        max(1, min(dataset.units.max_keys_per_unit, per_slot_keys)),
+    )
+    if dates is not None:
+        units = with_dates(units, dates)
+    shared = [u for u in units if u.shared]
+    logger.info(
+        "%d keys, %d rows on the source (counted in %.2fs): %d unit(s), %d shared by %d keys, %d key(s) on their own",
+        len(keys),
+        sum(counts.values()),
+        counted,
+        len(units),
+        len(shared),
+        sum(len(u.keys) for u in shared),
+        len(units) - len(shared),
+    )
+    return units
+
+
+@task(name="stage_unit", task_run_name="stage-{unit.label}", **KEY_IO)
+def stage_unit(
+    unit: WorkUnit, dataset: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, run_date: date
+) -> StagedKey:
+    """Extract, transform and stage a shared unit's keys together; it takes one of the ``max_parallel_keys`` slots."""
+    with _limit(f"keys:{dataset.name}", resources.profile.max_parallel_keys):
+        if is_paused("etl"):
+            raise PausedError(f"unit {unit.label} not started: the etl flows are paused (`keyflow resume etl`)")
+        staged = stage_rows(unit, dataset, resources, spec, run_id, run_date)
+    get_run_logger().info(
+        "Staged unit %s of %s (run %s): %d rows extracted, %d filtered by rules, %d staged in %d part(s), "
+        "%d bytes, %.2fs",
+        unit.label,
+        dataset.name,
+        run_id,
+        staged.rows_extracted,
+        staged.rows_filtered,
+        staged.rows_staged,
+        len(staged.parts),
+        staged.bytes_staged,
+        staged.seconds,
+    )
+    return staged
+
+
+@task(name="load_unit", task_run_name="load-{staged.key}", **KEY_IO)
+def load_unit(staged: StagedKey, dataset: DatasetConfig, resources: Resources, spec: TableSpec) -> list[KeyResult]:
+    """Replace every key of a shared unit in one transaction, each reconciled; one result per key."""
+    started = time.perf_counter()
+    stop_if_interrupted()
+    store = resources.object_store()
+    loaded = resources.warehouse().load_unit(spec, staged, store)
+    _drop_staged(resources, staged)
+    load_seconds = time.perf_counter() - started
+    get_run_logger().info(
+        "Loaded unit %s of %s (run %s): %d rows of %d keys into %s.%s (%.2fs)",
+        staged.key,
+        staged.dataset,
+        staged.run_id,
+        sum(loaded.values()),
+        len(loaded),
+        spec.schema,
+        spec.table,
+        staged.seconds + load_seconds,
+    )
+    results = []
+    for m in staged.members:
+        share = staged.bytes_staged * m.rows_staged // staged.rows_staged if staged.rows_staged else 0
+        results.append(
+            KeyResult(
+                key=m.key,
+                status="loaded",
+                rows_extracted=m.rows_extracted,
+                rows_filtered=m.rows_filtered,
+                rows_staged=m.rows_staged,
+                rows_loaded=loaded[m.key],
+                bytes_staged=share,  # the unit's bytes, shared by rows
+                seconds=round(staged.seconds + load_seconds, 3),
+                stage_seconds=round(staged.seconds, 3),
+                load_seconds=round(load_seconds, 3),
+                uri=f"s3://{staged.bucket}/{staged.prefix}",
+                unit=staged.key if len(staged.members) > 1 else "",
+            )
+        )
+    return results
+
+
+def _drop_staged(resources: Resources, staged: StagedKey) -> None:
+    """Remove what a load committed from staging (unless the profile keeps it); a failure is only a warning."""
+    if resources.profile.keep_staged:
+        return
+    try:
+        resources.object_store().delete_prefix(staged.prefix)
+    except KeyflowError as exc:  # the keys are committed: a cleanup failure must not fail (or retry) them
+        get_run_logger().warning("%s loaded, but its staged files stay (keyflow audit lists them): %s", staged.key, exc)
+
+
+@task(name="retry_keys", task_run_name="retry-{unit.label}-key-by-key")
+def retry_keys(
+    unit: WorkUnit,
+    dataset: DatasetConfig,
+    resources: Resources,
+    spec: TableSpec,
+    run_id: str,
+    run_date: date,
+    why: str,
+) -> list[KeyResult]:
+    """A shared unit failed: stage and load its keys one by one, so a bad key fails alone and the others load.
+
+    Each key is its own transaction, as an unshared key's; a key's transient errors are retried within the
+    profile's ``retry_window_seconds``. The failed unit's staged files are removed first.
+    """
+    logger = get_run_logger()
+    logger.warning("Unit %s failed (%s): its %d keys are retried one by one", unit.label, why, len(unit.keys))
+    if not resources.profile.keep_staged:
+        try:
+            resources.object_store().delete_prefix(
+                unit_prefix(resources.profile.prefix, dataset.name, run_id, unit.digest)
+            )
+        except KeyflowError as exc:
+            logger.warning("Unit %s: its staged files stay (keyflow audit lists them): %s", unit.label, exc)
+    return [
+        _retry_one(key, dataset, resources, spec, run_id, run_date, unit.label, unit.dates_of(key.key))
+        for key in unit.keys
+    ]
+
+
+def _retry_one(
+    key: CampaignKey,
+    dataset: DatasetConfig,
+    resources: Resources,
+    spec: TableSpec,
+    run_id: str,
+    run_date: date,
+    unit: str,
+    dates: tuple[str, ...] = (),
+) -> KeyResult:
+    """One key of a failed unit, staged then loaded on its own; its failure is its result, never raised.
+
+    A backfill's key (``dates``) is loaded as a unit of one, so its ledger rows are written for each of its dates.
+    """
+    profile = resources.profile
+    alone: CampaignKey | WorkUnit = WorkUnit((key,), dates=((key.key, dates),)) if dates else key
+    delays = backoff_delays(profile.retry_window_seconds, profile.retry_backoff_seconds)
+    staged: StagedKey | None = None
+    for attempt in range(len(delays) + 1):
+        try:
+            if staged is None:
+                with _limit(f"keys:{dataset.name}", profile.max_parallel_keys):
+                    if is_paused("etl"):
+                        raise PausedError(
+                            f"key {key.key!r} not started: the etl flows are paused (`keyflow resume etl`)"
+                        )
+                    staged = stage_rows(alone, dataset, resources, spec, run_id, run_date)
+            started = time.perf_counter()
+            stop_if_interrupted()
+            store = resources.object_store()
+            if staged.members:
+                loaded = resources.warehouse().load_unit(spec, staged, store)[key.key]
+            else:
+                loaded = resources.warehouse().load_key(spec, staged, store)
+            _drop_staged(resources, staged)
+            load_seconds = time.perf_counter() - started
+            return KeyResult(
+                key=key.key,
+                status="loaded",
+                rows_extracted=staged.rows_extracted,
+                rows_filtered=staged.rows_filtered,
+                rows_staged=staged.rows_staged,
+                rows_loaded=loaded,
+                bytes_staged=staged.bytes_staged,
+                seconds=round(staged.seconds + load_seconds, 3),
+                stage_seconds=round(staged.seconds, 3),
+                load_seconds=round(load_seconds, 3),
+                uri=f"s3://{staged.bucket}/{staged.prefix}",
+                unit=f"{unit}, retried alone",
+            )
+        except RetryableError as exc:
+            if attempt == len(delays):
+                return _key_failed(key.key, "failed", exc, staged, unit)
+            time.sleep(delays[attempt])
+        except PausedError as exc:
+            return _key_failed(key.key, "paused", exc, staged, unit)
+        except KeyflowError as exc:
+            return _key_failed(key.key, "failed", exc, staged, unit)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns
+
+
+def _key_failed(key: str, status: str, exc: BaseException, staged: StagedKey | None, unit: str) -> KeyResult:
+    """The result of a key retried alone that did not load (with the counts it staged, if it got that far)."""
+    if status == "failed":
+        get_run_logger().error("Key %r of unit %s failed alone: %s", key, unit, first_line(exc))
+    return KeyResult(
+        key=key,
+        status=status,
+        rows_extracted=staged.rows_extracted if staged else 0,
+        rows_filtered=staged.rows_filtered if staged else 0,
+        rows_staged=staged.rows_staged if staged else 0,
+        error=first_line(exc, default=status),
+        unit=f"{unit}, retried alone",
+    )
+
+
+@task(name="plan_backfill", **LISTING_IO)
+def plan_backfill_dates(
+    dataset: DatasetConfig, resources: Resources, days: list[date], force: bool = False
+) -> BackfillPlan:
+    """A backfill's work over ``days``: the keys listed once, the ledger read once for the whole range."""
+    keys = resources.key_store().list_keys(dataset.name)
+    done = (
+        set()
+        if force
+        else resources.warehouse().loaded_between(
+            dataset.target.db_schema, dataset.name, days[0].isoformat(), days[-1].isoformat()
+        )
+    )
+    plan = plan_backfill(keys, days, done, force)
+    get_run_logger().info(
+        "Backfill of %s over %d date(s): %d (key, date) load(s) pending of %d active, %d distinct key(s) to load",
+        dataset.name,
+        len(days),
+        sum(len(v) for v in plan.pending.values()),
+        sum(len(v) for v in plan.active.values()),
+        len(plan.keys),
+    )
+    return plan
 
 
 @task(name="remove_inactive_keys", **SETUP_IO)

@@ -141,7 +141,7 @@ class Resources:
         def build() -> Warehouse:
             p = self.profile
             if p.warehouse_kind == "duckdb":
-                return DuckDBWarehouse(p.warehouse_url)
+                return DuckDBWarehouse(p.warehouse_url, lock_wait_seconds=p.retry_window_seconds)
             if p.warehouse_kind == "redshift":
                 return self._redshift()
             password = self._password(p.warehouse_password, "KEYFLOW_WAREHOUSE_PASSWORD", "warehouse_password")

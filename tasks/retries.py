@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from threading import Lock
 from typing import Any
+from uuid import UUID
 
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
@@ -42,26 +44,54 @@ def _elapsed(task_run: TaskRun, now: datetime | None = None) -> float:
     return ((now or datetime.now(UTC)) - (start if start.tzinfo else start.replace(tzinfo=UTC))).total_seconds()
 
 
+_first_failures: dict[UUID, datetime] = {}
+_first_failures_lock = Lock()
+
+
+def _since_first_failure(task_run: TaskRun, now: datetime | None = None) -> float:
+    """Seconds since this task run first failed transiently (0 at its first failure), as this process saw it."""
+    now = now or datetime.now(UTC)
+    with _first_failures_lock:
+        first = _first_failures.setdefault(task_run.id, now)
+    return (now - first).total_seconds()
+
+
+def forget_failures(task_run_id: UUID) -> None:
+    """Drop what :func:`_since_first_failure` remembers of a task run (it ended)."""
+    with _first_failures_lock:
+        _first_failures.pop(task_run_id, None)
+
+
 class RetryTransient:
     """A retry condition: a transient error, a delay left for this attempt, and the next start before the deadline.
 
     Args:
         delays: the wait before each retry, in seconds; attempt ``n`` (1-based) that fails waits ``delays[n-1]``.
-        deadline: seconds from the first attempt's start after which no retry starts (None: no deadline).
+        deadline: seconds after which no retry starts (None: no deadline), counted from the first attempt's start,
+            or, with ``from_first_failure``, from the first failure: a step that ran for an hour before a failover
+            still gets the whole window to ride it out.
+        from_first_failure: where the deadline counts from (see ``deadline``).
     """
 
-    def __init__(self, delays: Sequence[float], deadline: float | None = None) -> None:
+    def __init__(
+        self, delays: Sequence[float], deadline: float | None = None, from_first_failure: bool = False
+    ) -> None:
         self.delays = tuple(delays)
         self.deadline = deadline
+        self.from_first_failure = from_first_failure
+
+    def _key(self) -> tuple[tuple[float, ...], float | None, bool]:
+        return self.delays, self.deadline, self.from_first_failure
 
     def __repr__(self) -> str:
-        return f"RetryTransient(delays={list(self.delays)}, deadline={self.deadline})"
+        since = ", from_first_failure=True" if self.from_first_failure else ""
+        return f"RetryTransient(delays={list(self.delays)}, deadline={self.deadline}{since})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, RetryTransient) and (self.delays, self.deadline) == (other.delays, other.deadline)
+        return isinstance(other, RetryTransient) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.delays, self.deadline))
+        return hash(self._key())
 
     def __call__(self, task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
         """Whether Prefect should run the task again."""
@@ -69,19 +99,29 @@ class RetryTransient:
             return False
         attempt = max(task_run.run_count, 1)
         if attempt > len(self.delays):
+            forget_failures(task_run.id)
             return False
-        return self.deadline is None or _elapsed(task_run) + self.delays[attempt - 1] <= self.deadline
+        if self.deadline is None:
+            return True
+        elapsed = _since_first_failure(task_run) if self.from_first_failure else _elapsed(task_run)
+        if elapsed + self.delays[attempt - 1] <= self.deadline:
+            return True
+        forget_failures(task_run.id)
+        return False
 
 
-def retrying(*delays: float, jitter: float | None = None, deadline: float | None = None) -> dict[str, Any]:
+def retrying(
+    *delays: float, jitter: float | None = None, deadline: float | None = None, from_first_failure: bool = False
+) -> dict[str, Any]:
     """``@task`` options: one retry per delay in ``delays`` (seconds), transient errors only.
 
-    No retry starts later than ``deadline`` seconds after the first attempt; ``jitter`` spreads the delays.
+    No retry starts later than ``deadline`` seconds after the first attempt (after the first failure, with
+    ``from_first_failure``); ``jitter`` spreads the delays.
     """
     options: dict[str, Any] = {
         "retries": len(delays) + 1,  # the condition refuses the last: see the module docstring
         "retry_delay_seconds": list(delays),
-        "retry_condition_fn": RetryTransient(delays, deadline),
+        "retry_condition_fn": RetryTransient(delays, deadline, from_first_failure),
     }
     if jitter is not None:
         options["retry_jitter_factor"] = jitter
@@ -92,7 +132,7 @@ def within(preset: dict[str, Any], seconds: float) -> dict[str, Any]:
     """The ``preset`` with its deadline cut to ``seconds`` (a drain that must end by ``--max-seconds``)."""
     condition: RetryTransient = preset["retry_condition_fn"]
     deadline = seconds if condition.deadline is None else min(condition.deadline, seconds)
-    return {**preset, "retry_condition_fn": RetryTransient(condition.delays, deadline)}
+    return {**preset, "retry_condition_fn": RetryTransient(condition.delays, deadline)}  # --max-seconds: from start
 
 
 MAX_BACKOFF = 30.0
@@ -115,10 +155,11 @@ def backoff_delays(window: float, first: float, cap: float = MAX_BACKOFF) -> lis
 def backoff_within(window: float, first: float, jitter: float = 0.5) -> dict[str, Any]:
     """``@task`` options: transient errors retried with exponential backoff and jitter for up to ``window`` seconds.
 
-    For the keys of the ETL: a database failover or restart (60-120 s on RDS Multi-AZ) is ridden out within the
-    profile's ``retry_window_seconds``; ``first`` is its ``retry_backoff_seconds``.
+    For the I/O steps of every flow (``flows.common.ride_out``): a database failover or restart (60-120 s on RDS
+    Multi-AZ) is ridden out within the profile's ``retry_window_seconds``; ``first`` is its ``retry_backoff_seconds``.
+    The window counts from the step's first failure, not its start: a key that staged for an hour still gets it.
     """
-    return retrying(*backoff_delays(window, first), jitter=jitter, deadline=window)
+    return retrying(*backoff_delays(window, first), jitter=jitter, deadline=window, from_first_failure=True)
 
 
 SETUP_IO = retrying(2, 8, deadline=120)

@@ -10,7 +10,14 @@
 from __future__ import annotations
 
 from config.models.common import ENV_PREFIX, IDENT_RE, Ident, SecretRef, TypeName
-from config.models.dataset import DatasetConfig, SourceConfig, StagingConfig, TargetColumn, TargetConfig
+from config.models.dataset import (
+    DatasetConfig,
+    SourceConfig,
+    StagingConfig,
+    TargetColumn,
+    TargetConfig,
+    UnitsConfig,
+)
 from config.models.events import EventsConfig, KinesisSourceConfig, RabbitMQSourceConfig, ReferenceConfig
 from config.models.profile import EncryptionKey, Profile, ProfileEnvSource, RedshiftConfig
 from config.models.rules import (
@@ -62,5 +69,6 @@ __all__ = [
     "TargetConfig",
     "TrendConfig",
     "TypeName",
+    "UnitsConfig",
     "secret_names",
 ]

@@ -113,6 +113,24 @@ class StagingConfig(_Model):
         return self.format or ("parquet" if warehouse_kind == "redshift" else "csv")
 
 
+class UnitsConfig(_Model):
+    """How a run groups its active keys into work units: one extraction, one staged object set, one load each.
+
+    Before staging, one ``GROUP BY`` counts each active key's rows; keys are then packed in key order into units of
+    at most ``unit_rows`` expected rows and ``max_keys_per_unit`` keys, and a key expected to have ``unit_rows`` or
+    more keeps a unit of its own. A shared unit is loaded in one transaction that replaces and reconciles every key
+    in it; if it fails, its keys are retried one by one, so a bad key fails alone. A ``query`` source is never
+    grouped (its SQL names one ``:key``).
+    """
+
+    unit_rows: int = Field(
+        50_000, ge=1, le=50_000_000, description="expected rows of one shared unit; a key with as many keeps its own"
+    )
+    max_keys_per_unit: int = Field(
+        250, ge=1, le=5_000, description="keys one shared unit holds at most (1: every key is its own unit)"
+    )
+
+
 class DatasetConfig(_FileModel):
     """One key-driven ETL: source, rules, staging and target."""
 
@@ -121,6 +139,7 @@ class DatasetConfig(_FileModel):
     source: SourceConfig
     rules: list[Rule] = Field(default_factory=list)
     staging: StagingConfig = Field(default_factory=StagingConfig)  # type: ignore[arg-type]
+    units: UnitsConfig = Field(default_factory=UnitsConfig)  # type: ignore[arg-type]
     target: TargetConfig
 
     @model_validator(mode="after")

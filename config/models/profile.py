@@ -178,7 +178,8 @@ class Profile(BaseSettings):
         180,
         ge=0,
         le=3600,
-        description="how long a key keeps retrying a dropped or refused connection (an RDS failover takes 60-120 s)",
+        description="how long a step (a key, a file, a drain, a count) keeps retrying a dropped or refused connection "
+        "(an RDS failover takes 60-120 s)",
     )
     retry_backoff_seconds: float = Field(
         2, gt=0, le=60, description="the first wait before a retry; each next one doubles, up to 30 s, with jitter"

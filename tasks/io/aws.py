@@ -15,6 +15,8 @@ from botocore.exceptions import (
     ClientError,
     ConnectionError,
     EndpointConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
 )
 
@@ -136,6 +138,10 @@ def translate(exc: Exception, what: str) -> Exception:
         if unknown_host(exc):
             return ConfigError(f"{what}: {exc} (the host name does not resolve)")
         return RetryableError(f"{what}: {exc}")
+    if isinstance(exc, HTTPClientError | IncompleteReadError):
+        # The connection dropped mid-request or mid-response (ConnectionClosedError, ReadTimeoutError, a body cut
+        # short): the endpoint was reached, so a retry on a fresh connection can succeed.
+        return RetryableError(f"{what}: {first_line(exc)}")
     if isinstance(exc, NoCredentialsError):
         return ConfigError(f"{what}: no AWS credentials found (environment, profile or instance role)")
     if isinstance(exc, BotoCoreError):

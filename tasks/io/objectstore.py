@@ -7,9 +7,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from config.errors import KeyFailedError, first_line
 from tasks.io.aws import client, translate
 
 PUBLIC_ACCESS_FLAGS = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
@@ -68,6 +70,12 @@ class ObjectStore(Protocol):
 
     def probe(self, prefix: str, write: bool = ...) -> None:
         """Check, before a run, that ``prefix`` can be listed and, when ``write``, written."""
+
+    def incomplete_uploads(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Multipart uploads under ``prefix`` that were started and never completed."""
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort an incomplete multipart upload, dropping its parts."""
 
 
 class S3ObjectStore:
@@ -184,6 +192,11 @@ class S3ObjectStore:
         """Upload a local file (multipart above 32 MiB) with SSE."""
         try:
             self._s3.upload_file(str(path), self.bucket, key, ExtraArgs=dict(self.sse_args), Config=_TRANSFER)
+        except S3UploadFailedError as exc:  # boto3 wraps the service's refusal (SlowDown, AccessDenied…): read it
+            cause = exc.__cause__ or exc.__context__  # raised inside boto3's `except ClientError`
+            if not isinstance(cause, ClientError | BotoCoreError):
+                raise KeyFailedError(f"upload s3://{self.bucket}/{key}: {first_line(exc)}") from exc
+            raise translate(cause, f"upload s3://{self.bucket}/{key}") from exc
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, f"upload s3://{self.bucket}/{key}") from exc
 

@@ -42,6 +42,7 @@ from tasks.transforms.sql import (
     render_create_table,
     render_data_api_load,
     render_delete_other_keys,
+    render_ledger_between,
     render_ledger_keys,
     render_redshift_copy,
 )
@@ -295,6 +296,7 @@ class RedshiftDataApiWarehouse:
     """Redshift through the Data API: each key's load is one ``BatchExecuteStatement``, crash-safe by its ledger."""
 
     dialect = "redshift"
+    loads_units = False  # a batch's checks and its S3 statement ledger are per key: every key is its own unit
 
     def __init__(self, api: DataApi, iam_role: str, region: str | None, ledger_prefix: str) -> None:
         self.api = api
@@ -395,6 +397,23 @@ class RedshiftDataApiWarehouse:
         self.api.raise_for(outcome, what)  # aborted: retried, and the ledger resubmits
         ledger.clear(staged)
         return staged.rows_staged
+
+    def loaded_between(self, schema: str, dataset: str, first: str, last: str) -> set[tuple[str, str]]:
+        """``(key, run_date)`` of every load from ``first`` to ``last`` (none before the ledger table exists)."""
+        try:
+            rows = self.api.query(
+                named_parameters(render_ledger_between(schema, self.dialect)),
+                {"p1": dataset, "p2": first, "p3": last},
+            )
+        except KeyFailedError as exc:
+            if "does not exist" in str(exc):
+                return set()
+            raise
+        return {(str(r[0]), str(r[1])[:10]) for r in rows}
+
+    def load_unit(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> dict[str, int]:
+        """Not offered (``loads_units`` is False): the run plans one key per unit for this warehouse."""
+        raise RuntimeError(f"unit {staged.key}: the Redshift Data API warehouse loads one key at a time")
 
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
         """Delete the rows of every key not in ``keep``; returns how many."""

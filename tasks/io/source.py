@@ -6,7 +6,7 @@ import dataclasses
 import io
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,10 +20,14 @@ from config.models import SourceConfig
 from config.types import ColumnType
 from tasks.io.databases import describe_url, dialect_of, engine_for, is_disconnect, translate_db_error
 from tasks.transforms.arrow import csv_read_options, rows_to_table
+from tasks.transforms.keys import CampaignKey
 from tasks.transforms.pushdown import SALT_TABLE, SourceCapabilities
+from tasks.transforms.sql import render_count_keys_query
 from tasks.transforms.types import arrow_type
+from tasks.transforms.units import key_windows, window_params
 
 MAX_BATCH_CELLS = 500_000
+COUNT_CHUNK = 1_000  # keys counted per GROUP BY query
 
 
 @dataclass
@@ -64,6 +68,9 @@ class SourceDatabase(Protocol):
 
     def capabilities(self) -> SourceCapabilities:
         """What the source computes exactly (for the rules pushed into the extraction query)."""
+
+    def count_keys(self, source: SourceConfig, keys: Sequence[CampaignKey]) -> dict[str, int]:
+        """Rows per key on the source, each key within its own dates (a key without rows is absent)."""
 
     def check(self, source: SourceConfig) -> list[str]:
         """Problems with the source before a run, one line each (the table and the columns the dataset names)."""
@@ -230,6 +237,23 @@ class SqlSource:
             if column and column not in by_name:
                 problems.append(f"source.{field}: {column!r} is not a column of {source.table!r}")
         return by_name, problems
+
+    def count_keys(self, source: SourceConfig, keys: Sequence[CampaignKey]) -> dict[str, int]:
+        """Rows per key on the source, each key within its own dates: one ``GROUP BY`` per 1,000 keys.
+
+        A key without rows is absent. Keys are bound values, never SQL text.
+        """
+        counts: dict[str, int] = {}
+        try:
+            with self.engine.connect() as conn:
+                for start in range(0, len(keys), COUNT_CHUNK):
+                    windows = key_windows(keys[start : start + COUNT_CHUNK])
+                    sql = render_count_keys_query(source, self.dialect, [len(w.keys) for w in windows])
+                    for key, n in conn.execute(sa.text(sql), window_params(windows)):
+                        counts[str(key)] = counts.get(str(key), 0) + int(n)
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_db_error(exc, "count the keys' rows on the source", self.where) from exc
+        return counts
 
     def stream(
         self,

@@ -8,7 +8,9 @@ previous rows.
 from __future__ import annotations
 
 import gzip
+import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
@@ -38,21 +40,28 @@ from tasks.transforms.sql import (
     render_add_column,
     render_copy_from_stdin,
     render_count_key,
+    render_count_keys,
     render_count_merged,
+    render_count_merged_keys,
     render_create_ledger,
     render_create_merge_stage,
     render_create_schema,
     render_create_table,
     render_delete_key,
+    render_delete_keys,
     render_delete_other_keys,
+    render_ledger_between,
     render_ledger_delete,
+    render_ledger_delete_keys,
     render_ledger_insert,
+    render_ledger_insert_rows,
     render_ledger_keys,
+    render_lock_target,
     render_merge,
     render_merge_index,
     render_redshift_copy,
 )
-from tasks.transforms.staging import StagedKey, reconcile
+from tasks.transforms.staging import StagedKey, reconcile, reconcile_unit
 from tasks.transforms.types import arrow_type
 
 
@@ -60,6 +69,7 @@ class Warehouse(Protocol):
     """Where keys are loaded."""
 
     dialect: str
+    loads_units: bool  # whether :meth:`load_unit` loads shared units (else every key is its own unit)
 
     def columns(self, spec: TableSpec) -> list[tuple[str, ColumnType | None]]:
         """The target table's columns and types as they stand (none when it does not exist)."""
@@ -70,6 +80,12 @@ class Warehouse(Protocol):
     def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         """Replace one key's rows with its staged files in one transaction; returns the rows loaded."""
 
+    def load_unit(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> dict[str, int]:
+        """Replace every key of a shared unit with its staged files in one transaction; the rows loaded per key.
+
+        Each key is reconciled on its own and gets its ledger row; any failure rolls the whole unit back.
+        """
+
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
         """Delete the rows of every key not in ``keep``; returns how many."""
 
@@ -78,6 +94,9 @@ class Warehouse(Protocol):
 
     def loaded_keys(self, schema: str, dataset: str, run_date: str) -> set[str]:
         """The keys of ``dataset`` the ledger records as loaded for ``run_date``."""
+
+    def loaded_between(self, schema: str, dataset: str, first: str, last: str) -> set[tuple[str, str]]:
+        """``(key, run_date)`` of every load of ``dataset`` the ledger records from ``first`` to ``last``."""
 
     def check(self, spec: TableSpec | None, schema: str) -> list[str]:
         """Problems with the target before a run, one line each (schema, privileges, an existing table's columns)."""
@@ -148,6 +167,7 @@ class _PsycopgWarehouse:
     """Shared transaction logic of PostgreSQL and Redshift (both speak the PostgreSQL protocol)."""
 
     dialect = "postgres"
+    loads_units = True
 
     def __init__(self, url: str, password: str | None = None) -> None:
         self._dsn = pg_dsn(url, password)
@@ -214,6 +234,43 @@ class _PsycopgWarehouse:
     def _lock_key(self, cur: Any, spec: TableSpec, key: str) -> None:
         """Hold the key of the target alone until the transaction ends (nothing here: a subclass's lock)."""
 
+    def _lock_keys(self, cur: Any, spec: TableSpec, keys: Sequence[str]) -> None:
+        """Hold every key of a shared unit alone until the transaction ends (nothing here: a subclass's lock)."""
+
+    def load_unit(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> dict[str, int]:
+        """Replace every key of a shared unit in a single transaction; the rows loaded per key."""
+        keys = [m.key for m in staged.members]
+        with self.connect() as conn:
+            try:
+                with conn.cursor() as cur:
+                    self._lock_keys(cur, spec, keys)
+                    if spec.load_mode == "merge":
+                        cur.execute(render_create_merge_stage(spec, self.dialect))
+                        copied = self._copy(cur, merge_stage(spec), staged, store)
+                        cur.execute(render_merge(spec, self.dialect))
+                        cur.execute(render_count_merged_keys(spec, self.dialect))
+                    else:
+                        cur.execute(render_delete_keys(spec, len(keys), self.dialect), keys)
+                        copied = self._copy(cur, spec, staged, store)
+                        cur.execute(render_count_keys(spec, len(keys), self.dialect), keys)
+                    loaded = {str(k): int(n) for k, n in cur.fetchall()}
+                reconcile_unit(staged, copied, loaded)
+                with conn.cursor() as cur:
+                    _record_unit(cur, spec, staged, self.dialect, "%s")
+                conn.commit()
+                return {k: loaded.get(k, 0) for k in keys}
+            except ReconciliationError:
+                rollback_quietly(conn)
+                raise
+            except psycopg2.Error as exc:
+                rollback_quietly(conn)
+                raise pg_error(
+                    exc, f"unit {staged.key}: load", failed=f"unit {staged.key}: load failed, previous rows kept"
+                ) from None
+            except BaseException:
+                rollback_quietly(conn)
+                raise
+
     def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         """Replace one key's rows in a single transaction; return the rows loaded."""
         with self.connect() as conn:
@@ -268,6 +325,15 @@ class _PsycopgWarehouse:
                 return set()
             return {r[0] for r in cur.fetchall()}
 
+    def loaded_between(self, schema: str, dataset: str, first: str, last: str) -> set[tuple[str, str]]:
+        """``(key, run_date)`` of every committed, reconciled load from ``first`` to ``last`` (from the ledger)."""
+        with self.connect() as conn, conn.cursor() as cur:
+            try:
+                cur.execute(render_ledger_between(schema, self.dialect), (dataset, first, last))
+            except psycopg2.errors.UndefinedTable:
+                return set()
+            return {(r[0], r[1].isoformat()) for r in cur.fetchall()}
+
 
 def _record_load(cur: Any, spec: TableSpec, staged: StagedKey, loaded: int, dialect: str, mark: str) -> None:
     """Write the ledger row inside the key's transaction: it exists exactly when the key's rows do."""
@@ -277,6 +343,32 @@ def _record_load(cur: Any, spec: TableSpec, staged: StagedKey, loaded: int, dial
         render_ledger_insert(spec.schema, dialect).replace("%s", mark),
         (*args, staged.run_id, loaded, datetime.now(UTC)),
     )
+
+
+def _record_unit(cur: Any, spec: TableSpec, staged: StagedKey, dialect: str, mark: str) -> None:
+    """A unit's ledger rows, one per key and run date, inside the unit's transaction (after it reconciled).
+
+    A key's run dates are its own (a backfill's: every date it is loaded for), else the staged run date.
+    """
+    by_date: dict[str, list[str]] = {}
+    rows: list[tuple[str, str, int]] = []
+    for m in staged.members:
+        for day in m.dates or (staged.run_date,):
+            by_date.setdefault(day, []).append(m.key)
+            rows.append((m.key, day, m.rows_staged))
+    for day, keys in by_date.items():
+        cur.execute(
+            render_ledger_delete_keys(spec.schema, len(keys), dialect).replace("%s", mark),
+            (staged.dataset, day, *keys),
+        )
+    now = datetime.now(UTC)
+    for start in range(0, len(rows), LEDGER_ROWS):  # bounded statements, whatever the unit's size
+        chunk = rows[start : start + LEDGER_ROWS]
+        values = [v for key, day, n in chunk for v in (staged.dataset, key, day, staged.run_id, n, now)]
+        cur.execute(render_ledger_insert_rows(spec.schema, len(chunk), dialect).replace("%s", mark), values)
+
+
+LEDGER_ROWS = 500  # ledger rows per INSERT of a shared unit
 
 
 class PostgresWarehouse(_PsycopgWarehouse):
@@ -290,7 +382,18 @@ class PostgresWarehouse(_PsycopgWarehouse):
         A second run loading the same key at the same time waits for the first to commit, then replaces its rows,
         instead of adding to them.
         """
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"keyflow:{spec.schema}.{spec.table}:{key}",))
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{_lock_prefix(spec)}{key}",))
+
+    def _lock_keys(self, cur: Any, spec: TableSpec, keys: Sequence[str]) -> None:
+        """The advisory lock of every key of a unit (the same lock :meth:`_lock_key` takes), in lock-id order.
+
+        One order for every run, so two runs whose units share keys wait for each other and never deadlock.
+        """
+        cur.execute(
+            "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT hashtext(%s || k) AS h "
+            "FROM unnest(%s::text[]) AS k ORDER BY h) AS locks",
+            (_lock_prefix(spec), list(keys)),
+        )
 
     def _copy(self, cur: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         sql = render_copy_from_stdin(spec)
@@ -302,10 +405,21 @@ class PostgresWarehouse(_PsycopgWarehouse):
         return total
 
 
+def _lock_prefix(spec: TableSpec) -> str:
+    return f"keyflow:{spec.schema}.{spec.table}:"
+
+
 class RedshiftWarehouse(_PsycopgWarehouse):
     """Redshift: ``COPY … FROM 's3://…/manifest.json' IAM_ROLE … MANIFEST`` inside the key's transaction."""
 
     dialect = "redshift"
+
+    def _lock_key(self, cur: Any, spec: TableSpec, key: str) -> None:
+        """``LOCK`` the target until the transaction ends (Redshift has no advisory locks).
+
+        A second run loading the same key waits for the first to commit, then replaces its rows.
+        """
+        cur.execute(render_lock_target(spec, self.dialect))
 
     def __init__(
         self, url: str, password: str | None, iam_role: str, region: str | None, credentials: Any = None
@@ -336,29 +450,59 @@ class RedshiftWarehouse(_PsycopgWarehouse):
         return int(cur.fetchone()[0])
 
 
+def _held_elsewhere(exc: BaseException) -> bool:
+    """Whether DuckDB refused to open a file because another process holds its lock (one writing process per file)."""
+    return "Could not set lock on file" in str(exc)
+
+
 class DuckDBWarehouse:
-    """Embedded warehouse in one DuckDB file (the no-server default)."""
+    """Embedded warehouse in one DuckDB file (the no-server default).
+
+    DuckDB lets one process at a time open a file for writing. Another keyflow process that holds it (a second run,
+    a backfill) is waited for, up to ``lock_wait_seconds`` (the profile's ``retry_window_seconds``), then the step
+    fails with a :class:`RetryableError` and retries within its window: two runs take turns, neither fails.
+    """
 
     dialect = "duckdb"
+    loads_units = True
     _locks: dict[str, threading.Lock] = {}
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, lock_wait_seconds: float = 180.0) -> None:
         self.path = str(Path(path.removeprefix("duckdb:///")))
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = self._locks.setdefault(self.path, threading.Lock())
+        self.lock_wait_seconds = lock_wait_seconds
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
         """A connection to the DuckDB file, held alone for as long as the block runs."""
-        import duckdb  # imported here: only the embedded default needs it
-
         # One writer per file: DuckDB's optimistic concurrency would abort parallel writers of one table.
         with self._lock:
-            conn = duckdb.connect(self.path)
+            conn = self._open()
             try:
                 yield conn
             finally:
                 conn.close()
+
+    def _open(self) -> Any:
+        """Open the file, waiting (0.05 s, doubling up to 1 s) while another process holds it."""
+        import duckdb  # imported here: only the embedded default needs it
+
+        deadline, pause = time.monotonic() + self.lock_wait_seconds, 0.05
+        while True:
+            try:
+                return duckdb.connect(self.path)
+            except duckdb.IOException as exc:
+                if not _held_elsewhere(exc):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    pid = re.search(r"\(PID (\d+)\)", str(exc))
+                    holder = f"another process (PID {pid[1]})" if pid else "another process"
+                    raise RetryableError(
+                        f"DuckDB file {self.path}: held by {holder} for more than {self.lock_wait_seconds:g} s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
     def columns(self, spec: TableSpec) -> list[tuple[str, ColumnType | None]]:
         """The target table's columns and types as they stand (none when it does not exist)."""
@@ -391,7 +535,9 @@ class DuckDBWarehouse:
         try:
             with self.connect() as conn:
                 rows = conn.execute(COLUMNS_QUERY.replace("%s", "?"), [schema, spec.table if spec else ""]).fetchall()
-        except Exception as exc:  # duckdb.IOException (locked, unwritable) and kin
+        except RetryableError:
+            raise  # held by another process past the wait: transient, the preflight checks again
+        except Exception as exc:  # duckdb.IOException (unwritable, not a DuckDB file) and kin
             return [f"cannot open the DuckDB file {self.path}: {first_line(exc)}"]
         existing = [(r[0], type_from_catalog(r[1], r[2], r[3])) for r in rows]
         return _drift_problems(spec, existing) if spec else []
@@ -453,6 +599,46 @@ class DuckDBWarehouse:
                     f"key {staged.key!r}: load failed, previous rows kept: {first_line(exc)}"
                 ) from None
 
+    def load_unit(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> dict[str, int]:
+        """Replace every key of a shared unit in one transaction; the rows loaded per key."""
+        target = qualified(spec.schema, spec.table, self.dialect)
+        cols = ", ".join(quote_ident(c, self.dialect) for c in spec.column_names)
+        keys = [m.key for m in staged.members]
+        with self.connect() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                merge = spec.load_mode == "merge"
+                into = quote_ident(MERGE_STAGE, self.dialect) if merge else target
+                if merge:
+                    conn.execute(render_create_merge_stage(spec, self.dialect))
+                else:
+                    conn.execute(render_delete_keys(spec, len(keys), self.dialect).replace("%s", "?"), keys)
+                copied = 0
+                for batch in self._batches(spec, staged, store):
+                    conn.register("keyflow_batch", batch)
+                    conn.execute(f"INSERT INTO {into} ({cols}) SELECT {cols} FROM keyflow_batch")  # noqa: S608
+                    conn.unregister("keyflow_batch")
+                    copied += batch.num_rows
+                if merge:
+                    conn.execute(render_merge(spec, self.dialect))
+                    rows = conn.execute(render_count_merged_keys(spec, self.dialect)).fetchall()
+                else:
+                    sql = render_count_keys(spec, len(keys), self.dialect).replace("%s", "?")
+                    rows = conn.execute(sql, keys).fetchall()
+                loaded = {str(k): int(n) for k, n in rows}
+                reconcile_unit(staged, copied, loaded)
+                _record_unit(conn, spec, staged, self.dialect, "?")
+                conn.execute("COMMIT")
+                return {k: loaded.get(k, 0) for k in keys}
+            except ReconciliationError:
+                conn.execute("ROLLBACK")
+                raise
+            except Exception as exc:
+                conn.execute("ROLLBACK")
+                if isinstance(exc, KeyFailedError | RetryableError):
+                    raise
+                raise KeyFailedError(f"unit {staged.key}: load failed, previous rows kept: {first_line(exc)}") from None
+
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
         """Delete the rows of every key not in ``keep``; returns how many."""
         sql = render_delete_other_keys(spec, len(keep), self.dialect).replace("%s", "?")
@@ -475,6 +661,17 @@ class DuckDBWarehouse:
         with self.connect() as conn:
             try:
                 return {r[0] for r in conn.execute(sql, [dataset, run_date]).fetchall()}
+            except duckdb.CatalogException:
+                return set()
+
+    def loaded_between(self, schema: str, dataset: str, first: str, last: str) -> set[tuple[str, str]]:
+        """``(key, run_date)`` of every load from ``first`` to ``last`` (none before the ledger exists)."""
+        import duckdb
+
+        sql = render_ledger_between(schema, self.dialect).replace("%s", "?")
+        with self.connect() as conn:
+            try:
+                return {(r[0], r[1].isoformat()) for r in conn.execute(sql, [dataset, first, last]).fetchall()}
             except duckdb.CatalogException:
                 return set()
 

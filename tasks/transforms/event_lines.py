@@ -63,6 +63,7 @@ class ParsedLines:
     rejected: list[RejectedLine]
     lines: int
     clean: bool = False  # every line one object, read by one Arrow call: the next chunk may well be too
+    numbers: np.ndarray | None = None  # each event's line number (None: no event)
 
     @property
     def invalid(self) -> int:
@@ -96,7 +97,7 @@ def parse_jsonl(chunk: bytes, first_line: int = 1, optimistic: bool = False) -> 
         if table is not None and table.num_rows == lines:
             checked = check_lines(table, np.arange(first_line, first_line + lines), lambda wanted: [""] * len(wanted))
             if not checked.rejected:  # rows == lines and none rejected: no line number is ever needed
-                return ParsedLines(checked.events, [], lines, clean=True)
+                return ParsedLines(checked.events, [], lines, clean=True, numbers=checked.numbers)
     return _parse_located(chunk, first_line)
 
 
@@ -105,7 +106,8 @@ def _arrow(data: bytes) -> pa.Table:
     return pajson.read_json(pa.BufferReader(data), read_options=opts, parse_options=_READ)
 
 
-def _shown(raw: bytes) -> str:
+def shown_text(raw: bytes) -> str:
+    """A line as written to the rejected file: without its CR, cut to :data:`MAX_TEXT_CHARS`."""
     return raw.rstrip(b"\r")[:MAX_TEXT_CHARS].decode("utf-8", errors="replace")
 
 
@@ -177,7 +179,7 @@ def _parse_located(chunk: bytes, first_line: int) -> ParsedLines:
         fields = _json_line(raw)
         if isinstance(fields, str):
             if fields:  # "" marks a whitespace-only line: blank, not invalid
-                rejected.append(RejectedLine(int(numbers[i]), fields, _shown(raw)))
+                rejected.append(RejectedLine(int(numbers[i]), fields, shown_text(raw)))
             continue
         rows.append(fields)
         row_lines.append(int(numbers[i]))
@@ -193,11 +195,12 @@ def _parse_located(chunk: bytes, first_line: int) -> ParsedLines:
         table, line_numbers = table.take(pa.array(order)), line_numbers[order]
 
     def text_of(wanted: Sequence[int]) -> list[str]:
-        return [_shown(chunk[starts[n - first_line] : stop[n - first_line]]) for n in wanted]
+        return [shown_text(chunk[starts[n - first_line] : stop[n - first_line]]) for n in wanted]
 
     checked = check_lines(table, line_numbers, text_of)
     one_pass = len(keep) == lines and refused == 0
-    return ParsedLines(checked.events, sorted(rejected + checked.rejected, key=lambda r: r.line), lines, one_pass)
+    rejected = sorted(rejected + checked.rejected, key=lambda r: r.line)
+    return ParsedLines(checked.events, rejected, lines, one_pass, checked.numbers)
 
 
 def _json_line(raw: bytes) -> dict[str, str | None] | str:
@@ -251,7 +254,9 @@ def check_lines(table: pa.Table, line_numbers: np.ndarray, texts: Callable[[Sequ
             long |= over & _valid(pc.greater(pc.utf8_length(columns[name]), MAX_ID_CHARS))
     ok &= ~long
     rejected: list[RejectedLine] = []
+    numbers = line_numbers
     if not ok.all():
+        numbers = line_numbers[ok]
         bad = np.flatnonzero(~ok)
         rows = table.take(pa.array(bad)).to_pylist()
         shown = texts([int(line_numbers[i]) for i in bad])
@@ -265,7 +270,7 @@ def check_lines(table: pa.Table, line_numbers: np.ndarray, texts: Callable[[Sequ
     events = pa.table(
         [event_id, ts, table["article_id"], table["user_id"], table["action"], received], schema=EVENT_SCHEMA
     )
-    return ParsedLines(events, rejected, len(line_numbers))
+    return ParsedLines(events, rejected, len(line_numbers), numbers=np.asarray(numbers, np.int64))
 
 
 def _one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -307,8 +312,8 @@ def _times_one_by_one(text: pa.Array) -> pa.Array:
     iso = pc.fill_null(pc.match_substring_regex(text, _ISO_LIKE), False)
     try:
         fast = pc.cast(pc.if_else(iso, text, pa.scalar(None, pa.string())), TS)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        iso = pc.and_(iso, pc.scalar(False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # an ISO-looking value that is no time (February 30)
+        iso = pa.array(np.zeros(len(text), bool))
         fast = pa.nulls(len(text), TS)
     values = fast.to_pylist()
     odd = np.flatnonzero(~_valid(iso))

@@ -14,11 +14,12 @@ HASH_VERSION = "poly64-splitmix-1"
 """Names :func:`hash_ids` where its values are stored (compacted files keep user keys): a change means recompute."""
 _P = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
 _P_INV = pow(_P, -1, 1 << 64)
+HASH_LENGTH_SALT = np.uint64(0xD6E8FEB86659FD93)  # the length is mixed in, so a trailing NUL byte changes the hash
 _powers_lock = threading.Lock()
 _powers: tuple[np.ndarray, np.ndarray] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
 
 
-def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+def power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
     """P**i and P**-i modulo 2**64 for i < n (grown on demand, shared by threads)."""
     global _powers
     pw, inv = _powers
@@ -34,7 +35,7 @@ def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
     return pw, inv
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: every input bit reaches every output bit."""
     with np.errstate(over="ignore"):
         x = x ^ (x >> np.uint64(30))
@@ -63,11 +64,11 @@ def hash_ids(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     data_buffer = ids.buffers()[2]
     data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
     a, b = int(offsets[0]), int(offsets[-1])
-    pw, inv = _power_tables(b - a + 1)
+    pw, inv = power_tables(b - a + 1)
     rel = offsets - a
     with np.errstate(over="ignore"):
         prefix = np.zeros(b - a + 1, np.uint64)
         np.cumsum(data[a:b].astype(np.uint64) * pw[: b - a], out=prefix[1:])
         raw = (prefix[rel[1:]] - prefix[rel[:-1]]) * inv[rel[:-1]]
-        raw ^= (rel[1:] - rel[:-1]).astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
-    return _mix(raw)
+        raw ^= (rel[1:] - rel[:-1]).astype(np.uint64) * HASH_LENGTH_SALT
+    return mix64(raw)

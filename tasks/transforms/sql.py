@@ -42,6 +42,52 @@ def render_key_query(source: SourceConfig, dialect: Dialect, columns: Sequence[s
     return sql
 
 
+def render_keys_predicate(source: SourceConfig, dialect: Dialect, windows: Sequence[int]) -> str:
+    """The WHERE text selecting many keys, each within its own date window.
+
+    ``windows[i]`` is how many keys share window ``i``: ``(key IN (:k0_0, :k0_1) AND d >= :s0 AND d <= :e0) OR
+    (key IN (:k1_0) AND d >= :s1 AND d <= :e1)``. Without a date column it is one ``key IN (…)`` of every key (the
+    windows then only number them). Values are bound (:func:`tasks.transforms.units.window_params`).
+    """
+    if not windows or not all(n > 0 for n in windows):
+        raise ValueError("a keys predicate needs at least one key in every window")
+    key = quote_ident(source.key_column, dialect)
+
+    def keys_in(i: int, n: int) -> str:
+        return ", ".join(f":k{i}_{j}" for j in range(n))
+
+    if not source.date_column:
+        return f"{key} IN ({', '.join(keys_in(i, n) for i, n in enumerate(windows))})"
+    d = quote_ident(source.date_column, dialect)
+    ors = [f"({key} IN ({keys_in(i, n)}) AND {d} >= :s{i} AND {d} <= :e{i})" for i, n in enumerate(windows)]
+    return ors[0] if len(ors) == 1 else "(" + " OR ".join(ors) + ")"
+
+
+def render_unit_query(
+    source: SourceConfig, dialect: Dialect, windows: Sequence[int], columns: Sequence[str] | None = None
+) -> str:
+    """The SELECT of a shared work unit: every row of its keys, each key within its own dates (a table source)."""
+    if source.table is None:
+        raise ValueError("a query source loads one key per unit: its SQL names one :key")
+    cols = columns or source.columns
+    select = ", ".join(quote_ident(c, dialect) for c in cols) if cols else "*"
+    return (
+        f"SELECT {select} FROM {qualified(source.db_schema, source.table, dialect)} "  # noqa: S608 - quoted idents
+        f"WHERE {render_keys_predicate(source, dialect, windows)}"
+    )
+
+
+def render_count_keys_query(source: SourceConfig, dialect: Dialect, windows: Sequence[int]) -> str:
+    """Rows per key on the source, each key within its own dates: ``SELECT key, count(*) … GROUP BY key``."""
+    if source.table is None:
+        raise ValueError("a query source cannot be counted per key")
+    key = quote_ident(source.key_column, dialect)
+    return (
+        f"SELECT {key}, count(*) FROM {qualified(source.db_schema, source.table, dialect)} "  # noqa: S608
+        f"WHERE {render_keys_predicate(source, dialect, windows)} GROUP BY {key}"
+    )
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """What DDL and load statements need to know about a target table."""
@@ -154,6 +200,17 @@ def render_merge_index(spec: TableSpec, dialect: Dialect) -> str:
     return f"CREATE UNIQUE INDEX IF NOT EXISTS {name} ON {qualified(spec.schema, spec.table, dialect)} ({keys})"
 
 
+def render_lock_target(spec: TableSpec, dialect: Dialect) -> str:
+    """Lock the target table until the load's transaction ends (Redshift: no advisory locks, LOCK is the way).
+
+    Two runs loading one key at once then run one after the other: the second waits, then replaces the first's
+    rows. Redshift's ``LOCK`` takes an ACCESS EXCLUSIVE lock; its writes to one table are serialized anyway, so the
+    loads of a run lose no parallelism, and a conflicting pair waits instead of failing (error 1023, serializable
+    isolation). Taken first, so every load takes the target before the ledger: no deadlock.
+    """
+    return f"LOCK {qualified(spec.schema, spec.table, dialect)}"
+
+
 def render_delete_key(spec: TableSpec, dialect: Dialect) -> str:
     """Delete one key's slice; the key is a bound parameter (``%s``)."""
     return (
@@ -169,6 +226,38 @@ def render_delete_other_keys(spec: TableSpec, n_keys: int, dialect: Dialect) -> 
         return f"DELETE FROM {target}"  # noqa: S608 - quoted idents
     marks = ", ".join(["%s"] * n_keys)
     return f"DELETE FROM {target} WHERE {quote_ident(spec.key_column, dialect)} NOT IN ({marks})"  # noqa: S608
+
+
+def _marks(n: int) -> str:
+    if n < 1:
+        raise ValueError("at least one key")
+    return ", ".join(["%s"] * n)
+
+
+def render_delete_keys(spec: TableSpec, n_keys: int, dialect: Dialect) -> str:
+    """Delete the slices of ``n_keys`` keys (a shared unit); the keys are bound parameters (``%s``)."""
+    return (
+        f"DELETE FROM {qualified(spec.schema, spec.table, dialect)} "  # noqa: S608 - quoted idents
+        f"WHERE {quote_ident(spec.key_column, dialect)} IN ({_marks(n_keys)})"
+    )
+
+
+def render_count_keys(spec: TableSpec, n_keys: int, dialect: Dialect) -> str:
+    """Rows per key of ``n_keys`` keys in the target (a key without rows is absent); keys are bound parameters."""
+    key = quote_ident(spec.key_column, dialect)
+    return (
+        f"SELECT {key}, count(*) FROM {qualified(spec.schema, spec.table, dialect)} "  # noqa: S608 - quoted idents
+        f"WHERE {key} IN ({_marks(n_keys)}) GROUP BY {key}"
+    )
+
+
+def render_count_merged_keys(spec: TableSpec, dialect: Dialect) -> str:
+    """Per key, how many target rows the merge stage's rows now match by primary key (a shared unit's merge)."""
+    target = qualified(spec.schema, spec.table, dialect)
+    stage = quote_ident(MERGE_STAGE, dialect)
+    key = quote_ident(spec.key_column, dialect)
+    on = " AND ".join(f"t.{quote_ident(k, dialect)} = s.{quote_ident(k, dialect)}" for k in spec.primary_key)
+    return f"SELECT t.{key}, count(*) FROM {target} AS t JOIN {stage} AS s ON {on} GROUP BY t.{key}"  # noqa: S608
 
 
 def render_count_key(spec: TableSpec, dialect: Dialect) -> str:
@@ -266,11 +355,38 @@ def render_ledger_insert(schema: str, dialect: Dialect) -> str:
     )
 
 
+def render_ledger_delete_keys(schema: str, n_keys: int, dialect: Dialect) -> str:
+    """Delete the ledger rows of ``n_keys`` keys for a run date: ``(dataset, run_date, key…)`` bound in that order."""
+    return (
+        f"DELETE FROM {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
+        f"WHERE dataset = %s AND run_date = %s AND key IN ({_marks(n_keys)})"
+    )
+
+
+def render_ledger_insert_rows(schema: str, n_rows: int, dialect: Dialect) -> str:
+    """Insert ``n_rows`` ledger rows in one statement; six bound values per row, as :func:`render_ledger_insert`."""
+    row = "(%s, %s, %s, %s, %s, %s)"
+    if n_rows < 1:
+        raise ValueError("at least one row")
+    return (
+        f"INSERT INTO {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
+        f"(dataset, key, run_date, run_id, rows_loaded, loaded_at) VALUES {', '.join([row] * n_rows)}"
+    )
+
+
 def render_ledger_keys(schema: str, dialect: Dialect) -> str:
     """The keys of a dataset the ledger records for a run date; values are bound parameters."""
     return (
         f"SELECT key FROM {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
         "WHERE dataset = %s AND run_date = %s"
+    )
+
+
+def render_ledger_between(schema: str, dialect: Dialect) -> str:
+    """``(key, run_date)`` of a dataset's ledger rows from one run date to another; values are bound parameters."""
+    return (
+        f"SELECT key, run_date FROM {qualified(schema, LEDGER_TABLE, dialect)} "  # noqa: S608 - quoted idents
+        "WHERE dataset = %s AND run_date >= %s AND run_date <= %s"
     )
 
 
@@ -291,9 +407,11 @@ def render_data_api_load(spec: TableSpec, copy_sql: str) -> tuple[list[str], tup
     target = qualified(spec.schema, spec.table, "redshift")
     key_col = quote_ident(spec.key_column, "redshift")
     ledger = qualified(spec.schema, LEDGER_TABLE, "redshift")
+    lock = render_lock_target(spec, "redshift")  # first: two loads of one key run one after the other
     copied = "SELECT 1 / CASE WHEN pg_last_copy_count() = CAST(:rows AS BIGINT) THEN 1 ELSE 0 END AS copied_rows_match"
     if spec.load_mode == "merge":
         sqls = [
+            lock,
             render_create_merge_stage(spec, "redshift"),
             copy_sql,
             copied,
@@ -301,16 +419,17 @@ def render_data_api_load(spec: TableSpec, copy_sql: str) -> tuple[list[str], tup
             f"SELECT 1 / CASE WHEN ({render_count_merged(spec, 'redshift')}) = CAST(:rows AS BIGINT) "
             "THEN 1 ELSE 0 END AS merged_rows_match",
         ]
-        checks: tuple[int, ...] = (2, 4)
+        checks: tuple[int, ...] = (3, 5)
     else:
         sqls = [
+            lock,
             f"DELETE FROM {target} WHERE {key_col} = :key",  # noqa: S608 - quoted idents
             copy_sql,
             copied,
             f"SELECT 1 / CASE WHEN count(*) = CAST(:rows AS BIGINT) THEN 1 ELSE 0 END AS key_rows_match "  # noqa: S608
             f"FROM {target} WHERE {key_col} = :key",
         ]
-        checks = (2, 3)
+        checks = (3, 4)
     sqls += [
         f"DELETE FROM {ledger} WHERE dataset = :dataset AND key = :key AND run_date = CAST(:run_date AS DATE)",  # noqa: S608
         f"INSERT INTO {ledger} (dataset, key, run_date, run_id, rows_loaded, loaded_at) "  # noqa: S608

@@ -39,6 +39,11 @@ def key_prefix(prefix: str, dataset: str, run_id: str, key: str) -> str:
     return join_under(prefix, f"{dataset}/{run_id}/{key_segment(key)}") + "/"
 
 
+def unit_prefix(prefix: str, dataset: str, run_id: str, digest: str) -> str:
+    """``<prefix>/<dataset>/<run_id>/unit=<digest>/`` — a shared unit's files (no key's segment has a raw ``=``)."""
+    return join_under(prefix, f"{dataset}/{run_id}/unit={digest}") + "/"
+
+
 def part_name(key_prefix_: str, n: int, compression: str, fmt: str = "csv") -> str:
     """The object key of part ``n`` of a staged key, with the format's and compression's extension."""
     extension = PARQUET_EXTENSIONS[compression] if fmt == "parquet" else EXTENSIONS[compression]
@@ -52,6 +57,17 @@ class StagedPart:
     key: str
     rows: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class KeyCounts:
+    """One key's rows in a shared unit: read from the source, dropped by the rules, staged."""
+
+    key: str
+    rows_extracted: int
+    rows_filtered: int
+    rows_staged: int
+    dates: tuple[str, ...] = ()  # run dates the load records for the key (a backfill's); empty: the staged run date
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,7 @@ class StagedKey:
     seconds: float
     parts: tuple[StagedPart, ...] = field(default_factory=tuple)
     format: str = "csv"  # csv (compressed whole) or parquet (compressed inside, column by column)
+    members: tuple[KeyCounts, ...] = ()  # a unit's keys and their counts (``key`` is then its label)
 
     @property
     def manifest_url(self) -> str:
@@ -100,6 +117,22 @@ def reconcile(staged: StagedKey, copied: int, loaded: int) -> None:
         staged.rows_staged == copied == loaded
     ):
         raise ReconciliationError(staged.key, staged.rows_extracted, staged.rows_staged, loaded)
+
+
+def reconcile_unit(staged: StagedKey, copied: int, loaded: Mapping[str, int]) -> None:
+    """A shared unit reconciles when the COPY took every staged row and each key has exactly the rows it staged.
+
+    Per key: rows extracted = rows staged + rows the rules filtered out = rows the key now has. ``loaded`` is the
+    target's count per key (a key without rows may be absent). The first key that disagrees is named.
+    """
+    if copied != staged.rows_staged:
+        raise ReconciliationError(staged.key, staged.rows_extracted, staged.rows_staged, copied)
+    for m in staged.members:
+        n = loaded.get(m.key, 0)
+        if m.rows_extracted != m.rows_staged + m.rows_filtered or m.rows_staged != n:
+            raise ReconciliationError(m.key, m.rows_extracted, m.rows_staged, n)
+    if sum(loaded.values()) != copied:  # rows of a key outside the unit (a rule that rewrote the key)
+        raise ReconciliationError(staged.key, staged.rows_extracted, staged.rows_staged, sum(loaded.values()))
 
 
 def lease_record(run_id: str, owner: str, renewed_at: datetime, seconds: float) -> bytes:

@@ -118,18 +118,6 @@ def test_a_terminated_load_is_retried_from_its_staged_files(pg: Any, slow_source
 
 
 @pytest.fixture()
-def private_pg() -> Iterator[PrivatePostgres]:
-    """A PostgreSQL server of this test alone, which it may restart (never the shared one)."""
-    server = PrivatePostgres()
-    try:
-        server.start()
-        server.create_database()
-        yield server
-    finally:
-        server.remove()
-
-
-@pytest.fixture()
 def private_setup(private_pg: PrivatePostgres, tmp_path: Path, names: dict[str, str], make_profile: Any) -> Any:
     """Source and warehouse on the private server: a slow source view, the dataset, the profile."""
     conn = psycopg2.connect(private_pg.dsn)

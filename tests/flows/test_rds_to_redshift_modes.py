@@ -64,9 +64,10 @@ def test_data_api_loads_the_awkward_values_value_for_value(
     assert sorted(r["key"] for r in results) == sorted(["K1", "K2", EVIL])
     assert all(r["rows_extracted"] == r["rows_staged"] == r["rows_loaded"] == 40 for r in results)
     assert warehouse(pg, names) == expected(source, {"K1", "K2", EVIL})
-    loads = [b for b in redshift_standin.submitted_sql()[before:] if len(b) > 1 and b[1].startswith("COPY")]
-    assert len(loads) == 3  # one BatchExecuteStatement per key
-    copy = loads[0][1]
+    loads = [b for b in redshift_standin.submitted_sql()[before:] if len(b) > 2 and b[2].startswith("COPY")]
+    assert len(loads) == 3  # one BatchExecuteStatement per key, the target locked first
+    assert {b[0] for b in loads} == {f'LOCK "{names["wh_schema"]}"."facts"'}
+    copy = loads[0][2]
     assert copy.startswith(f'COPY "{names["wh_schema"]}"."facts" ("id", "campaign_key", "event_date", "title", ')
     assert ("FORMAT AS PARQUET\nMANIFEST" in copy) == (fmt is None) and ("FORMAT AS CSV" in copy) == (fmt == "csv")
 

@@ -151,3 +151,113 @@ def run(dataset: Path, profile: Path, day: dt.date) -> tuple[Any, list[dict[str,
     state = rds_to_redshift(dataset=str(dataset), run_date=day, profile=str(profile), return_state=True)
     result = state.result(raise_on_failure=False)
     return state, result.data if isinstance(result, RunFailedError) else result
+
+
+# -- many keys (issue 16): a narrow table, thousands of keys with windows of their own, written in bulk ----------------
+
+WINDOWS = [  # every one holds D1; keys cycle through them, so a shared unit has keys of several windows
+    (dt.date(2017, 3, 1), dt.date(2017, 3, 31)),
+    (dt.date(2017, 3, 15), dt.date(2017, 4, 15)),
+    (dt.date(2017, 3, 20), dt.date(2017, 3, 20)),
+]
+
+
+def many_keys(n: int, prefix: str = "K") -> list[tuple[str, dt.date, dt.date]]:
+    """``n`` keys ``K0000``… (name, start, end), each with one of :data:`WINDOWS`."""
+    width = max(4, len(str(n - 1)))
+    return [(f"{prefix}{i:0{width}d}", *WINDOWS[i % len(WINDOWS)]) for i in range(n)]
+
+
+def narrow_rows(keys: list[str], per_key: int = 6) -> list[tuple[Any, ...]]:
+    """Rows ``(id, k, d, n, v)``: key ``i`` has ``i % per_key`` rows (some none), spread over 2017-03-01…04-09.
+
+    Some fall outside their key's window (never extracted) and every fifth has ``n = -1`` (filtered by the rule).
+    """
+    rows = []
+    for i, key in enumerate(keys):
+        for j in range(i % per_key):
+            rows.append(
+                (
+                    len(rows) + 1,
+                    key,
+                    dt.date(2017, 3, 1) + dt.timedelta(days=(i + j * 7) % 40),
+                    -1 if j == 4 else j,
+                    f"{key}/{j}",
+                )
+            )
+    return rows
+
+
+def narrow_expected(
+    rows: list[tuple[Any, ...]], keys: list[tuple[str, dt.date, dt.date]]
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Per key, the rows the narrow dataset loads: within the key's window, ``n >= 0``, in ``id`` order."""
+    window = {k: (s, e) for k, s, e in keys}
+    out: dict[str, list[tuple[Any, ...]]] = {k: [] for k, _, _ in keys}
+    for r in rows:
+        if r[1] in window and window[r[1]][0] <= r[2] <= window[r[1]][1] and r[3] >= 0:
+            out[r[1]].append(r)
+    return out
+
+
+def create_narrow_pg_source(pg: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """The narrow PostgreSQL source ``table`` with ``rows``."""
+    from psycopg2.extras import execute_values
+
+    with pg.cursor() as cur:
+        cur.execute(f"CREATE TABLE {table} (id bigint primary key, k text not null, d date not null, n int, v text)")
+        cur.execute(f"CREATE INDEX ON {table} (k, d)")
+        execute_values(cur, f"INSERT INTO {table} VALUES %s", rows, page_size=5000)
+        cur.execute(f"ANALYZE {table}")
+
+
+def write_narrow_dataset(tmp_path: Path, names: dict[str, str], **units: Any) -> Path:
+    """The narrow dataset: key ``k`` within its dates on ``d``, rows with ``n < 0`` filtered out."""
+    return write_yaml(
+        tmp_path / "datasets" / "narrow.yaml",
+        {
+            "name": "narrow",
+            "source": {"table": names["src_table"], "key_column": "k", "date_column": "d", "batch_rows": 1000},
+            "rules": [{"filter": {"column": "n", "op": ">=", "value": 0}}],
+            "staging": {"compression": "zstd", "part_rows": 1000},
+            "units": units,
+            "target": {"schema": names["wh_schema"], "table": "narrow"},
+        },
+    )
+
+
+def put_many_keys(profile_path: Path, keys: list[tuple[str, dt.date, dt.date]], dataset: str = "narrow") -> None:
+    """Write ``keys`` into the profile's key table with BatchWriteItem (25 a call), as a bulk import would."""
+    from config.loader import load_profile
+    from tasks.io.aws import client
+
+    prof = load_profile(profile_path, environ={})
+    ddb = client("dynamodb", prof.aws_region, prof.aws_endpoint_url)
+    items = [
+        {
+            "PutRequest": {
+                "Item": {
+                    "dataset": {"S": dataset},
+                    "key": {"S": k},
+                    "start_date": {"S": s.isoformat()},
+                    "end_date": {"S": e.isoformat()},
+                    "enabled": {"BOOL": True},
+                }
+            }
+        }
+        for k, s, e in keys
+    ]
+    for start in range(0, len(items), 25):
+        pending: dict[str, Any] = {prof.keys_table: items[start : start + 25]}
+        while pending:
+            pending = ddb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+
+
+def narrow_warehouse(pg: Any, names: dict[str, str]) -> dict[str, list[tuple[Any, ...]]]:
+    """The narrow target's rows per key, in ``id`` order."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT id, k, d, n, v FROM {names['wh_schema']}.narrow ORDER BY id")
+        for r in cur.fetchall():
+            out.setdefault(r[1], []).append(tuple(r))
+    return out

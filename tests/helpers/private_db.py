@@ -187,10 +187,11 @@ class PrivatePrefect:
     The session's test harness serves every other test: only this one may be stopped.
     """
 
-    def __init__(self, services: bool = False) -> None:
+    def __init__(self, services: bool = False, settings: dict[str, str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="keyflow-prefect-"))
         self.port = free_port()
         self.services = services
+        self.settings = settings or {}  # PREFECT_SERVER_… settings of this server (a test's cut-down waits)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -218,7 +219,7 @@ class PrivatePrefect:
         if not self.services:
             args.append("--no-services")
         with open(self.dir / "server.log", "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(args, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, env=self.env() | self.settings, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:

@@ -272,3 +272,42 @@ def test_a_rollback_on_a_dead_connection_keeps_the_error_that_killed_it(pg: Any)
         finally:
             rollback_quietly(conn)  # raised `InterfaceError: connection already closed` before
     conn.close()
+
+
+def _s3_dropped() -> list[Exception]:
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        EndpointConnectionError,
+        IncompleteReadError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+
+    url = "http://127.0.0.1:9/b/staging/part-00000.csv.zst"
+    return [
+        EndpointConnectionError(endpoint_url=url),
+        ConnectionClosedError(endpoint_url=url),
+        ReadTimeoutError(endpoint_url=url),
+        ResponseStreamingError(error="Connection broken: IncompleteRead(0 bytes read)"),
+        IncompleteReadError(actual_bytes=10, expected_bytes=918),
+    ]
+
+
+@pytest.mark.parametrize("error", _s3_dropped(), ids=lambda e: type(e).__name__)
+def test_a_dropped_s3_connection_is_transient(error: Exception) -> None:
+    """Issue 18: the object store cut mid-upload or mid-read (past botocore's own retries) retries the step."""
+    from tasks.io.aws import translate
+
+    out = translate(error, "upload s3://b/staging/part-00000.csv.zst")
+    assert isinstance(out, RetryableError)
+    assert str(out).startswith("upload s3://b/staging/part-00000.csv.zst: ") and "\n" not in str(out)
+
+
+def test_an_upload_the_service_refuses_is_read_through_boto3s_wrapper(aws_endpoint: str, tmp_path: Any) -> None:
+    """boto3's upload_file wraps the service's answer in S3UploadFailedError: keyflow classifies the answer."""
+    bucket = unique("kf-none").replace("_", "-")
+    part = tmp_path / "part-00000.csv"
+    part.write_bytes(b"id\n1\n")
+    error = failure(lambda: S3ObjectStore(bucket, "us-east-1", aws_endpoint).put_file(part, "staging/part-00000.csv"))
+    assert isinstance(error, ConfigError)
+    assert str(error).startswith(f"upload s3://{bucket}/staging/part-00000.csv: NoSuchBucket: ")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -42,8 +41,6 @@ def test_lookup_retries_unprocessed_keys_and_caches_answers(aws_endpoint: str, n
 def test_a_lookup_outage_is_retryable_never_invalid() -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     articles = ArticleDirectory("keyflow_articles", "us-east-1", endpoint, TTLCache())
-    started = time.monotonic()
     with pytest.raises(RetryableError, match="read keyflow_articles: "):
         articles.live(["a1"])
-    assert time.monotonic() - started < 120
     assert len(articles.cache) == 0  # nothing was remembered as unknown

@@ -159,7 +159,7 @@ def test_load_key_replaces_the_key_in_one_batch(pg: Any, redshift_standin: Any, 
     assert wh.load_key(spec(schema), stage(store, "K1", [("K1", "b", 9)], "r2"), store) == 1
     assert len(redshift_standin.submitted_sql()) == n_batches + 1  # one request per key load
     batch = redshift_standin.submitted_sql()[-1]
-    assert [s.split()[0] for s in batch] == ["DELETE", "COPY", "SELECT", "SELECT", "DELETE", "INSERT"]
+    assert [s.split()[0] for s in batch] == ["LOCK", "DELETE", "COPY", "SELECT", "SELECT", "DELETE", "INSERT"]
     assert rows_of(pg, schema) == [("K1", "b", 9)]
     assert wh.count_key(spec(schema), "K1") == 1
     assert wh.loaded_keys(schema, "facts", "2017-03-20") == {"K1"}
@@ -225,7 +225,7 @@ def test_parquet_parts_stream_row_groups_and_load_through_copy_format_as_parquet
     wh.prepare(spec(schema))
     assert wh.load_key(spec(schema), staged, store) == 1500
     assert rows_of(pg, schema) == sorted(rows, key=lambda r: r[2])
-    copy = redshift_standin.submitted_sql()[-1][1]
+    copy = redshift_standin.submitted_sql()[-1][2]
     assert copy.endswith("FORMAT AS PARQUET\nMANIFEST") and '("k", "label", "n")' in copy
 
 

@@ -79,11 +79,12 @@ def warehouse(conn: RecordingConnection) -> RedshiftWarehouse:
     return wh
 
 
-def test_delete_copy_count_commit_in_one_transaction() -> None:
+def test_lock_delete_copy_count_commit_in_one_transaction() -> None:
     conn = RecordingConnection(copied=5, counted=5)
     assert warehouse(conn).load_key(SPEC, staged(5), store=None) == 5  # type: ignore[arg-type]
-    sql = [s for s, _ in conn.statements]
-    assert sql[0] == 'DELETE FROM "analytics"."facts" WHERE "campaign_key" = %s' and conn.statements[0][1] == (
+    lock, *sql = [s for s, _ in conn.statements]
+    assert lock == 'LOCK "analytics"."facts"'  # first: a second load of the key waits for this one to commit
+    assert sql[0] == 'DELETE FROM "analytics"."facts" WHERE "campaign_key" = %s' and conn.statements[1][1] == (
         "MCS2017",
     )
     assert sql[1].startswith('COPY "analytics"."facts" ("campaign_key")\nFROM \'s3://b/p/manifest.json\'\n')
@@ -91,7 +92,7 @@ def test_delete_copy_count_commit_in_one_transaction() -> None:
     assert sql[2] == "SELECT pg_last_copy_count()"
     assert sql[3].startswith("SELECT count(*)")
     assert sql[4].startswith('DELETE FROM "analytics"."keyflow_loads"') and sql[5].startswith("INSERT INTO")
-    assert conn.statements[5][1][:5] == ("facts", "MCS2017", "2017-03-20", "r1", 5)  # ledger row, same transaction
+    assert conn.statements[6][1][:5] == ("facts", "MCS2017", "2017-03-20", "r1", 5)  # ledger row, same transaction
     assert conn.committed and not conn.rolled_back
 
 
@@ -113,7 +114,8 @@ def test_merge_copies_into_a_session_table_then_merges_by_primary_key() -> None:
     )
     conn = RecordingConnection(copied=5, counted=5)
     assert warehouse(conn).load_key(spec, staged(5), store=None) == 5  # type: ignore[arg-type]
-    sql = [s for s, _ in conn.statements]
+    lock, *sql = [s for s, _ in conn.statements]
+    assert lock == 'LOCK "analytics"."facts"'
     assert sql[0] == 'CREATE TEMP TABLE "keyflow_merge_stage" (LIKE "analytics"."facts")'
     assert sql[1].startswith('COPY "keyflow_merge_stage" ("campaign_key", "id")\nFROM \'s3://b/p/manifest.json\'')
     assert sql[2] == "SELECT pg_last_copy_count()"
@@ -122,3 +124,58 @@ def test_merge_copies_into_a_session_table_then_merges_by_primary_key() -> None:
     )
     assert sql[4].startswith('SELECT count(*) FROM "analytics"."facts" AS t JOIN "keyflow_merge_stage" AS s ON')
     assert sql[5].startswith('DELETE FROM "analytics"."keyflow_loads"') and conn.committed
+
+
+class UnitConnection(RecordingConnection):
+    """Also answers a shared unit's per-key count (``GROUP BY``)."""
+
+    def __init__(self, copied: int, per_key: dict[str, int]) -> None:
+        super().__init__(copied, sum(per_key.values()))
+        self.per_key = per_key
+
+    def fetchall(self) -> list[tuple[str, int]]:
+        assert "GROUP BY" in self.statements[-1][0]
+        return list(self.per_key.items())
+
+
+def staged_unit(counts: dict[str, int]) -> StagedKey:
+    from dataclasses import replace
+
+    from tasks.transforms.staging import KeyCounts
+
+    members = tuple(KeyCounts(k, n, 0, n) for k, n in counts.items())
+    return replace(staged(sum(counts.values())), key="A..C (3 keys)", members=members)
+
+
+def test_a_shared_unit_is_one_transaction_deleting_copying_and_counting_every_key() -> None:
+    conn = UnitConnection(copied=5, per_key={"A": 2, "C": 3})
+    loaded = warehouse(conn).load_unit(SPEC, staged_unit({"A": 2, "B": 0, "C": 3}), store=None)  # type: ignore[arg-type]
+    assert loaded == {"A": 2, "B": 0, "C": 3}
+    sql = [s for s, _ in conn.statements]
+    assert sql[0] == 'DELETE FROM "analytics"."facts" WHERE "campaign_key" IN (%s, %s, %s)'
+    assert conn.statements[0][1] == ["A", "B", "C"]
+    assert sql[1].startswith('COPY "analytics"."facts" ("campaign_key")\nFROM \'s3://b/p/manifest.json\'\n')
+    assert sql[2] == "SELECT pg_last_copy_count()"
+    assert sql[3] == (
+        'SELECT "campaign_key", count(*) FROM "analytics"."facts" WHERE "campaign_key" IN (%s, %s, %s) '
+        'GROUP BY "campaign_key"'
+    )
+    assert sql[4] == (
+        'DELETE FROM "analytics"."keyflow_loads" WHERE dataset = %s AND run_date = %s AND key IN (%s, %s, %s)'
+    )
+    assert sql[5].startswith('INSERT INTO "analytics"."keyflow_loads"') and len(sql) == 6
+    ledger = conn.statements[5][1]
+    assert [ledger[i : i + 5] for i in range(0, len(ledger), 6)] == [
+        ["facts", "A", "2017-03-20", "r1", 2],
+        ["facts", "B", "2017-03-20", "r1", 0],
+        ["facts", "C", "2017-03-20", "r1", 3],
+    ]
+    assert conn.committed and not conn.rolled_back
+
+
+def test_a_shared_unit_whose_key_count_differs_rolls_back_whole() -> None:
+    conn = UnitConnection(copied=5, per_key={"A": 1, "C": 4})
+    with pytest.raises(ReconciliationError, match="key 'A': reconciliation failed: extracted=2 staged=2 loaded=1"):
+        warehouse(conn).load_unit(SPEC, staged_unit({"A": 2, "C": 3}), store=None)  # type: ignore[arg-type]
+    assert conn.rolled_back and not conn.committed
+    assert not any("keyflow_loads" in s for s, _ in conn.statements)  # no ledger row for any key of the unit

@@ -243,3 +243,11 @@ def test_the_optimistic_read_gives_what_the_careful_one_gives(lines: list[bytes]
     assert optimistic.rejected == careful.rejected and optimistic.lines == careful.lines
     if careful.clean:  # one Arrow call read every line: nothing was blank, odd or refused
         assert careful.events.num_rows + len(careful.rejected) == careful.lines
+
+
+def test_a_time_that_looks_iso_but_is_no_day_is_rejected_not_raised() -> None:
+    parsed = parse_jsonl(line(1) + b"\n" + line(2, ts="2026-02-30T10:00:00Z") + b"\n", first_line=1)
+    assert parsed.events["event_id"].to_pylist() == ["e1"]
+    assert [(r.line, r.reason) for r in parsed.rejected] == [
+        (2, "bad 'ts': not an ISO 8601 time: '2026-02-30T10:00:00Z'")
+    ]

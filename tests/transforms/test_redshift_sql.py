@@ -29,6 +29,7 @@ from tasks.transforms.sql import (
     render_ledger_delete,
     render_ledger_insert,
     render_ledger_keys,
+    render_lock_target,
     render_merge,
     render_redshift_copy,
 )
@@ -86,11 +87,30 @@ def statements() -> dict[str, str]:
     }
     for fmt in ("csv", "parquet"):
         batch, _ = render_data_api_load(SPEC, COPIES[f"{fmt}-zstd-None"])
-        out |= {f"data api load {fmt} [{i}]": sql for i, sql in enumerate(batch)}
+        out |= {f"data api load {fmt} [{i}]": sql for i, sql in enumerate(batch) if i}  # [0] is the LOCK: below
         stage_copy = render_redshift_copy(merge_stage(merging), MANIFEST, ROLE, "zstd", None, fmt)
         batch, _ = render_data_api_load(merging, stage_copy)
-        out |= {f"data api merge {fmt} [{i}]": sql for i, sql in enumerate(batch)}
+        out |= {f"data api merge {fmt} [{i}]": sql for i, sql in enumerate(batch) if i}
     return out
+
+
+def test_every_load_locks_its_target_first_as_redshift_documents_lock() -> None:
+    """``LOCK [ TABLE ] table_name [, ...]`` (docs.aws.amazon.com/redshift/latest/dg/r_LOCK.html).
+
+    sqlglot has no grammar for LOCK (it keeps it as an unparsed command), so the statement is checked against the
+    documented form, and its table name parses in the redshift dialect as the target's schema and table.
+    """
+    merging = replace(SPEC, load_mode="merge", primary_key=("campaign_key", "event_date"))
+    stage_copy = render_redshift_copy(merge_stage(merging), MANIFEST, ROLE, "zstd", None, "csv")
+    for spec, copy_sql in ((SPEC, COPIES["csv-zstd-None"]), (merging, stage_copy)):
+        lock = render_lock_target(spec, "redshift")
+        batch, checks = render_data_api_load(spec, copy_sql)
+        assert batch[0] == lock  # before any statement that reads or writes the target
+        assert [batch[i].startswith("SELECT 1 / CASE") for i in checks] == [True, True]  # the checks moved with it
+        match = re.fullmatch(r"LOCK (?P<table>\S+)", lock)
+        assert match is not None, lock
+        table = sqlglot.parse_one(f"SELECT 1 FROM {match['table']}", read="redshift").find(exp.Table)
+        assert table is not None and (table.db, table.name) == ("analytics", "facts")
 
 
 def parses_as_redshift(sql: str) -> bool:
