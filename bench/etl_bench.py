@@ -25,7 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import moto_server, prefect_server, run_side_by_side, summarize
+from bench.harness import median_of, moto_server, prefect_server, run_measured, run_side_by_side, summarize
 from bench.shape import KEYS, ROWS_PER_KEY, column_names, create_table_sql, pg_fill_sql
 
 PG = "host=127.0.0.1 port=5432 user=postgres"
@@ -64,7 +64,9 @@ def ensure_pg_data(rebuild: bool) -> None:
             pg_exec(SRC_DB, pg_fill_sql(table, key, 1 + i * rows, rows))
         pg_exec(SRC_DB, f"VACUUM ANALYZE {table}")
         print(f"built {table}: {rows * len(keys):,} rows in {time.perf_counter() - started:.1f} s", flush=True)
-    for t in ("limit_target", "usual_target", "mlimit_target"):
+    # The benchmark's source has pgcrypto, so its salted hash can run there (the salt travels as data, never as SQL).
+    pg_exec(SRC_DB, "CREATE EXTENSION IF NOT EXISTS pgcrypto")
+    for t in ("limit_target", "usual_target", "mlimit_target", "floor_target"):
         pg_exec(WH_DB, f"DROP TABLE IF EXISTS {t}", create_table_sql(t).replace(" PRIMARY KEY", ""))
 
 
@@ -120,8 +122,33 @@ BENCH_RULES: list[dict[str, Any]] = [
 ]
 
 
+ENCRYPT_RULE: dict[str, Any] = {"privacy": {"column": "t006", "action": "encrypt", "key": "bench_key"}}
+
+# The datasets keyflow runs: the benchmark's eight rules (every one computed by PostgreSQL with pgcrypto, bytes
+# passed through), the same with every rule on the client (the earlier design, for a same-sitting comparison), and
+# the same plus a column encrypted for a private-key holder (which only the client can do: rows are parsed).
+VARIANTS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
+    "bench_facts": ("facts", BENCH_RULES, {}),
+    "bench_client": ("client_facts", BENCH_RULES, {"pushdown": False}),
+    "bench_encrypt": ("encrypt_facts", [*BENCH_RULES, ENCRYPT_RULE], {}),
+}
+
+
+def public_key_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
 def write_config(folder: Path, endpoint: str, parallel_keys: int = 2) -> dict[str, Path]:
     paths = {}
+    pem = public_key_pem()
     for name, url in (
         ("pg", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{SRC_DB}"),
         ("my", f"mysql+pymysql://root@127.0.0.1:3306/{MY_DB}"),
@@ -144,21 +171,21 @@ def write_config(folder: Path, endpoint: str, parallel_keys: int = 2) -> dict[st
                     "max_parallel_keys": parallel_keys,
                     "source_max_connections": 3,
                     "secrets": {"email_salt": {"env": "KEYFLOW_EMAIL_SALT"}},
+                    "encryption_keys": {"bench_key": {"public_key_pem": pem}},
                 }
             )
         )
-    for name, table, target in (
-        ("bench_facts", "bench_src", "facts"),
-        ("bench_big", "bench_big", "big_facts"),
-        ("bench_my", "bench_src", "my_facts"),
-    ):
+    datasets = [(name, "bench_src", target, rules, extra) for name, (target, rules, extra) in VARIANTS.items()]
+    datasets += [("bench_big", "bench_big", "big_facts", BENCH_RULES, {})]
+    datasets += [("bench_my", "bench_src", "my_facts", BENCH_RULES, {})]
+    for name, table, target, rules, extra in datasets:
         paths[name] = folder / f"{name}.yaml"
         paths[name].write_text(
             yaml.safe_dump(
                 {
                     "name": name,
-                    "source": {"table": table, "key_column": "campaign_key", "batch_rows": 5000},
-                    "rules": BENCH_RULES,
+                    "source": {"table": table, "key_column": "campaign_key", "batch_rows": 5000, **extra},
+                    "rules": rules,
                     "staging": {"compression": "zstd", "level": 1},
                     "target": {"schema": "keyflow", "table": target, "distkey": "campaign_key"},
                 },
@@ -195,26 +222,60 @@ def seed_keys(profile: Path) -> None:
     from tasks.transforms.keys import CampaignKey
 
     prof = load_profile(profile, environ={})
+    from tasks.io.aws import client
+
+    # The profile's SSE-KMS key: the preflight checks that its alias exists.
+    kms = client("kms", "us-east-1", prof.aws_endpoint_url)
+    if not any(a["AliasName"] == "alias/keyflow-bench" for a in kms.list_aliases()["Aliases"]):
+        key_id = kms.create_key(Description="keyflow bench")["KeyMetadata"]["KeyId"]
+        kms.create_alias(AliasName="alias/keyflow-bench", TargetKeyId=key_id)
     object_store_for(prof).ensure_bucket()
     keys = key_store_for(prof)
     keys.ensure_table()
-    for dataset, names in (("bench_facts", KEYS), ("bench_my", KEYS), ("bench_big", ("BIGKEY",))):
+    for dataset, names in [*((v, KEYS) for v in VARIANTS), ("bench_my", KEYS), ("bench_big", ("BIGKEY",))]:
         for k in names:
             keys.put_key(CampaignKey(dataset, k, date(2017, 3, 1), date(2017, 3, 31)))
+
+
+def print_split() -> None:
+    """Where each of the benchmark's rules runs, on this PostgreSQL (pgcrypto installed) and on MariaDB."""
+    from config.models import Rule, SourceConfig
+    from tasks.io.source import SqlSource
+    from tasks.transforms.pushdown import plan_pushdown
+
+    rules = [Rule.model_validate(r) for r in [*BENCH_RULES, ENCRYPT_RULE]]
+    for label, url in (
+        ("PostgreSQL", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{SRC_DB}"),
+        ("MariaDB", f"mysql+pymysql://root@127.0.0.1:3306/{MY_DB}"),
+    ):
+        try:
+            source = SqlSource(url)
+            schema = source.source_schema(SourceConfig(table="bench_src", key_column="campaign_key"))
+            assert schema is not None
+            push = plan_pushdown(rules, schema, source.capabilities())
+        except Exception as exc:  # MariaDB skipped and not built: say so, go on
+            print(f"rule split on {label}: not available ({str(exc).splitlines()[0][:100]})")
+            continue
+        print(f"rule split on {label} (the last rule only in bench_encrypt):")
+        for p in push.placements:
+            print(f"  {p.describe()}")
+        source.engine.dispose()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rebuild", action="store_true", help="rebuild the source tables")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["usual", "big", "mariadb"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["usual", "big", "mariadb", "variants"])
     parser.add_argument("--parallel-keys", type=int, default=2, help="keyflow's max_parallel_keys (default 2)")
     args = parser.parse_args()
     python = sys.executable
     bindir = Path(python).parent
+    load_before = os.getloadavg()
     ensure_pg_data(args.rebuild)
     if "mariadb" not in args.skip:
         ensure_mysql_data(args.rebuild)
+    print_split()
     results: dict[str, Any] = {}
     tmp = Path(tempfile.gettempdir(), "keyflow-bench")  # kept after the run, to rerun one contender by hand
     tmp.mkdir(exist_ok=True)
@@ -248,7 +309,7 @@ def main() -> None:
             )
 
         # 1. the limit: COPY (SELECT …) TO STDOUT | COPY … FROM STDIN, keys in parallel
-        limit = []
+        limit, limit_cpu = [], []
         for _ in range(args.runs):
             reset("limit_target")
             cmds = [
@@ -256,28 +317,64 @@ def main() -> None:
                 f"{PSQL} -d {WH_DB} -c 'COPY limit_target FROM STDIN'"
                 for k in KEYS
             ]
-            limit.append(run_side_by_side(cmds)[:2])
+            wall, rss, _, cpu = run_measured(cmds)
+            limit.append((wall, rss))
+            limit_cpu.append(cpu)
         results["limit"] = summarize(limit)
+        results["limit_cpu_s"] = median_of(limit_cpu)
         print(f"limit      {results['limit'][0]:7.2f} s  {results['limit'][1]:7.0f} MB", flush=True)
 
-        # 2. keyflow: the flow, 3 keys active, against the running Prefect server
-        runs, key_seconds = [], []
+        # 2. the staged floor: COPY TO STDOUT → zstd 1 → S3 PUT → GET → COPY FROM STDIN, keys in parallel, no rules
+        floor, floor_cpu = [], []
         for _ in range(args.runs):
-            reset("keyflow.facts")
-            wall, rss, out = run_side_by_side([keyflow("bench_facts", "profile_pg")], env=env)
-            Path(tempfile.gettempdir(), "keyflow-bench-last-run.log").write_text(out[0])
-            rows = json.loads(next(ln for ln in reversed(out[0].splitlines()) if ln.startswith("[")))
-            assert sum(r["rows_loaded"] for r in rows) == 3 * ROWS_PER_KEY, rows
-            runs.append((wall, rss))
-            key_seconds.append(keys_span(out[0]))
-            print("  per key (stage s, load s):", [(r["stage_seconds"], r["load_seconds"]) for r in rows], flush=True)
-        results["keyflow"] = summarize(runs)
-        results["keyflow_keys_span_s"] = sorted(key_seconds)[len(key_seconds) // 2]
+            reset("floor_target")
+            cmd = [
+                python,
+                str(Path(__file__).parent / "staged_floor.py"),
+                f"{PG} dbname={SRC_DB}",
+                f"{PG} dbname={WH_DB}",
+                "bench_src",
+                "floor_target",
+                endpoint,
+                "keyflow-bench",
+                *KEYS,
+            ]
+            wall, rss, _, cpu = run_measured([cmd])
+            floor.append((wall, rss))
+            floor_cpu.append(cpu)
+        results["floor"] = summarize(floor)
+        results["floor_cpu_s"] = median_of(floor_cpu)
+        print(f"floor      {results['floor'][0]:7.2f} s  {results['floor'][1]:7.0f} MB", flush=True)
+
+        # 3. keyflow: the flow, 3 keys active, against the running Prefect server; the variants interleaved
+        variants = ["bench_facts"] + ([] if "variants" in args.skip else ["bench_client", "bench_encrypt"])
+        samples: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in variants}
+        for _ in range(args.runs):
+            for v in variants:
+                reset(f"keyflow.{VARIANTS[v][0]}")
+                wall, rss, out, cpu = run_measured([keyflow(v, "profile_pg")], env=env)
+                Path(tempfile.gettempdir(), f"keyflow-bench-last-run-{v}.log").write_text(out[0])
+                rows = json.loads(next(ln for ln in reversed(out[0].splitlines()) if ln.startswith("[")))
+                assert sum(r["rows_loaded"] for r in rows) == 3 * ROWS_PER_KEY, rows
+                samples[v].append((wall, rss, cpu, keys_span(out[0])))
+                print(
+                    f"  {v}: {wall:.2f} s, {cpu:.2f} CPU-s, per key (stage s, load s):",
+                    [(r["stage_seconds"], r["load_seconds"]) for r in rows],
+                    flush=True,
+                )
+        for v in variants:
+            got = samples[v]
+            results[v] = summarize([(w, r) for w, r, _, _ in got])
+            results[f"{v}_cpu_s"] = median_of([c for _, _, c, _ in got])
+            results[f"{v}_keys_span_s"] = median_of([k for _, _, _, k in got])
+        results["keyflow"] = results["bench_facts"]
+        results["keyflow_cpu_s"] = results["bench_facts_cpu_s"]
+        results["keyflow_keys_span_s"] = results["bench_facts_keys_span_s"]
         print(f"keyflow    {results['keyflow'][0]:7.2f} s  {results['keyflow'][1]:7.0f} MB", flush=True)
         startup, _, _ = run_side_by_side([[python, "-c", "import flows.rds_to_redshift"]], env=env)
         results["startup_s"] = startup
 
-        # 3. the usual script: pandas read_sql → CSV → COPY, one process per key
+        # 4. the usual script: pandas read_sql → CSV → COPY, one process per key
         if "usual" not in args.skip:
             usual = []
             for _ in range(args.runs):
@@ -298,16 +395,22 @@ def main() -> None:
             results["usual"] = summarize(usual)
             print(f"usual      {results['usual'][0]:7.2f} s  {results['usual'][1]:7.0f} MB", flush=True)
 
-        # 4. big key: 10x the rows of one key
+        # 5. big key: 10x the rows of one key, beside its own COPY pipe
         if "big" not in args.skip:
-            big = []
+            big, big_pipe = [], []
             for _ in range(args.runs):
-                reset("keyflow.big_facts")
+                reset("keyflow.big_facts", "limit_target")
                 big.append(run_side_by_side([keyflow("bench_big", "profile_pg")], env=env)[:2])
+                pipe = (
+                    f"{PSQL} -d {SRC_DB} -c \"COPY (SELECT * FROM bench_big WHERE campaign_key = 'BIGKEY') TO STDOUT\""
+                    f" | {PSQL} -d {WH_DB} -c 'COPY limit_target FROM STDIN'"
+                )
+                big_pipe.append(run_side_by_side([pipe])[:2])
             results["big"] = summarize(big)
+            results["big_pipe"] = summarize(big_pipe)
             print(f"big key    {results['big'][0]:7.2f} s  {results['big'][1]:7.0f} MB", flush=True)
 
-        # 5. MariaDB source: keyflow vs mysql --batch --quick piped into COPY
+        # 6. MariaDB source: keyflow vs mysql --batch --quick piped into COPY
         if "mariadb" not in args.skip:
             mlimit, mkf = [], []
             for _ in range(args.runs):
@@ -329,6 +432,7 @@ def main() -> None:
             )
 
     results["parallel_keys"] = args.parallel_keys
+    results["load_before"], results["load_after"] = load_before, os.getloadavg()
     report(results)
 
 
@@ -349,18 +453,32 @@ def report(r: dict[str, Any]) -> None:
         f"workload: {len(column_names())} columns, {len(KEYS)} keys x {ROWS_PER_KEY:,} rows; the limit and the usual "
         f"script run every key at once, keyflow {r['parallel_keys']} keys at once (max_parallel_keys)"
     )
-    print(f"{'contender':<34}{'median s':>10}{'peak RSS MB':>13}")
-    print(f"{'limit: COPY TO STDOUT | COPY FROM':<34}{limit_s:>10.2f}{limit_mb:>13.0f}")
-    print(f"{'keyflow (flow, S3 staging, rules)':<34}{kf_s:>10.2f}{kf_mb:>13.0f}")
+    print(
+        f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in r['load_before'])} before, "
+        f"{', '.join(f'{x:.2f}' for x in r['load_after'])} after"
+    )
+    print(f"{'contender':<44}{'median s':>10}{'CPU s':>8}{'peak RSS MB':>13}")
+    print(f"{'limit: COPY TO STDOUT | COPY FROM':<44}{limit_s:>10.2f}{r['limit_cpu_s']:>8.2f}{limit_mb:>13.0f}")
+    fl_s, fl_mb = r["floor"]
+    print(f"{'staged floor: COPY → zstd → S3 → COPY':<44}{fl_s:>10.2f}{r['floor_cpu_s']:>8.2f}{fl_mb:>13.0f}")
+    for v, label in (
+        ("bench_facts", "keyflow, 8 rules (all on the source)"),
+        ("bench_client", "keyflow, 8 rules, pushdown off"),
+        ("bench_encrypt", "keyflow, 8 rules + encrypt (client)"),
+    ):
+        if v in r:
+            print(f"{label:<44}{r[v][0]:>10.2f}{r[f'{v}_cpu_s']:>8.2f}{r[v][1]:>13.0f}")
     if "usual" in r:
-        print(f"{'usual: pandas read_sql → CSV → COPY':<34}{r['usual'][0]:>10.2f}{r['usual'][1]:>13.0f}")
+        print(f"{'usual: pandas read_sql → CSV → COPY':<44}{r['usual'][0]:>10.2f}{'':>8}{r['usual'][1]:>13.0f}")
     if "big" in r:
-        print(f"{'keyflow, one key x10 rows':<34}{r['big'][0]:>10.2f}{r['big'][1]:>13.0f}")
+        print(f"{'keyflow, one key x10 rows':<44}{r['big'][0]:>10.2f}{'':>8}{r['big'][1]:>13.0f}")
+        print(f"{'its own COPY pipe':<44}{r['big_pipe'][0]:>10.2f}{'':>8}{r['big_pipe'][1]:>13.0f}")
     if "mariadb_keyflow" in r:
         print(
-            f"{'MariaDB limit: mysql --quick | COPY':<34}{r['mariadb_limit'][0]:>10.2f}{r['mariadb_limit'][1]:>13.0f}"
+            f"{'MariaDB limit: mysql --quick | COPY':<44}{r['mariadb_limit'][0]:>10.2f}{'':>8}"
+            f"{r['mariadb_limit'][1]:>13.0f}"
         )
-        print(f"{'keyflow, MariaDB source':<34}{r['mariadb_keyflow'][0]:>10.2f}{r['mariadb_keyflow'][1]:>13.0f}")
+        print(f"{'keyflow, MariaDB source':<44}{r['mariadb_keyflow'][0]:>10.2f}{'':>8}{r['mariadb_keyflow'][1]:>13.0f}")
     overhead = kf_s - r["keyflow_keys_span_s"]
     print(
         f"keyflow overhead (process start {r['startup_s']:.1f} s, Prefect runs, key lookup, manifests): "
@@ -385,7 +503,19 @@ def report(r: dict[str, Any]) -> None:
         "mariadb_ratio_to_limit": round(r["mariadb_keyflow"][0] / r["mariadb_limit"][0], 2)
         if "mariadb_keyflow" in r
         else None,
+        "keyflow_cpu_s": round(r["keyflow_cpu_s"], 2),
+        "limit_cpu_s": round(r["limit_cpu_s"], 2),
+        "floor_s": round(r["floor"][0], 2),
+        "floor_cpu_s": round(r["floor_cpu_s"], 2),
+        "cpu_ratio_to_floor": round(r["keyflow_cpu_s"] / r["floor_cpu_s"], 2),
+        "ratio_to_floor": round(kf_s / r["floor"][0], 2),
+        "big_key_ratio_to_pipe": round(r["big"][0] / r["big_pipe"][0], 2) if "big" in r else None,
     }
+    for v in ("bench_client", "bench_encrypt"):
+        if v in r:
+            line[f"{v}_s"] = round(r[v][0], 2)
+            line[f"{v}_cpu_s"] = round(r[f"{v}_cpu_s"], 2)
+            line[f"{v}_rss_mb"] = round(r[v][1])
     print(json.dumps(line))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,24 @@ def run_side_by_side(
     commands: Sequence[Sequence[str] | str], env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[float, float, list[str]]:
     """Start every command at once; return (wall seconds, peak summed RSS of all their trees in MB, outputs)."""
+    wall, rss, outputs, _ = run_measured(commands, env, cwd)
+    return wall, rss, outputs
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_measured(
+    commands: Sequence[Sequence[str] | str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[float, float, list[str], float]:
+    """:func:`run_side_by_side`, plus the CPU seconds (user + system) of the commands' process trees.
+
+    Counted from ``getrusage(RUSAGE_CHILDREN)``: every process of the trees that ended and was waited for (a shell
+    pipeline's processes included). Servers they talk to (databases, moto, Prefect) are not counted.
+    """
+    cpu_before = _children_cpu()
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -71,15 +90,21 @@ def run_side_by_side(
     wall = time.perf_counter() - started
     stop.set()
     sampler.join()
+    cpu = _children_cpu() - cpu_before
     for cmd, p, out in zip(commands, procs, outputs, strict=True):
         if p.returncode != 0:
             raise RuntimeError(f"benchmark command failed ({p.returncode}): {cmd}\n{out[-3000:]}")
-    return wall, peak / 1e6, outputs
+    return wall, peak / 1e6, outputs, cpu
 
 
 def summarize(samples: list[tuple[float, float]]) -> tuple[float, float]:
     """Median wall seconds and the highest peak RSS over the runs."""
     return median(s[0] for s in samples), max(s[1] for s in samples)
+
+
+def median_of(values: list[float]) -> float:
+    """The median (CPU seconds and the like)."""
+    return median(values)
 
 
 def _wait_http(url: str, seconds: float = 90) -> None:

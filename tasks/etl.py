@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -9,16 +10,20 @@ from datetime import date
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
 from config.errors import ConfigError, KeyFailedError, KeyflowError, PausedError, RetryableError, first_line
 from config.models import DatasetConfig
 from tasks.control import ensure_limit, is_paused, source_slot
+from tasks.io.passthrough import CsvPassthroughWriter
+from tasks.io.source import CopySession, SourceDatabase
 from tasks.io.stager import GATE, PartWriter, stop_if_interrupted
 from tasks.resources import Resources
 from tasks.retries import KEY_IO, LISTING_IO, SETUP_IO, backoff_delays
 from tasks.transforms.drift import plan_drift
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.plan import arrow_schema, plan_table
+from tasks.transforms.pushdown import Pushdown, plan_pushdown, render_count_query, render_pushed_query
 from tasks.transforms.rules import RuleEngine, RuleError, as_text, conform, passthrough_columns
 from tasks.transforms.sql import TableSpec, render_key_query, render_unit_query
 from tasks.transforms.staging import (
@@ -119,6 +124,46 @@ LISTED_KEYS = 20  # keys the listing's log line names (the run's results list ev
 PROGRESS_SECONDS = 10.0  # how often a key still staging logs its progress
 
 
+def _logger() -> Any:
+    """The run's logger; ``stage_rows`` also runs outside a task (a helper process that stages, then crashes)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("keyflow.etl")
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one key travels: the rules pushed into the source's query (if any), and whether bytes pass through."""
+
+    push: Pushdown | None
+    passthrough: bool
+
+
+def choose_route(dataset: DatasetConfig, source: SourceDatabase, schema_in: Any, target_schema: Any, fmt: str) -> Route:
+    """Push what the source computes exactly; pass the bytes through when nothing is left for the client.
+
+    Passthrough needs PostgreSQL's COPY text, CSV staging, and the pushed query's columns already the target's
+    (names, order and types), so nothing would be conformed either.
+    """
+    if not dataset.source.pushdown or schema_in is None or dataset.source.query is not None:
+        return Route(None, False)
+    caps = source.capabilities()
+    if caps.dialect not in ("postgres", "mysql"):
+        return Route(None, False)
+    push = plan_pushdown(dataset.rules, schema_in, caps)
+    passthrough = (
+        not push.client_rules
+        and source.text_native
+        and fmt == "csv"
+        and caps.dialect == "postgres"
+        and push.schema.equals(target_schema, check_metadata=False)
+    )
+    if not push.pushed_any and not passthrough:
+        return Route(None, False)
+    return Route(push, passthrough)
+
+
 def stage_rows(
     key: CampaignKey | WorkUnit,
     dataset: DatasetConfig,
@@ -138,18 +183,9 @@ def stage_rows(
     profile = resources.profile
     source = resources.source()
     store = resources.object_store()
-    engine = RuleEngine(
-        dataset.rules,
-        resources.salts(dataset.secret_names()),
-        resources.data_keys(dataset.encryption_key_names()),
-    )
     schema_in = source.source_schema(dataset.source)
     target_schema = arrow_schema(spec)
     fmt = dataset.staging.format_for(profile.warehouse_kind)
-    if schema_in is not None and source.text_native and fmt == "csv":
-        # Columns no rule touches travel as the database's own text: exact, and no parse/format round trip.
-        keep = passthrough_columns(dataset.rules, schema_in, target_schema)
-        schema_in, target_schema = as_text(schema_in, keep), as_text(target_schema, keep)
     params: dict[str, Any]
     if unit.counted:
         windows = unit.windows()
@@ -162,42 +198,90 @@ def stage_rows(
         params.update(key=key.key, start_date=key.start_date, end_date=key.end_date, run_date=run_date)
         prefix = key_prefix(profile.prefix, dataset.name, run_id, key.key)
     what = f"unit {unit.label}" if unit.counted else f"key {key.key!r}"
+    salts = resources.salts(dataset.secret_names())
+    # A shared unit counts each of its keys' rows from the parsed stream, before and after the rules (issue 16): its
+    # rules stay on the client, so no pushed filter hides rows from that count.
+    route = Route(None, False) if unit.counted else choose_route(dataset, source, schema_in, target_schema, fmt)
+    session = CopySession()
+    client_rules, positions = list(dataset.rules), None
+    if route.push is not None:
+        # The rules the source computes exactly are in the query; the count before its filters reconciles.
+        base, push = sql, route.push
+        sql = render_pushed_query(base, push, source.dialect)
+        params.update(push.params)
+        session = CopySession(
+            salts={n: salts[n] for n in push.salts},
+            count_sql=render_count_query(base) if push.filters else None,
+        )
+        schema_in = push.schema
+        client_rules, positions = [r for _, r in push.client_rules], [i for i, _ in push.client_rules]
+    engine = RuleEngine(client_rules, salts, resources.data_keys(dataset.encryption_key_names()), positions)
+    if schema_in is not None and source.text_native and fmt == "csv":
+        # Columns no rule touches travel as the database's own text: exact, and no parse/format round trip.
+        keep = passthrough_columns(client_rules, schema_in, target_schema)
+        schema_in, target_schema = as_text(schema_in, keep), as_text(target_schema, keep)
     if profile.source_max_connections == 0:
         raise KeyFailedError(f"{what}: extraction is switched off (source_max_connections is 0)")
+    if route.push is not None:
+        on_client = [p for p in route.push.placements if p.where == "client"]
+        _logger().info(
+            "Key %r: %d rule(s) computed by the source, %d by keyflow%s; %s",
+            key.key,
+            len(route.push.placements) - len(on_client),
+            len(on_client),
+            f" ({'; '.join(p.describe() for p in on_client)})" if on_client else "",
+            "CSV bytes passed through unparsed" if route.passthrough else "rows parsed for the client",
+        )
     read_by_key: dict[str, int] = {}
     staged_by_key: dict[str, int] = {}
-    writer = PartWriter(
-        store,
-        prefix,
-        target_schema,
-        dataset.staging.compression,
-        dataset.staging.level,
-        dataset.staging.part_rows,
-        fmt,
-    )
-    extracted = filtered = 0
+    writer: PartWriter | CsvPassthroughWriter
+    if route.passthrough:
+        writer = CsvPassthroughWriter(
+            store, prefix, dataset.staging.compression, dataset.staging.level, dataset.staging.part_rows
+        )
+    else:
+        writer = PartWriter(
+            store,
+            prefix,
+            target_schema,
+            dataset.staging.compression,
+            dataset.staging.level,
+            dataset.staging.part_rows,
+            fmt,
+        )
+    streamed = filtered = 0
     report_at = time.perf_counter() + PROGRESS_SECONDS
+
+    def progress(staged_so_far: int) -> None:
+        nonlocal report_at
+        if time.perf_counter() >= report_at:  # a long key says how far it got, in the log and on the TTY
+            report_at = time.perf_counter() + PROGRESS_SECONDS
+            _logger().info(
+                "Staging %s: %d rows staged so far (%.0fs)",
+                what,
+                staged_so_far,
+                time.perf_counter() - started,
+            )
+
     try:
         with (
             _limit(f"source:{profile.source_url}", profile.source_max_connections),
             source_slot(profile.source_concurrency_limit),
         ):
-            for batch in source.stream(sql, params, schema_in, dataset.source.batch_rows):
-                extracted += batch.num_rows
-                out = conform(engine.apply(batch), target_schema)
-                filtered += batch.num_rows - out.num_rows
-                if unit.counted:  # each key of the unit is reconciled on its own
-                    add_counts(read_by_key, count_by_key(batch.column(dataset.source.key_column)))
-                    add_counts(staged_by_key, count_by_key(out.column(spec.key_column)))
-                writer.write(out)
-                if time.perf_counter() >= report_at:  # a long key says how far it got, in the log and on the TTY
-                    report_at = time.perf_counter() + PROGRESS_SECONDS
-                    get_run_logger().info(
-                        "Staging %s: %d rows staged so far (%.0fs)",
-                        what,
-                        extracted - filtered,
-                        time.perf_counter() - started,
-                    )
+            if isinstance(writer, CsvPassthroughWriter):
+                for chunk in source.stream_csv(sql, params, session):
+                    writer.write(chunk)
+                    progress(writer.rows)
+            else:
+                for batch in source.stream(sql, params, schema_in, dataset.source.batch_rows, session):
+                    streamed += batch.num_rows
+                    out = conform(engine.apply(batch), target_schema)
+                    filtered += batch.num_rows - out.num_rows
+                    if unit.counted:  # each key of the unit is reconciled on its own
+                        add_counts(read_by_key, count_by_key(batch.column(dataset.source.key_column)))
+                        add_counts(staged_by_key, count_by_key(out.column(spec.key_column)))
+                    writer.write(out)
+                    progress(streamed - filtered)
         parts = writer.close()
     except RuleError as exc:
         writer.abort()
@@ -205,6 +289,11 @@ def stage_rows(
     except BaseException:
         writer.abort()
         raise
+    if isinstance(writer, CsvPassthroughWriter):
+        streamed = sum(p.rows for p in parts)
+    # Rows the pushed filters dropped were counted by the source, in the extraction's snapshot (PostgreSQL).
+    extracted = session.extracted if session.extracted is not None else streamed
+    filtered += extracted - streamed
     members = tuple(
         KeyCounts(
             k,

@@ -26,6 +26,11 @@ class SourceConfig(_Model):
         description="SQL with bound parameters :key, :start_date, :end_date, :run_date and :<param>",
     )
     batch_rows: int = Field(20_000, ge=100, le=1_000_000, description="rows per streamed batch")
+    pushdown: bool = Field(
+        True,
+        description="compute the rules the source computes exactly in the extraction query (table sources); "
+        "false runs every rule on the client",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

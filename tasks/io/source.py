@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -18,12 +21,27 @@ from config.types import ColumnType
 from tasks.io.databases import describe_url, dialect_of, engine_for, is_disconnect, translate_db_error
 from tasks.transforms.arrow import csv_read_options, rows_to_table
 from tasks.transforms.keys import CampaignKey
+from tasks.transforms.pushdown import SALT_TABLE, SourceCapabilities
 from tasks.transforms.sql import render_count_keys_query
 from tasks.transforms.types import arrow_type
 from tasks.transforms.units import key_windows, window_params
 
 MAX_BATCH_CELLS = 500_000
 COUNT_CHUNK = 1_000  # keys counted per GROUP BY query
+
+
+@dataclass
+class CopySession:
+    """What one extraction does on the source besides its query, and what the source counted.
+
+    ``salts`` fill the session's salt table a pushed hash reads (as data, never in SQL text); ``count_sql`` counts
+    the key's rows before the pushed filters, in the same snapshot as the extraction on PostgreSQL (a separate
+    statement just before it on MySQL/MariaDB); the count lands in ``extracted``.
+    """
+
+    salts: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    count_sql: str | None = None
+    extracted: int | None = None
 
 
 class SourceDatabase(Protocol):
@@ -36,9 +54,20 @@ class SourceDatabase(Protocol):
         """Arrow schema of the source table (``None`` for a query source: types come from target.columns)."""
 
     def stream(
-        self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
+        self,
+        sql: str,
+        params: Mapping[str, Any],
+        schema: pa.Schema | None,
+        batch_rows: int,
+        session: CopySession | None = None,
     ) -> Iterator[pa.Table]:
         """Run ``sql`` with bound ``params`` and yield the rows as Arrow tables of at most ``batch_rows``."""
+
+    def stream_csv(self, sql: str, params: Mapping[str, Any], session: CopySession | None = None) -> Iterator[bytes]:
+        """PostgreSQL: the bytes of ``COPY (sql) TO STDOUT WITH (FORMAT csv, HEADER true)``, unparsed."""
+
+    def capabilities(self) -> SourceCapabilities:
+        """What the source computes exactly (for the rules pushed into the extraction query)."""
 
     def count_keys(self, source: SourceConfig, keys: Sequence[CampaignKey]) -> dict[str, int]:
         """Rows per key on the source, each key within its own dates (a key without rows is absent)."""
@@ -130,6 +159,34 @@ class SqlSource:
         self.dialect = dialect_of(self.engine)
         # PostgreSQL streams CSV text (COPY), so a column can be asked for as text and passed on untouched.
         self.text_native = self.dialect == "postgres"
+        self._caps: SourceCapabilities | None = None
+
+    def capabilities(self) -> SourceCapabilities:
+        """What the source computes exactly: its dialect, a UTF8 encoding, pgcrypto (on a primary, in PostgreSQL).
+
+        Asked once per adapter; a pushed hash needs a temporary table, which a hot standby cannot create.
+        """
+        if self._caps is not None:
+            return self._caps
+        caps = SourceCapabilities(self.dialect if self.dialect in ("postgres", "mysql") else "none", utf8=False)
+        if self.dialect == "postgres":
+            try:
+                with self.engine.connect() as conn:
+                    encoding = conn.execute(sa.text("SHOW server_encoding")).scalar()
+                    standby = conn.execute(sa.text("SELECT pg_is_in_recovery()")).scalar()
+                    crypto = conn.execute(
+                        sa.text(
+                            "SELECT n.nspname FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace "
+                            "WHERE e.extname = 'pgcrypto'"
+                        )
+                    ).scalar()
+            except sa_exc.SQLAlchemyError as exc:
+                raise translate_db_error(exc, "read source capabilities", self.where) from None
+            caps = SourceCapabilities("postgres", utf8=encoding == "UTF8", pgcrypto_schema=None if standby else crypto)
+        elif self.dialect == "mysql":
+            caps = SourceCapabilities("mysql", utf8=True)
+        self._caps = caps
+        return caps
 
     def source_schema(self, source: SourceConfig) -> pa.Schema | None:
         """Arrow schema of the source table (``None`` for a query source: types come from target.columns)."""
@@ -199,7 +256,12 @@ class SqlSource:
         return counts
 
     def stream(
-        self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
+        self,
+        sql: str,
+        params: Mapping[str, Any],
+        schema: pa.Schema | None,
+        batch_rows: int,
+        session: CopySession | None = None,
     ) -> Iterator[pa.Table]:
         """Yield the query's rows in Arrow tables of at most ``batch_rows`` rows.
 
@@ -208,10 +270,14 @@ class SqlSource:
         text, dates) are read by connectorx into Arrow. Others stream through a server-side cursor.
         """
         if self.dialect == "postgres" and schema is not None:
-            for table in self._stream_copy(sql, params, schema):
+            for table in self._stream_copy(sql, params, schema, session):
                 for offset in range(0, table.num_rows, batch_rows):
                     yield table.slice(offset, batch_rows)  # zero-copy: at most batch_rows rows per batch
             return
+        if session is not None and session.salts:
+            raise KeyFailedError("extract from source: a pushed hash needs a PostgreSQL source")  # a planning bug
+        if session is not None and session.count_sql:
+            session.extracted = self._count(session.count_sql, params)
         if self.dialect == "mysql" and arrow_native_mysql(schema) and set(self.engine.url.query) <= {"charset"}:
             assert schema is not None
             yield from self._stream_mysql_arrow(sql, params, schema, batch_rows)
@@ -236,9 +302,28 @@ class SqlSource:
         except sa_exc.SQLAlchemyError as exc:
             raise translate_db_error(exc, "extract from source", self.where) from exc
 
-    def _stream_copy(self, sql: str, params: Mapping[str, Any], schema: pa.Schema) -> Iterator[pa.Table]:
-        """PostgreSQL: ``COPY (query) TO STDOUT`` through a pipe into Arrow's streaming CSV reader."""
+    def _count(self, sql: str, params: Mapping[str, Any]) -> int:
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.execute(sa.text(sql), dict(params)).scalar() or 0)
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_db_error(exc, "count the key's rows on the source", self.where) from None
+
+    def _copy_out(
+        self, sql: str, params: Mapping[str, Any], session: CopySession | None
+    ) -> tuple[threading.Thread, list[BaseException], int, Any]:
+        """Start ``COPY (query) TO STDOUT`` (CSV with a header) on a thread writing into a pipe.
+
+        Returns the producer thread, its failure list, the pipe's read end and the raw connection. In the
+        same transaction, before the COPY: REPEATABLE READ and the key's count (``session.count_sql``), and the salt
+        table a pushed hash reads (``session.salts``: data through ``COPY … FROM STDIN``, never in SQL text).
+        """
         compiled = str(sa.text(sql).compile(dialect=self.engine.dialect))
+        count_compiled = (
+            str(sa.text(session.count_sql).compile(dialect=self.engine.dialect))
+            if session is not None and session.count_sql
+            else None
+        )
         try:
             raw = self.engine.raw_connection()
         except Exception as exc:
@@ -250,7 +335,22 @@ class SqlSource:
             try:
                 with os.fdopen(write_fd, "wb", buffering=1 << 20) as sink:
                     cur = raw.cursor()
+                    if count_compiled is not None:  # the count and the rows from one snapshot
+                        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    # The text PostgreSQL writes is what is staged: ISO dates, UTC, shortest exact doubles.
                     cur.execute("SET TIME ZONE 'UTC'")
+                    cur.execute("SET DateStyle = 'ISO, MDY'")
+                    cur.execute("SET extra_float_digits = 1")
+                    if session is not None and session.salts:
+                        table = f"pg_temp.{SALT_TABLE}"
+                        cur.execute(f"CREATE TEMP TABLE {SALT_TABLE} (name text PRIMARY KEY, salt bytea NOT NULL)")
+                        # COPY text format reads a backslash escape itself: "\\\\x" reaches bytea as "\\x" (hex)
+                        rows = "".join(f"{name}\t\\\\x{salt.hex()}\n" for name, salt in session.salts.items())
+                        cur.copy_expert(f"COPY {table} (name, salt) FROM STDIN", io.BytesIO(rows.encode()))
+                    if count_compiled is not None and session is not None:
+                        cur.execute(count_compiled, dict(params))
+                        (count,) = cur.fetchone() or (0,)
+                        session.extracted = int(count)
                     query = cur.mogrify(compiled, dict(params)).decode()
                     cur.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", sink, size=1 << 20)
             except BrokenPipeError:
@@ -260,6 +360,32 @@ class SqlSource:
 
         producer = threading.Thread(target=produce, name="keyflow-copy-out", daemon=True)
         producer.start()
+        return producer, failure, read_fd, raw
+
+    def stream_csv(self, sql: str, params: Mapping[str, Any], session: CopySession | None = None) -> Iterator[bytes]:
+        """PostgreSQL: the bytes of ``COPY (sql) TO STDOUT WITH (FORMAT csv, HEADER true)``, never parsed.
+
+        Chunks of up to 1 MiB, cut anywhere (a record may span chunks); errors translated as for :meth:`stream`.
+        """
+        if self.dialect != "postgres":
+            raise KeyFailedError("extract from source: byte passthrough needs a PostgreSQL source")  # a planning bug
+        producer, failure, read_fd, raw = self._copy_out(sql, params, session)
+        source = os.fdopen(read_fd, "rb", buffering=0)
+        try:
+            while chunk := source.read(1 << 20):
+                yield chunk
+        finally:
+            source.close()
+            producer.join()
+            _release(raw)
+        if failure:
+            raise self._translate(failure[0]) from failure[0]
+
+    def _stream_copy(
+        self, sql: str, params: Mapping[str, Any], schema: pa.Schema, session: CopySession | None = None
+    ) -> Iterator[pa.Table]:
+        """PostgreSQL: ``COPY (query) TO STDOUT`` through a pipe into Arrow's streaming CSV reader."""
+        producer, failure, read_fd, raw = self._copy_out(sql, params, session)
         read, parse, convert = csv_read_options(schema)
         source = os.fdopen(read_fd, "rb", buffering=1 << 20)
         try:

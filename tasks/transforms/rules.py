@@ -72,8 +72,11 @@ class RuleEngine:
         rules: Sequence[Rule],
         salts: Mapping[str, bytes] | None = None,
         data_keys: Mapping[str, DataKeySource] | None = None,
+        positions: Sequence[int] | None = None,
     ) -> None:
         self.rules = list(rules)
+        # Where each rule stands in the dataset's YAML (the rules left for the client after a pushdown skip some).
+        self.positions = list(positions) if positions is not None else list(range(len(self.rules)))
         self.salts = dict(salts or {})
         self.data_keys = dict(data_keys or {})
         self._seen: dict[int, set[tuple[Any, ...]]] = {}
@@ -85,13 +88,14 @@ class RuleEngine:
             self.rules,
             {name: b"" for name in needs.secrets},
             {name: (lambda: DataKey("probe", bytes(32), b"")) for name in needs.encryption_keys},
+            self.positions,
         )
         return probe.apply(pa.Table.from_batches([], schema)).schema  # (empty_table() would import pandas)
 
     def apply(self, table: pa.Table | pa.RecordBatch) -> pa.Table:
         """Apply every rule to one batch."""
         t = pa.Table.from_batches([table]) if isinstance(table, pa.RecordBatch) else table
-        for i, rule in enumerate(self.rules):
+        for i, rule in zip(self.positions, self.rules, strict=True):
             t = self._apply_one(i, rule, t)
         return t
 

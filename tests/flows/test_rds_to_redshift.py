@@ -20,8 +20,10 @@ from tests.helpers.etl import (
     D2,
     EVIL,
     KEYS,
+    PATHS,
     create_pg_source,
     expected,
+    masked,
     put_keys,
     run,
     source_rows,
@@ -45,8 +47,12 @@ def pg_setup(pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any) 
         cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
 
 
-def test_loads_exactly_the_active_keys_value_for_value(pg: Any, pg_setup: Any, names: dict[str, str]) -> None:
+@pytest.mark.parametrize("path", list(PATHS))
+def test_loads_exactly_the_active_keys_value_for_value(
+    pg: Any, pg_setup: Any, names: dict[str, str], tmp_path: Path, path: str
+) -> None:
     rows, dataset, profile = pg_setup
+    dataset = write_dataset(tmp_path, names, path=path)
     state, results = run(dataset, profile, D1)
     assert state.is_completed(), state.message
     assert sorted(r["key"] for r in results) == sorted(["K1", "K2", EVIL])
@@ -188,8 +194,9 @@ def test_staged_files_are_encrypted_and_secrets_never_logged(
         assert len(cur.fetchone()[0]) == 64  # HMAC-SHA256 hex: the text itself never reached the warehouse
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 def test_mariadb_source_value_for_value(
-    mysql: Any, pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any
+    mysql: Any, pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any, path: str
 ) -> None:
     rows = source_rows([k[0] for k in KEYS], per_key=25)
     table = names["src_table"]
@@ -203,7 +210,7 @@ def test_mariadb_source_value_for_value(
     try:
         profile = make_profile(source_url=MYSQL_URL)
         put_keys(profile)
-        dataset = write_dataset(tmp_path, names)
+        dataset = write_dataset(tmp_path, names, path=path)
         state, results = run(dataset, profile, D1)
         assert state.is_completed(), state.message
         assert sorted(r["rows_loaded"] for r in results) == [25, 25, 25]
@@ -266,3 +273,85 @@ def test_a_long_key_logs_how_many_rows_it_staged_so_far(
     state, _ = run(dataset, profile, D1)
     assert state.is_completed(), state.message
     assert re.search(r"Staging key 'K1': \d+ rows staged so far \(\d+s\)", caplog.text)
+
+
+@pytest.mark.parametrize("pushdown", [True, False], ids=["filter-on-source", "filter-on-client"])
+def test_a_filtered_key_reconciles_with_the_sources_count(
+    pg: Any, pg_setup: Any, names: dict[str, str], tmp_path: Path, pushdown: bool
+) -> None:
+    """Rows a pushed filter drops never reach keyflow: the source counts the key's slice in the same snapshot."""
+    rows, _, profile = pg_setup
+    dataset = write_yaml(
+        tmp_path / "datasets" / "filtered.yaml",
+        {
+            "name": "facts",
+            "source": {"table": names["src_table"], "key_column": "campaign_key", "pushdown": pushdown},
+            "rules": [{"rename": {"label": "title"}}, {"filter": {"column": "ratio", "op": ">", "value": 0}}],
+            "target": {"schema": names["wh_schema"], "table": "facts"},
+        },
+    )
+    state, results = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    kept = {r[0] for r in rows if r[1] in ("K1", "K2", EVIL) and r[5] is not None and r[5] > 0}
+    for r in results:
+        assert r["rows_extracted"] == 40
+        assert r["rows_filtered"] == 40 - r["rows_staged"] and r["rows_staged"] == r["rows_loaded"]
+    assert sum(r["rows_loaded"] for r in results) == len(kept)
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT id FROM {names['wh_schema']}.facts")
+        assert {r[0] for r in cur.fetchall()} == kept
+
+
+def test_a_hash_computed_by_pgcrypto_equals_keyflows_and_the_salt_stays_out_of_the_logs(
+    pg: Any,
+    tmp_path: Path,
+    names: dict[str, str],
+    make_profile: Any,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A source database with pgcrypto computes the salted hash: every rule runs there and the bytes pass through."""
+    import hashlib
+    import hmac
+
+    import psycopg2
+
+    from tests.helpers.services import PG_DSN, PG_URL, unique
+
+    db = unique("kf_crypto")
+    pg_admin = pg
+    with pg_admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db} TEMPLATE template0 ENCODING 'UTF8'")
+    src = psycopg2.connect(PG_DSN.replace("dbname=test", f"dbname={db}"))
+    src.autocommit = True
+    try:
+        with src.cursor() as cur:
+            cur.execute("CREATE EXTENSION pgcrypto")
+        rows = source_rows([k[0] for k in KEYS], per_key=20)
+        create_pg_source(src, names["src_table"], rows)
+        profile = make_profile(source_url=PG_URL.rsplit("/", 1)[0] + f"/{db}")
+        put_keys(profile)
+        dataset = write_dataset(tmp_path, names)
+        ds = __import__("yaml").safe_load(dataset.read_text())
+        ds["rules"].append({"privacy": {"column": "title", "action": "hash", "salt_secret": "email_salt"}})
+        write_yaml(dataset, ds)
+        caplog.set_level(logging.DEBUG)
+        state, _ = run(dataset, profile, D1)
+        assert state.is_completed(), state.message
+        assert "3 rule(s) computed by the source, 0 by keyflow; CSV bytes passed through unparsed" in caplog.text
+
+        secret = "s3nt1nel-salt-never-logged"  # the conftest's KEYFLOW_EMAIL_SALT
+        salt = secret.encode()
+
+        def hashed(v: str | None) -> str | None:
+            return None if v is None else hmac.new(salt, v.encode(), hashlib.sha256).hexdigest()
+
+        want = [(*r[:3], hashed(r[3]), *r[4:8], masked(r[8])) for r in rows if r[1] in ("K1", "K2", EVIL)]
+        assert warehouse(pg, names) == want
+        out, errs = capfd.readouterr()
+        assert secret not in caplog.text and secret not in out and secret not in errs
+    finally:
+        src.close()
+        with pg_admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")

@@ -40,13 +40,24 @@ def source(pg: Any, names: dict[str, str]) -> Iterator[list[tuple[Any, ...]]]:
         cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
 
 
-@pytest.mark.parametrize("fmt", [None, "csv"], ids=["parquet-by-default", "csv"])
+@pytest.mark.parametrize(
+    ("fmt", "path"),
+    [(None, "passthrough"), ("csv", "passthrough"), ("csv", "pushed-and-client"), ("csv", "client")],
+    ids=["parquet-by-default", "csv-passthrough", "csv-pushed-and-client", "csv-client"],
+)
 def test_data_api_loads_the_awkward_values_value_for_value(
-    pg: Any, source: Any, names: dict[str, str], tmp_path: Path, make_profile: Any, redshift_standin: Any, fmt: Any
+    pg: Any,
+    source: Any,
+    names: dict[str, str],
+    tmp_path: Path,
+    make_profile: Any,
+    redshift_standin: Any,
+    fmt: Any,
+    path: str,
 ) -> None:
     profile = data_api_profile(make_profile, redshift_standin)
     put_keys(profile)
-    dataset = write_etl_dataset(tmp_path, names, staging={"format": fmt} if fmt else None)
+    dataset = write_etl_dataset(tmp_path, names, staging={"format": fmt} if fmt else None, path=path)
     before = len(redshift_standin.submitted_sql())
     state, results = run(dataset, profile, D1)
     assert state.is_completed(), state.message

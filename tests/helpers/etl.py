@@ -88,16 +88,37 @@ def create_pg_source(pg: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
         cur.executemany(f"INSERT INTO {table} VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", rows)
 
 
-def write_dataset(tmp_path: Path, names: dict[str, str], staging: dict[str, Any] | None = None, **target: Any) -> Path:
-    """The dataset YAML for this test's source table and warehouse schema (``staging`` and ``target`` override)."""
+# How a key's rows travel (issue 15), each giving the same warehouse: every rule on the source and the COPY bytes
+# staged unparsed; rules on the source and one left for the client (a dedupe on the primary key changes nothing);
+# every rule on the client.
+PATHS = {
+    "passthrough": ({}, []),
+    "pushed-and-client": ({}, [{"dedupe": {"on": ["id"]}}]),
+    "client": ({"pushdown": False}, []),
+}
+
+
+def write_dataset(
+    tmp_path: Path,
+    names: dict[str, str],
+    staging: dict[str, Any] | None = None,
+    path: str = "passthrough",
+    **target: Any,
+) -> Path:
+    """The dataset YAML for this test's source table and warehouse schema (``staging`` and ``target`` override).
+
+    ``path`` is one of :data:`PATHS`: where the rules run (the warehouse rows are the same on each).
+    """
+    source, more_rules = PATHS[path]
     return write_yaml(
         tmp_path / "datasets" / "facts.yaml",
         {
             "name": "facts",
-            "source": {"table": names["src_table"], "key_column": "campaign_key", "batch_rows": 100},
+            "source": {"table": names["src_table"], "key_column": "campaign_key", "batch_rows": 100, **source},
             "rules": [
                 {"rename": {"label": "title"}},
                 {"privacy": {"column": "phone", "action": "mask", "keep_last": 2}},
+                *more_rules,
             ],
             "staging": {"compression": "zstd", "part_rows": 1000} | (staging or {}),
             "target": {"schema": names["wh_schema"], "table": "facts", "distkey": "campaign_key", **target},
