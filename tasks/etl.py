@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -225,12 +226,17 @@ def _split_ranges(
 
 
 def _run_one(
-    extract: Callable[[int, _Extraction, Any], tuple[int, int]], i: int, job: _Extraction, writer: Any
+    extract: Callable[[int, _Extraction, Any], tuple[int, int]],
+    i: int,
+    job: _Extraction,
+    writer: Any,
+    stop: threading.Event,
 ) -> tuple[int, int] | BaseException:
-    """Run one extraction; its failure is returned (the caller stops the other ranges and raises it)."""
+    """Run one extraction; a failure stops the key's other ranges at their next batch and is handed back."""
     try:
         return extract(i, job, writer)
     except BaseException as exc:
+        stop.set()
         return exc
 
 
@@ -394,17 +400,17 @@ def stage_rows(
     extracted = filtered = 0
     try:
         if len(jobs) == 1:
-            outcomes = [_run_one(extract, 0, jobs[0], writers[0])]
+            outcomes = [_run_one(extract, 0, jobs[0], writers[0], stop)]
         else:
             with ThreadPoolExecutor(
                 max_workers=min(len(jobs), profile.source_max_connections), thread_name_prefix="keyflow-range"
             ) as pool:
-                futures = [pool.submit(_run_one, extract, i, jobs[i], writers[i]) for i in range(len(jobs))]
-                outcomes = []
-                for f in futures:  # the first failure stops the other ranges at their next batch
-                    outcomes.append(f.result())
-                    if isinstance(outcomes[-1], BaseException):
-                        stop.set()
+                # Each range runs in a copy of the task's context: its Prefect run logger and settings.
+                futures = [
+                    pool.submit(contextvars.copy_context().run, _run_one, extract, i, jobs[i], writers[i], stop)
+                    for i in range(len(jobs))
+                ]
+                outcomes = [f.result() for f in futures]
         failures = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, _RangeStopped)]
         if failures:
             raise failures[0]
