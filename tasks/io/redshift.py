@@ -5,9 +5,10 @@
   psycopg2 connections use them instead of a stored password.
 - :class:`DataApi`: statements over HTTPS (``redshift-data``), polled with backoff until done; API and statement
   errors mapped to :class:`RetryableError`, :class:`KeyFailedError` or :class:`ConfigError`.
-- :class:`RedshiftDataApiWarehouse`: the :class:`~tasks.io.warehouse.Warehouse` whose key load is ONE
-  ``BatchExecuteStatement`` (delete, COPY, both counts checked, ledger row: one transaction). Before it waits, the
-  statement id goes to the :class:`StatementLedger`, so a retry or a rerun after a crash first asks what became of it.
+- :class:`RedshiftDataApiWarehouse`: the :class:`~tasks.io.warehouse.Warehouse` whose key load, or shared unit's
+  load, is ONE ``BatchExecuteStatement`` (delete, COPY, the counts checked per key, ledger rows: one transaction).
+  Before it waits, the statement id goes to the :class:`StatementLedger`, so a retry or a rerun after a crash first
+  asks what became of it.
 """
 
 from __future__ import annotations
@@ -300,7 +301,7 @@ class StatementLedger:
 
 
 class RedshiftDataApiWarehouse:
-    """Redshift through the Data API: each key's load is one ``BatchExecuteStatement``, crash-safe by its ledger."""
+    """Redshift through the Data API: a key's or unit's load is one ``BatchExecuteStatement``, crash-safe."""
 
     dialect = "redshift"
     loads_units = True  # a unit is one batch: its keys deleted, copied, each reconciled, its ledger rows written

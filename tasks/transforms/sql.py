@@ -538,15 +538,14 @@ def render_data_api_unit_load(
             f"SELECT :{date_mark[d]} AS dv" if j == 0 else f"SELECT :{date_mark[d]}" for j, d in enumerate(dates)
         )
         selects.append(
-            "SELECT :dataset, k.kv, CAST(d.dv AS DATE), :run_id, k.nv, CAST(:loaded_at AS TIMESTAMPTZ) "
+            "SELECT :dataset, k.kv, CAST(d.dv AS DATE), :run_id, k.nv, CAST(:loaded_at AS TIMESTAMPTZ) "  # noqa: S608
             f"FROM ({kv}) AS k CROSS JOIN ({dv}) AS d"
         )
     sqls = [
         *head,
         reconcile,
         f"DELETE FROM {ledger} WHERE dataset = :dataset AND ({' OR '.join(deletes)})",  # noqa: S608
-        f"INSERT INTO {ledger} (dataset, key, run_date, run_id, rows_loaded, loaded_at) "  # noqa: S608
-        + " UNION ALL ".join(selects),
+        f"INSERT INTO {ledger} (dataset, key, run_date, run_id, rows_loaded, loaded_at) " + " UNION ALL ".join(selects),
     ]
     checks = (3, len(head))
     return sqls, params, checks
