@@ -341,3 +341,16 @@ def test_a_unit_too_large_for_one_data_api_statement_submits_nothing(
     with pytest.raises(KeyFailedError, match=r"over the Data API's 100000 bytes; nothing was submitted$"):
         wh.load_unit(spec(schema), staged, store)
     assert len(redshift_standin.submitted_sql()) == submitted
+
+
+def test_a_merge_unit_upserts_every_key_in_one_batch(pg: Any, redshift_standin: Any, schema: str, store: Any) -> None:
+    merging = replace(spec(schema), load_mode="merge", primary_key=("k", "n"))
+    wh = warehouse(redshift_standin)
+    wh.prepare(merging)
+    first = [("K1", "a", 1), ("K1", "b", 2), ("K2", "c", 1)]
+    assert wh.load_unit(merging, unit(store, first, {"K1": (), "K2": ()}, "r1"), store) == {"K1": 2, "K2": 1}
+    later = [("K1", "B", 2), ("K2", "C", 1), ("K2", "d", 5)]
+    assert wh.load_unit(merging, unit(store, later, {"K1": (), "K2": ()}, "r2"), store) == {"K1": 1, "K2": 2}
+    # Upserted by primary key: K1's row 1, no longer extracted, is kept.
+    assert rows_of(pg, schema) == [("K1", "a", 1), ("K1", "B", 2), ("K2", "C", 1), ("K2", "d", 5)]
+    assert [r[2:] for r in ledger_rows(pg, schema)] == [("r2", 1), ("r2", 2)]
