@@ -446,7 +446,8 @@ class RedshiftDataApiWarehouse:
         into = merge_stage(spec) if spec.load_mode == "merge" else spec
         sqls, params, checks = render_data_api_unit_load(spec, self.copy_sql(into, staged), members)
         largest = max(len(sql.encode()) for sql in sqls)
-        if largest > DATA_API_MAX_SQL_BYTES or len(sqls) > DATA_API_MAX_STATEMENTS:
+        assert len(sqls) <= DATA_API_MAX_STATEMENTS  # at most 8, whatever the unit's size
+        if largest > DATA_API_MAX_SQL_BYTES:
             raise KeyFailedError(
                 f"{what}: a statement of {largest} bytes is over the Data API's {DATA_API_MAX_SQL_BYTES} bytes; "
                 "nothing was submitted"
