@@ -146,3 +146,39 @@ def test_the_command_line_loads_no_engine_before_a_command_needs_it() -> None:
     loaded = loaded_after("flows.cli")
     heavy = {"prefect", "pyarrow", "sqlalchemy", "boto3", "botocore", "psycopg2", "numpy"} & loaded
     assert not heavy
+
+
+def test_a_command_process_runs_arrow_without_pandas() -> None:
+    """PyArrow would import pandas (33 MB) on its first pa.array(list); the command's process tells it there is none.
+
+    Arrow, DuckDB and Prefect's run machinery go on without it; an explicit `import pandas` fails with one line.
+    """
+    code = """
+import sys
+from flows.cli import keep_pandas_out
+keep_pandas_out()
+keep_pandas_out()  # twice: one finder
+import duckdb, pyarrow as pa, pyarrow.compute as pc
+assert pa.array(["a", None]).null_count == 1
+table = pa.table({"k": ["x", "x", "y"], "n": [1, 2, 3]})
+assert pc.value_counts(table["k"]).to_pylist()[0] == {"values": "x", "counts": 2}
+assert pa.schema([("a", pa.int64())]).empty_table().num_rows == 0
+con = duckdb.connect()
+con.register("t", table)
+assert con.execute("SELECT sum(n) FROM t WHERE k = 'x'").fetchall() == [(3,)]
+import prefect.cache_policies  # checks for pandas itself
+try:
+    import pandas
+except ModuleNotFoundError as exc:
+    print("refused:", exc)
+print("finders:", sum(type(f).__name__ == "_WithoutPandas" for f in sys.meta_path))
+print("loaded:", "pandas" in sys.modules)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "refused: keyflow's commands run without pandas",
+        "finders: 1",
+        "loaded: False",
+    ]
