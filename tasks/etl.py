@@ -437,7 +437,15 @@ def plan_work_units(
         keys,
         counts,
         max(1, min(dataset.units.unit_rows, per_slot_rows)),
-        max(1, min(dataset.units.max_keys_per_unit, per_slot_keys)),
+        # A warehouse may cap a unit's keys (the Data API: its batch's SQL text stays under 100 KB).
+        max(
+            1,
+            min(
+                dataset.units.max_keys_per_unit,
+                per_slot_keys,
+                getattr(resources.warehouse(), "max_unit_keys", len(keys)),
+            ),
+        ),
     )
     if dates is not None:
         units = with_dates(units, dates)

@@ -5,9 +5,10 @@
   psycopg2 connections use them instead of a stored password.
 - :class:`DataApi`: statements over HTTPS (``redshift-data``), polled with backoff until done; API and statement
   errors mapped to :class:`RetryableError`, :class:`KeyFailedError` or :class:`ConfigError`.
-- :class:`RedshiftDataApiWarehouse`: the :class:`~tasks.io.warehouse.Warehouse` whose key load is ONE
-  ``BatchExecuteStatement`` (delete, COPY, both counts checked, ledger row: one transaction). Before it waits, the
-  statement id goes to the :class:`StatementLedger`, so a retry or a rerun after a crash first asks what became of it.
+- :class:`RedshiftDataApiWarehouse`: the :class:`~tasks.io.warehouse.Warehouse` whose key load, or shared unit's
+  load, is ONE ``BatchExecuteStatement`` (delete, COPY, the counts checked per key, ledger rows: one transaction).
+  Before it waits, the statement id goes to the :class:`StatementLedger`, so a retry or a rerun after a crash first
+  asks what became of it.
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ from tasks.transforms.drift import type_from_catalog
 from tasks.transforms.paths import join_under
 from tasks.transforms.sql import (
     COLUMNS_QUERY,
+    DATA_API_MAX_SQL_BYTES,
+    DATA_API_MAX_STATEMENTS,
+    DATA_API_UNIT_KEYS,
     LEDGER_TABLE,
     TableSpec,
+    UnitMember,
     merge_stage,
     named_parameters,
     render_add_column,
@@ -41,6 +46,7 @@ from tasks.transforms.sql import (
     render_create_schema,
     render_create_table,
     render_data_api_load,
+    render_data_api_unit_load,
     render_delete_other_keys,
     render_ledger_between,
     render_ledger_keys,
@@ -277,14 +283,16 @@ class StatementLedger:
         pending: dict[str, Any] = json.loads(self.store.get_bytes(key))
         return pending
 
-    def record(self, staged: StagedKey, statement_id: str) -> None:
-        """Remember a submitted load before waiting on it."""
-        body = {
+    def record(self, staged: StagedKey, statement_id: str, keys: dict[str, int] | None = None) -> None:
+        """Remember a submitted load before waiting on it (a unit's: with its keys and their rows)."""
+        body: dict[str, Any] = {
             "statement_id": statement_id,
             "run_id": staged.run_id,
             "rows": staged.rows_staged,
             "submitted_at": datetime.now(UTC).isoformat(),
         }
+        if keys is not None:
+            body["keys"] = keys
         self.store.put_bytes(json.dumps(body).encode(), self._dir(staged) + "statement.json", "application/json")
 
     def clear(self, staged: StagedKey) -> None:
@@ -293,10 +301,11 @@ class StatementLedger:
 
 
 class RedshiftDataApiWarehouse:
-    """Redshift through the Data API: each key's load is one ``BatchExecuteStatement``, crash-safe by its ledger."""
+    """Redshift through the Data API: a key's or unit's load is one ``BatchExecuteStatement``, crash-safe."""
 
     dialect = "redshift"
-    loads_units = False  # a batch's checks and its S3 statement ledger are per key: every key is its own unit
+    loads_units = True  # a unit is one batch: its keys deleted, copied, each reconciled, its ledger rows written
+    max_unit_keys = DATA_API_UNIT_KEYS  # a batch's SQL text stays under the Data API's 100 KB a statement
 
     def __init__(self, api: DataApi, iam_role: str, region: str | None, ledger_prefix: str) -> None:
         self.api = api
@@ -412,8 +421,53 @@ class RedshiftDataApiWarehouse:
         return {(str(r[0]), str(r[1])[:10]) for r in rows}
 
     def load_unit(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> dict[str, int]:
-        """Not offered (``loads_units`` is False): the run plans one key per unit for this warehouse."""
-        raise RuntimeError(f"unit {staged.key}: the Redshift Data API warehouse loads one key at a time")
+        """Replace every key of a shared unit in ONE batch (one transaction), each key reconciled; rows per key.
+
+        Crash-safe as :meth:`load_key`: the batch's id goes to the statement ledger (under the unit's label) before
+        the wait, so a retry or rerun of the same unit waits for it instead of loading twice. A failed batch rolled
+        back whole: the caller retries its keys one by one.
+        """
+        from tasks.transforms.staging import reconcile
+
+        reconcile(staged, staged.rows_staged, staged.rows_staged)  # extracted = staged + filtered, before any SQL
+        rows = {m.key: m.rows_staged for m in staged.members}
+        what = f"unit {staged.key}: load"
+        ledger = StatementLedger(store, self.ledger_prefix)
+        pending = ledger.pending(staged)
+        if pending is not None and pending.get("keys") == rows:
+            outcome = self.api.describe(pending["statement_id"])
+            if outcome is not None and outcome.status in RUNNING:
+                outcome = self.api.wait(outcome.id, what)
+            if outcome is not None and outcome.status == "FINISHED":
+                ledger.clear(staged)  # its batch wrote the keys' rows and ledger rows: not submitted again
+                return rows
+            # failed, aborted or forgotten by the Data API (results live 24 hours): submitted again below
+        members = [UnitMember(m.key, m.rows_staged, m.dates or (staged.run_date,)) for m in staged.members]
+        into = merge_stage(spec) if spec.load_mode == "merge" else spec
+        sqls, params, checks = render_data_api_unit_load(spec, self.copy_sql(into, staged), members)
+        largest = max(len(sql.encode()) for sql in sqls)
+        assert len(sqls) <= DATA_API_MAX_STATEMENTS  # at most 8, whatever the unit's size
+        if largest > DATA_API_MAX_SQL_BYTES:
+            raise KeyFailedError(
+                f"{what}: a statement of {largest} bytes is over the Data API's {DATA_API_MAX_SQL_BYTES} bytes; "
+                "nothing was submitted"
+            )
+        params |= {"dataset": staged.dataset, "run_id": staged.run_id, "loaded_at": datetime.now(UTC).isoformat()}
+        statement_id = self.api.submit(sqls, params, name=f"keyflow load {staged.dataset} unit {staged.key}")
+        ledger.record(staged, statement_id, rows)
+        outcome = self.api.wait(statement_id, what)
+        if outcome.status == "FAILED":
+            ledger.clear(staged)
+            if outcome.failed_index in checks:
+                raise KeyFailedError(
+                    f"{what}: reconciliation failed: a key's rows in the warehouse after COPY differ from the "
+                    f"{staged.rows_staged} staged for its {len(rows)} keys; the unit was rolled back and every "
+                    "key's previous rows are intact"
+                )
+            raise KeyFailedError(f"{what} failed, previous rows kept: {outcome.error.removeprefix('ERROR: ').strip()}")
+        self.api.raise_for(outcome, what)  # aborted: retried, and the ledger resubmits
+        ledger.clear(staged)
+        return rows
 
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
         """Delete the rows of every key not in ``keep``; returns how many."""

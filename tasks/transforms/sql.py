@@ -437,3 +437,115 @@ def render_data_api_load(spec: TableSpec, copy_sql: str) -> tuple[list[str], tup
         "CAST(:loaded_at AS TIMESTAMPTZ))",
     ]
     return sqls, checks
+
+
+# Redshift Data API limits: a BatchExecuteStatement takes 1 to 40 SQL statements (the ``Sqls`` list of the
+# redshift-data 2019-12-20 API model), and each SQL text is at most 100 KB ("The maximum query statement size is
+# 100 KB", https://docs.aws.amazon.com/redshift/latest/mgmt/data-api.html, Considerations; a larger text is refused
+# with "Cannot process query string larger than 100kB"). A batch's ``Parameters`` are shared by all its statements,
+# and each must be referenced by at least one of them (BatchExecuteStatement, Parameters).
+DATA_API_MAX_STATEMENTS = 40
+DATA_API_MAX_SQL_BYTES = 100_000
+DATA_API_UNIT_KEYS = 400  # keys per unit on the Data API: ~120 bytes each in the largest statement, well under 100 KB
+
+
+@dataclass(frozen=True)
+class UnitMember:
+    """One key of a shared unit as its Data API batch loads it: rows staged, and run dates its ledger rows get."""
+
+    key: str
+    rows: int
+    dates: tuple[str, ...]
+
+
+def render_data_api_unit_load(
+    spec: TableSpec, copy_sql: str, members: Sequence[UnitMember]
+) -> tuple[list[str], dict[str, str], tuple[int, ...]]:
+    """A shared unit's load as the statements of ONE Data API batch (one transaction), its parameters, its checks.
+
+    Keys and run dates are bound parameters (``:k1``…, ``:d1``…); the caller adds ``:dataset``, ``:run_id`` and
+    ``:loaded_at``. Row counts are integers rendered by keyflow, never user text. The batch: LOCK the target; delete
+    the unit's keys (replace) or merge; COPY the unit's manifest; check the COPY took every staged row; check every
+    key has exactly its staged rows (keys are matched by ``CASE key WHEN :k1 THEN 1 …``, the column's own
+    comparison, and a mismatch divides by zero: the whole batch rolls back); replace the unit's ledger rows.
+    Redshift has no ``VALUES`` list in ``FROM``: expected counts are a ``UNION ALL`` of one-row selects.
+    """
+    if not members:
+        raise ValueError("at least one key")
+    target = qualified(spec.schema, spec.table, "redshift")
+    key_col = quote_ident(spec.key_column, "redshift")
+    ledger = qualified(spec.schema, LEDGER_TABLE, "redshift")
+    params = {f"k{i + 1}": m.key for i, m in enumerate(members)}
+    marks = ", ".join(f":k{i + 1}" for i in range(len(members)))
+    total = sum(int(m.rows) for m in members)
+    copied = f"SELECT 1 / CASE WHEN pg_last_copy_count() = {total} THEN 1 ELSE 0 END AS copied_rows_match"
+    expected = " UNION ALL ".join(
+        f"SELECT {i + 1} AS i, {int(m.rows)} AS n" if i == 0 else f"SELECT {i + 1}, {int(m.rows)}"
+        for i, m in enumerate(members)
+    )
+
+    def which(col: str) -> str:
+        whens = " ".join(f"WHEN :k{i + 1} THEN {i + 1}" for i in range(len(members)))
+        return f"CASE {col} {whens} END"
+
+    if spec.load_mode == "merge":
+        stage = quote_ident(MERGE_STAGE, "redshift")
+        on = " AND ".join(f"t.{quote_ident(k, 'redshift')} = s.{quote_ident(k, 'redshift')}" for k in spec.primary_key)
+        loaded = (
+            f"SELECT {which('t.' + key_col)} AS i, count(*) AS n FROM {target} AS t JOIN {stage} AS s "  # noqa: S608
+            f"ON {on} GROUP BY 1"
+        )
+        head = [render_lock_target(spec, "redshift"), render_create_merge_stage(spec, "redshift"), copy_sql, copied]
+        head.append(render_merge(spec, "redshift"))
+    else:
+        loaded = (
+            f"SELECT {which(key_col)} AS i, count(*) AS n FROM {target} "  # noqa: S608 - quoted idents
+            f"WHERE {key_col} IN ({marks}) GROUP BY 1"
+        )
+        head = [
+            render_lock_target(spec, "redshift"),
+            f"DELETE FROM {target} WHERE {key_col} IN ({marks})",  # noqa: S608 - quoted idents
+            copy_sql,
+            copied,
+        ]
+    reconcile = (
+        "SELECT 1 / CASE WHEN count(*) = 0 THEN 1 ELSE 0 END AS unit_rows_match "  # noqa: S608 - keyflow's text
+        f"FROM ({expected}) AS e LEFT JOIN ({loaded}) AS l ON l.i = e.i WHERE COALESCE(l.n, 0) <> e.n"
+    )
+    # Ledger rows: keys with the same run dates (every key of a daily run; a backfill's keys share theirs) form one
+    # group, written as keys × dates, so a year of dates costs 365 dates and not 365 rows per key in the SQL text.
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, m in enumerate(members):
+        groups.setdefault(m.dates, []).append(i + 1)
+    date_mark: dict[str, str] = {}
+    for dates in groups:
+        for day in dates:
+            if day not in date_mark:
+                date_mark[day] = f"d{len(date_mark) + 1}"
+                params[date_mark[day]] = day
+    deletes, selects = [], []
+    for dates, idx in groups.items():
+        keys_in = ", ".join(f":k{i}" for i in idx)
+        days_in = ", ".join(f"CAST(:{date_mark[d]} AS DATE)" for d in dates)
+        deletes.append(f"(key IN ({keys_in}) AND run_date IN ({days_in}))")
+        kv = " UNION ALL ".join(
+            f"SELECT :k{i} AS kv, {int(members[i - 1].rows)} AS nv"
+            if j == 0
+            else f"SELECT :k{i}, {int(members[i - 1].rows)}"
+            for j, i in enumerate(idx)
+        )
+        dv = " UNION ALL ".join(
+            f"SELECT :{date_mark[d]} AS dv" if j == 0 else f"SELECT :{date_mark[d]}" for j, d in enumerate(dates)
+        )
+        selects.append(
+            "SELECT :dataset, k.kv, CAST(d.dv AS DATE), :run_id, k.nv, CAST(:loaded_at AS TIMESTAMPTZ) "  # noqa: S608
+            f"FROM ({kv}) AS k CROSS JOIN ({dv}) AS d"
+        )
+    sqls = [
+        *head,
+        reconcile,
+        f"DELETE FROM {ledger} WHERE dataset = :dataset AND ({' OR '.join(deletes)})",  # noqa: S608
+        f"INSERT INTO {ledger} (dataset, key, run_date, run_id, rows_loaded, loaded_at) " + " UNION ALL ".join(selects),
+    ]
+    checks = (3, len(head))
+    return sqls, params, checks

@@ -268,6 +268,8 @@ class RedshiftStandIn:
 
     def _submit(self, req: dict[str, Any], sqls: list[str], batch: bool) -> dict[str, Any]:
         self._where(req)
+        if any(len(sql.encode()) > 100_000 for sql in sqls):  # the Data API's limit on one statement's text
+            raise StandInError("ValidationException", "Cannot process query string larger than 100kB")
         params = {p["name"]: p["value"] for p in req.get("Parameters", [])}
         st = Statement(id=str(uuid.uuid4()), sqls=sqls, params=params, request=req, batch=batch)
         st.sub_status = ["SUBMITTED"] * len(sqls)

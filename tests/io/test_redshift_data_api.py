@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -15,7 +16,7 @@ from tasks.io.objectstore import S3ObjectStore
 from tasks.io.redshift import DataApi, IamCredentials, RedshiftDataApiWarehouse, StatementLedger
 from tasks.io.stager import PartWriter
 from tasks.transforms.sql import TableSpec
-from tasks.transforms.staging import StagedKey, redshift_manifest
+from tasks.transforms.staging import KeyCounts, StagedKey, redshift_manifest
 from tests.helpers.services import unique
 
 ROLE = "arn:aws:iam::123456789012:role/keyflow-copy"
@@ -258,3 +259,98 @@ def test_check_through_the_data_api_names_drift_its_mode_does_not_accept(
         "add_columns adds them, ignore leaves them out)"
     ]
     assert wh.check(replace(grown, on_schema_change="add_columns"), schema) == []
+
+
+def unit(store: S3ObjectStore, rows: list[tuple[Any, ...]], keys: dict[str, tuple[str, ...]], run_id: str) -> StagedKey:
+    """A shared unit of ``keys`` (key → its run dates) staged as one manifest, with each key's counts."""
+    staged = stage(store, f"{min(keys)}..{max(keys)} ({len(keys)} keys)", rows, run_id)
+    counts = {k: sum(r[0] == k for r in rows) for k in keys}
+    members = tuple(KeyCounts(k, n, 0, n, keys[k]) for k, n in counts.items())
+    return replace(staged, members=members)
+
+
+def ledger_rows(pg: Any, schema: str) -> list[tuple[Any, ...]]:
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT key, run_date::text, run_id, rows_loaded FROM {schema}.keyflow_loads ORDER BY 1, 2")
+        return [tuple(r) for r in cur.fetchall()]
+
+
+def test_load_unit_replaces_every_key_in_one_batch_and_a_retry_after_a_crash_waits_for_it(
+    pg: Any, redshift_standin: Any, schema: str, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wh = warehouse(redshift_standin)
+    wh.prepare(spec(schema))
+    wh.load_key(spec(schema), stage(store, "K3", [("K3", "old", 1)]), store)
+    rows = [("K1", "a", 1), ("K1", "b", 2), ("K2", "it's", 3), ("K4", None, 4)]
+    staged = unit(store, rows, {"K1": (), "K2": (), "K3": (), "K4": ("2017-03-01", "2017-03-02")}, "r2")
+    real_wait = DataApi.wait
+    monkeypatch.setattr(DataApi, "wait", lambda self, sid, what: (_ for _ in ()).throw(SystemExit("killed")))
+    redshift_standin.hold = 1.0
+    try:
+        with pytest.raises(SystemExit):
+            wh.load_unit(spec(schema), staged, store)  # submitted and recorded, then the worker dies
+    finally:
+        redshift_standin.hold = 0.0
+    monkeypatch.setattr(DataApi, "wait", real_wait)
+    submitted = len(redshift_standin.submitted_sql())
+    assert StatementLedger(store, "staging").pending(staged) is not None
+
+    assert wh.load_unit(spec(schema), staged, store) == {"K1": 2, "K2": 1, "K3": 0, "K4": 1}
+
+    assert len(redshift_standin.submitted_sql()) == submitted  # waited for, never submitted again
+    assert StatementLedger(store, "staging").pending(staged) is None
+    assert rows_of(pg, schema) == [("K1", "a", 1), ("K1", "b", 2), ("K2", "it's", 3), ("K4", None, 4)]
+    assert ledger_rows(pg, schema) == [
+        ("K1", "2017-03-20", "r2", 2),
+        ("K2", "2017-03-20", "r2", 1),
+        ("K3", "2017-03-20", "r2", 0),  # no rows today: its old rows replaced by none, and recorded
+        ("K4", "2017-03-01", "r2", 1),  # a backfill's key: a ledger row for each of its dates
+        ("K4", "2017-03-02", "r2", 1),
+    ]
+    batch = redshift_standin.submitted_sql()[-1]
+    assert [s.split()[0] for s in batch] == ["LOCK", "DELETE", "COPY", "SELECT", "SELECT", "DELETE", "INSERT"]
+
+
+def test_a_unit_whose_count_disagrees_rolls_back_whole(pg: Any, redshift_standin: Any, schema: str, store: Any) -> None:
+    wh = warehouse(redshift_standin)
+    wh.prepare(spec(schema))
+    wh.load_unit(spec(schema), unit(store, [("K1", "old", 1), ("K2", "old", 2)], {"K1": (), "K2": ()}, "r1"), store)
+    with pg.cursor() as cur:  # a real fault: a trigger in the warehouse swallows one of K2's rows
+        cur.execute(
+            f"CREATE FUNCTION {schema}.swallow() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.n = 4 THEN RETURN NULL; END IF; RETURN NEW; END $$"
+        )
+        cur.execute(
+            f"CREATE TRIGGER swallow BEFORE INSERT ON {schema}.facts FOR EACH ROW EXECUTE FUNCTION {schema}.swallow()"
+        )
+    new = unit(store, [("K1", "new", 1), ("K2", "new", 3), ("K2", "new", 4)], {"K1": (), "K2": ()}, "r2")
+    with pytest.raises(KeyFailedError, match=r"^unit K1\.\.K2 \(2 keys\): load: reconciliation failed"):
+        wh.load_unit(spec(schema), new, store)
+    assert rows_of(pg, schema) == [("K1", "old", 1), ("K2", "old", 2)]  # both keys, the good one too
+    assert {r[2] for r in ledger_rows(pg, schema)} == {"r1"}
+    assert StatementLedger(store, "staging").pending(new) is None
+
+
+def test_a_unit_too_large_for_one_data_api_statement_submits_nothing(
+    redshift_standin: Any, schema: str, store: Any
+) -> None:
+    wh = warehouse(redshift_standin)
+    keys = {f"K{i:05d}": () for i in range(6000)}
+    staged = unit(store, [], keys, "r1")
+    submitted = len(redshift_standin.submitted_sql())
+    with pytest.raises(KeyFailedError, match=r"over the Data API's 100000 bytes; nothing was submitted$"):
+        wh.load_unit(spec(schema), staged, store)
+    assert len(redshift_standin.submitted_sql()) == submitted
+
+
+def test_a_merge_unit_upserts_every_key_in_one_batch(pg: Any, redshift_standin: Any, schema: str, store: Any) -> None:
+    merging = replace(spec(schema), load_mode="merge", primary_key=("k", "n"))
+    wh = warehouse(redshift_standin)
+    wh.prepare(merging)
+    first = [("K1", "a", 1), ("K1", "b", 2), ("K2", "c", 1)]
+    assert wh.load_unit(merging, unit(store, first, {"K1": (), "K2": ()}, "r1"), store) == {"K1": 2, "K2": 1}
+    later = [("K1", "B", 2), ("K2", "C", 1), ("K2", "d", 5)]
+    assert wh.load_unit(merging, unit(store, later, {"K1": (), "K2": ()}, "r2"), store) == {"K1": 1, "K2": 2}
+    # Upserted by primary key: K1's row 1, no longer extracted, is kept.
+    assert rows_of(pg, schema) == [("K1", "a", 1), ("K1", "B", 2), ("K2", "C", 1), ("K2", "d", 5)]
+    assert [r[2:] for r in ledger_rows(pg, schema)] == [("r2", 1), ("r2", 2)]

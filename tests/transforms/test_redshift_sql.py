@@ -3,6 +3,7 @@ accepts would fail here), and every COPY uses only options AWS documents for its
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import replace
 
@@ -13,7 +14,11 @@ from sqlglot import exp
 from config.types import parse_type
 from tasks.transforms.sql import (
     COLUMNS_QUERY,
+    DATA_API_MAX_SQL_BYTES,
+    DATA_API_MAX_STATEMENTS,
+    DATA_API_UNIT_KEYS,
     TableSpec,
+    UnitMember,
     merge_stage,
     named_parameters,
     render_add_column,
@@ -24,6 +29,7 @@ from tasks.transforms.sql import (
     render_create_schema,
     render_create_table,
     render_data_api_load,
+    render_data_api_unit_load,
     render_delete_key,
     render_delete_other_keys,
     render_ledger_delete,
@@ -91,7 +97,54 @@ def statements() -> dict[str, str]:
         stage_copy = render_redshift_copy(merge_stage(merging), MANIFEST, ROLE, "zstd", None, fmt)
         batch, _ = render_data_api_load(merging, stage_copy)
         out |= {f"data api merge {fmt} [{i}]": sql for i, sql in enumerate(batch) if i}
+        batch, _, _ = render_data_api_unit_load(SPEC, COPIES[f"{fmt}-zstd-None"], UNIT)
+        out |= {f"data api unit {fmt} [{i}]": sql for i, sql in enumerate(batch) if i}
+        batch, _, _ = render_data_api_unit_load(merging, stage_copy, UNIT)
+        out |= {f"data api unit merge {fmt} [{i}]": sql for i, sql in enumerate(batch) if i}
     return out
+
+
+# A unit of three keys: two with today's date, one a backfill's two dates (two ledger groups).
+UNIT = (
+    UnitMember("K1", 3, ("2026-11-28",)),
+    UnitMember("it's; DROP TABLE x --", 0, ("2026-11-28",)),
+    UnitMember("K3", 5, ("2026-11-01", "2026-11-02")),
+)
+
+
+def test_a_unit_batch_binds_every_key_and_date_and_renders_only_its_own_numbers() -> None:
+    merging = replace(SPEC, load_mode="merge", primary_key=("campaign_key", "event_date"))
+    for spec in (SPEC, merging):
+        batch, params, checks = render_data_api_unit_load(spec, COPIES["csv-zstd-None"], UNIT)
+        assert batch[0] == render_lock_target(spec, "redshift") and batch[2].startswith("COPY ")
+        assert batch[checks[0]] == (
+            "SELECT 1 / CASE WHEN pg_last_copy_count() = 8 THEN 1 ELSE 0 END AS copied_rows_match"
+        )
+        assert "unit_rows_match" in batch[checks[1]]
+        assert params == {
+            "k1": "K1",
+            "k2": "it's; DROP TABLE x --",
+            "k3": "K3",
+            "d1": "2026-11-28",
+            "d2": "2026-11-01",
+            "d3": "2026-11-02",
+        }
+        text = " ".join(batch)
+        assert "DROP TABLE" not in text and "K3" not in text and "2026" not in text  # values only as parameters
+        # The Data API refuses a parameter no statement of the batch references.
+        for name in [*params, "dataset", "run_id", "loaded_at"]:
+            assert re.search(rf":{name}\b", text), name
+
+
+def test_a_full_unit_of_long_keys_and_a_year_of_dates_stays_within_the_data_api_limits() -> None:
+    days = tuple(str(dt.date(2025, 1, 1) + dt.timedelta(days=d)) for d in range(365))
+    members = [UnitMember(f"{i:0>64}", 10_000, days) for i in range(DATA_API_UNIT_KEYS)]
+    merging = replace(SPEC, load_mode="merge", primary_key=("campaign_key", "event_date"))
+    for spec in (SPEC, merging):
+        batch, params, _ = render_data_api_unit_load(spec, COPIES["csv-zstd-None"], members)
+        assert len(batch) <= DATA_API_MAX_STATEMENTS
+        assert max(len(sql.encode()) for sql in batch) < DATA_API_MAX_SQL_BYTES
+        assert len(params) == DATA_API_UNIT_KEYS + 365
 
 
 def test_every_load_locks_its_target_first_as_redshift_documents_lock() -> None:
