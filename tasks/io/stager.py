@@ -19,7 +19,6 @@ from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import zstandard
 
 from config.errors import KeyFailedError
@@ -165,6 +164,8 @@ class PartWriter:
             level = min(self.level, 9) if codec == "gzip" else (self.level if codec == "zstd" else None)
             # Dictionaries pay off for repeated text (keys, codes), rarely for measures: text columns only.
             text = [f.name for f in self.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+            import pyarrow.parquet as pq  # 8 MB of RSS: loaded only by a Parquet stage, never by CSV or passthrough
+
             self._writer = pq.ParquetWriter(
                 str(path), self.schema, compression=codec, compression_level=level, use_dictionary=text
             )

@@ -18,16 +18,24 @@ import io
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from functools import cache
+from typing import TYPE_CHECKING
 
 from tasks.transforms.exports import spreadsheet_safe
 
+if TYPE_CHECKING:  # cryptography (7 MB, OpenSSL) is imported by the functions that encrypt or decrypt: a run
+    # without an encrypt rule never loads it (tests/test_architecture.py guards the ETL command's imports)
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
 PREFIX = "kf1"
-_OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+@cache
+def _oaep() -> padding.OAEP:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    return padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
 class DecryptError(ValueError):
@@ -59,12 +67,17 @@ def _unb64(text: str) -> bytes:
 
 def fingerprint(public_key: rsa.RSAPublicKey) -> str:
     """Key id of a public key: the first 16 hex digits of the SHA-256 of its DER encoding."""
+    from cryptography.hazmat.primitives import serialization
+
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()[:16]
 
 
 def generate_key_pair(bits: int = 3072) -> tuple[bytes, bytes]:
     """A new RSA key pair as PEM: the private key (PKCS#8, unencrypted) and the public key (SubjectPublicKeyInfo)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -75,6 +88,9 @@ def generate_key_pair(bits: int = 3072) -> tuple[bytes, bytes]:
 
 def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
     """An RSA public key of at least 2048 bits from PEM bytes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     key = serialization.load_pem_public_key(pem)
     if not isinstance(key, rsa.RSAPublicKey) or key.key_size < 2048:
         raise ValueError("the public key must be an RSA key of at least 2048 bits (PEM)")
@@ -83,6 +99,9 @@ def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
 
 def load_private_key(pem: bytes, password: bytes | None = None) -> rsa.RSAPrivateKey:
     """An RSA private key from PEM bytes, decrypted with ``password`` when given."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     key = serialization.load_pem_private_key(pem, password=password)
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValueError("the private key must be an RSA key (PEM)")
@@ -105,15 +124,19 @@ def rsa_data_keys(public_key: rsa.RSAPublicKey) -> DataKeySource:
     """A source of fresh data keys wrapped with ``public_key`` (the pipeline never holds a private key)."""
     kid = fingerprint(public_key)
 
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     def new() -> DataKey:
         dk = AESGCM.generate_key(bit_length=256)
-        return DataKey(kid, dk, public_key.encrypt(dk, _OAEP))
+        return DataKey(kid, dk, public_key.encrypt(dk, _oaep()))
 
     return new
 
 
 def encrypt_values(values: Iterable[str | None], column: str, data_key: DataKey) -> list[str | None]:
     """Encrypt text values with one data key; nulls stay null."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     aead = AESGCM(data_key.plaintext)
     head = f"{PREFIX}:{data_key.key_id}:{_b64(data_key.wrapped)}:"
     aad = column.encode()
@@ -139,7 +162,7 @@ def rsa_unwrapper(private_keys: Iterable[rsa.RSAPrivateKey]) -> Unwrap:
         if key is None:
             raise DecryptError(f"no private key for key id {key_id} (have: {', '.join(sorted(by_id)) or 'none'})")
         try:
-            return key.decrypt(wrapped, _OAEP)
+            return key.decrypt(wrapped, _oaep())
         except ValueError:
             raise DecryptError(f"key id {key_id}: the data key does not unwrap with this private key") from None
 
@@ -158,6 +181,9 @@ def decrypt_value(text: str | None, column: str, unwrap: Unwrap, cache: dict[byt
         wrapped, payload = _unb64(wrapped_b64), _unb64(payload_b64)
     except ValueError:
         raise DecryptError("not keyflow ciphertext (bad base64)") from None
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     memo = cache if cache is not None else {}
     if wrapped not in memo:
         memo[wrapped] = unwrap(key_id, wrapped)
