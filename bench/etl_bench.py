@@ -177,6 +177,8 @@ def write_config(folder: Path, endpoint: str, parallel_keys: int = 2) -> dict[st
         )
     datasets = [(name, "bench_src", target, rules, extra) for name, (target, rules, extra) in VARIANTS.items()]
     datasets += [("bench_big", "bench_big", "big_facts", BENCH_RULES, {})]
+    # The same big key cut into as many primary-key ranges as the profile's source_max_connections (3).
+    datasets += [("bench_big_split", "bench_big", "big_facts", BENCH_RULES, {"split_rows": -(-BIG_ROWS // 3)})]
     datasets += [("bench_my", "bench_src", "my_facts", BENCH_RULES, {})]
     for name, table, target, rules, extra in datasets:
         paths[name] = folder / f"{name}.yaml"
@@ -232,7 +234,12 @@ def seed_keys(profile: Path) -> None:
     object_store_for(prof).ensure_bucket()
     keys = key_store_for(prof)
     keys.ensure_table()
-    for dataset, names in [*((v, KEYS) for v in VARIANTS), ("bench_my", KEYS), ("bench_big", ("BIGKEY",))]:
+    for dataset, names in [
+        *((v, KEYS) for v in VARIANTS),
+        ("bench_my", KEYS),
+        ("bench_big", ("BIGKEY",)),
+        ("bench_big_split", ("BIGKEY",)),
+    ]:
         for k in names:
             keys.put_key(CampaignKey(dataset, k, date(2017, 3, 1), date(2017, 3, 31)))
 
@@ -395,20 +402,34 @@ def main() -> None:
             results["usual"] = summarize(usual)
             print(f"usual      {results['usual'][0]:7.2f} s  {results['usual'][1]:7.0f} MB", flush=True)
 
-        # 5. big key: 10x the rows of one key, beside its own COPY pipe
+        # 5. big key: 10x the rows of one key, whole and split into 3 ranges, beside its own COPY pipe
         if "big" not in args.skip:
-            big, big_pipe = [], []
+            big, big_pipe, big_split, big_cpu, big_split_cpu, big_pipe_cpu = [], [], [], [], [], []
             for _ in range(args.runs):
-                reset("keyflow.big_facts", "limit_target")
-                big.append(run_side_by_side([keyflow("bench_big", "profile_pg")], env=env)[:2])
+                for dataset, samples, cpus in (
+                    ("bench_big", big, big_cpu),
+                    ("bench_big_split", big_split, big_split_cpu),
+                ):
+                    reset("keyflow.big_facts")
+                    wall, rss, _, cpu = run_measured([keyflow(dataset, "profile_pg")], env=env)
+                    samples.append((wall, rss))
+                    cpus.append(cpu)
+                reset("limit_target")
                 pipe = (
                     f"{PSQL} -d {SRC_DB} -c \"COPY (SELECT * FROM bench_big WHERE campaign_key = 'BIGKEY') TO STDOUT\""
                     f" | {PSQL} -d {WH_DB} -c 'COPY limit_target FROM STDIN'"
                 )
-                big_pipe.append(run_side_by_side([pipe])[:2])
+                wall, rss, _, cpu = run_measured([pipe])
+                big_pipe.append((wall, rss))
+                big_pipe_cpu.append(cpu)
             results["big"] = summarize(big)
+            results["big_split"] = summarize(big_split)
             results["big_pipe"] = summarize(big_pipe)
+            results["big_cpu_s"] = median_of(big_cpu)
+            results["big_split_cpu_s"] = median_of(big_split_cpu)
+            results["big_pipe_cpu_s"] = median_of(big_pipe_cpu)
             print(f"big key    {results['big'][0]:7.2f} s  {results['big'][1]:7.0f} MB", flush=True)
+            print(f"big split  {results['big_split'][0]:7.2f} s  {results['big_split'][1]:7.0f} MB", flush=True)
 
         # 6. MariaDB source: keyflow vs mysql --batch --quick piped into COPY
         if "mariadb" not in args.skip:
@@ -471,8 +492,12 @@ def report(r: dict[str, Any]) -> None:
     if "usual" in r:
         print(f"{'usual: pandas read_sql → CSV → COPY':<44}{r['usual'][0]:>10.2f}{'':>8}{r['usual'][1]:>13.0f}")
     if "big" in r:
-        print(f"{'keyflow, one key x10 rows':<44}{r['big'][0]:>10.2f}{'':>8}{r['big'][1]:>13.0f}")
-        print(f"{'its own COPY pipe':<44}{r['big_pipe'][0]:>10.2f}{'':>8}{r['big_pipe'][1]:>13.0f}")
+        print(f"{'keyflow, one key x10 rows':<44}{r['big'][0]:>10.2f}{r['big_cpu_s']:>8.2f}{r['big'][1]:>13.0f}")
+        print(
+            f"{'keyflow, the same key split in 3 ranges':<44}{r['big_split'][0]:>10.2f}{r['big_split_cpu_s']:>8.2f}"
+            f"{r['big_split'][1]:>13.0f}"
+        )
+        print(f"{'its own COPY pipe':<44}{r['big_pipe'][0]:>10.2f}{r['big_pipe_cpu_s']:>8.2f}{r['big_pipe'][1]:>13.0f}")
     if "mariadb_keyflow" in r:
         print(
             f"{'MariaDB limit: mysql --quick | COPY':<44}{r['mariadb_limit'][0]:>10.2f}{'':>8}"
@@ -511,6 +536,12 @@ def report(r: dict[str, Any]) -> None:
         "ratio_to_floor": round(kf_s / r["floor"][0], 2),
         "big_key_ratio_to_pipe": round(r["big"][0] / r["big_pipe"][0], 2) if "big" in r else None,
     }
+    if "big" in r:
+        line["big_key_cpu_s"] = round(r["big_cpu_s"], 2)
+        line["big_split_s"] = round(r["big_split"][0], 2)
+        line["big_split_cpu_s"] = round(r["big_split_cpu_s"], 2)
+        line["big_split_rss_mb"] = round(r["big_split"][1])
+        line["big_split_ratio_to_pipe"] = round(r["big_split"][0] / r["big_pipe"][0], 2)
     for v in ("bench_client", "bench_encrypt"):
         if v in r:
             line[f"{v}_s"] = round(r[v][0], 2)

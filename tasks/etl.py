@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 from typing import Any
@@ -25,10 +28,12 @@ from tasks.transforms.keys import CampaignKey
 from tasks.transforms.plan import arrow_schema, plan_table
 from tasks.transforms.pushdown import Pushdown, plan_pushdown, render_count_query, render_pushed_query
 from tasks.transforms.rules import RuleEngine, RuleError, as_text, conform, passthrough_columns
+from tasks.transforms.split import SplitRange, plan_ranges, range_query
 from tasks.transforms.sql import TableSpec, render_key_query, render_unit_query
 from tasks.transforms.staging import (
     KeyCounts,
     StagedKey,
+    StagedPart,
     key_prefix,
     redshift_manifest,
     run_record,
@@ -164,6 +169,88 @@ def choose_route(dataset: DatasetConfig, source: SourceDatabase, schema_in: Any,
     return Route(push, passthrough)
 
 
+@dataclass
+class _Extraction:
+    """One stream of a key's rows: the whole key, or one range of a split key."""
+
+    sql: str
+    count_sql: str | None
+    params: dict[str, Any]
+    session: CopySession | None = None
+
+
+class _RangeStopped(Exception):
+    """A range stopped because another range of its key failed."""
+
+
+def _with_push(base_sql: str, route: Route, dialect: str) -> tuple[str, str | None]:
+    """The extraction query over ``base_sql`` with the pushed rules, and the count before pushed filters (if any)."""
+    if route.push is None:
+        return base_sql, None
+    return render_pushed_query(base_sql, route.push, dialect), (
+        render_count_query(base_sql) if route.push.filters else None
+    )
+
+
+def _split_ranges(
+    dataset: DatasetConfig,
+    source: SourceDatabase,
+    client_rules: list[Any],
+    key_sql: str,
+    params: dict[str, Any],
+    what: str,
+) -> tuple[str, list[SplitRange]]:
+    """The ranges a big key is extracted as, or none when it is not split (not big, or not splittable)."""
+    split_rows = dataset.source.split_rows
+    if not split_rows or dataset.source.table is None:
+        return "", []
+    column, rows, boundaries = source.split_boundaries(dataset.source, key_sql, params, split_rows)
+    for rule in client_rules:
+        if rule.dedupe is not None and column not in rule.dedupe.on:
+            # Duplicates could fall in two ranges: a dedupe on the client sees the key whole.
+            why = f"a dedupe on {rule.dedupe.on} is not on the split column {column!r}"
+            _logger().info("Not splitting %s: %s", what, why)
+            return "", []
+    ranges = plan_ranges(boundaries)
+    if len(ranges) < 2:
+        return "", []
+    _logger().info(
+        "Splitting %s (%d rows on the source, over split_rows %d) into %d ranges of %r",
+        what,
+        rows,
+        split_rows,
+        len(ranges),
+        column,
+    )
+    return column, ranges
+
+
+def _run_one(
+    extract: Callable[[int, _Extraction, Any], tuple[int, int]],
+    i: int,
+    job: _Extraction,
+    writer: Any,
+    stop: threading.Event,
+) -> tuple[int, int] | BaseException:
+    """Run one extraction; a failure stops the key's other ranges at their next batch and is handed back."""
+    try:
+        return extract(i, job, writer)
+    except BaseException as exc:
+        stop.set()
+        return exc
+
+
+def _abort(writers: list[Any], store: Any, prefix: str | None) -> None:
+    """A key's staging failed: drop its local files; a split key's uploaded parts go too (the ranges that ended)."""
+    for writer in writers:
+        writer.abort()
+    if prefix is not None:
+        try:
+            store.delete_prefix(prefix)
+        except Exception as exc:
+            _logger().warning("Could not remove the failed key's staged parts under %s: %s", prefix, first_line(exc))
+
+
 def stage_rows(
     key: CampaignKey | WorkUnit,
     dataset: DatasetConfig,
@@ -190,10 +277,12 @@ def stage_rows(
     if unit.counted:
         windows = unit.windows()
         sql = render_unit_query(dataset.source, source.dialect, [len(w.keys) for w in windows])
+        key_sql = sql
         params = {**window_params(windows), "run_date": run_date}
         prefix = unit_prefix(profile.prefix, dataset.name, run_id, unit.digest)
     else:
         sql = render_key_query(dataset.source, source.dialect)
+        key_sql = sql
         params = {**key.params}
         params.update(key=key.key, start_date=key.start_date, end_date=key.end_date, run_date=run_date)
         prefix = key_prefix(profile.prefix, dataset.name, run_id, key.key)
@@ -202,20 +291,14 @@ def stage_rows(
     # A shared unit counts each of its keys' rows from the parsed stream, before and after the rules (issue 16): its
     # rules stay on the client, so no pushed filter hides rows from that count.
     route = Route(None, False) if unit.counted else choose_route(dataset, source, schema_in, target_schema, fmt)
-    session = CopySession()
     client_rules, positions = list(dataset.rules), None
     if route.push is not None:
-        # The rules the source computes exactly are in the query; the count before its filters reconciles.
-        base, push = sql, route.push
-        sql = render_pushed_query(base, push, source.dialect)
-        params.update(push.params)
-        session = CopySession(
-            salts={n: salts[n] for n in push.salts},
-            count_sql=render_count_query(base) if push.filters else None,
-        )
-        schema_in = push.schema
-        client_rules, positions = [r for _, r in push.client_rules], [i for i, _ in push.client_rules]
-    engine = RuleEngine(client_rules, salts, resources.data_keys(dataset.encryption_key_names()), positions)
+        # The rules the source computes exactly are in the query (see _with_push); the rest run here.
+        params.update(route.push.params)
+        schema_in = route.push.schema
+        client_rules = [r for _, r in route.push.client_rules]
+        positions = [i for i, _ in route.push.client_rules]
+    data_keys = resources.data_keys(dataset.encryption_key_names())
     if schema_in is not None and source.text_native and fmt == "csv":
         # Columns no rule touches travel as the database's own text: exact, and no parse/format round trip.
         keep = passthrough_columns(client_rules, schema_in, target_schema)
@@ -232,48 +315,76 @@ def stage_rows(
             f" ({'; '.join(p.describe() for p in on_client)})" if on_client else "",
             "CSV bytes passed through unparsed" if route.passthrough else "rows parsed for the client",
         )
+    # A big key (issue 15): ranges of its split column, each extracted as the whole key would be.
+    split_column, ranges = (
+        ("", []) if unit.counted else _split_ranges(dataset, source, client_rules, key_sql, params, what)
+    )
+    if ranges:
+        jobs = []
+        for rng in ranges:
+            range_sql, range_params = range_query(key_sql, rng, split_column, source.dialect)
+            jobs.append(_Extraction(*_with_push(range_sql, route, source.dialect), {**params, **range_params}))
+    else:
+        jobs = [_Extraction(*_with_push(key_sql, route, source.dialect), params)]
     read_by_key: dict[str, int] = {}
     staged_by_key: dict[str, int] = {}
-    writer: PartWriter | CsvPassthroughWriter
-    if route.passthrough:
-        writer = CsvPassthroughWriter(
-            store, prefix, dataset.staging.compression, dataset.staging.level, dataset.staging.part_rows
-        )
-    else:
-        writer = PartWriter(
+    report_at = time.perf_counter() + PROGRESS_SECONDS
+    staged_now = [0] * len(jobs)
+
+    def progress(i: int, staged_so_far: int) -> None:
+        nonlocal report_at
+        staged_now[i] = staged_so_far
+        if time.perf_counter() >= report_at:  # a long key says how far it got, in the log and on the TTY
+            report_at = time.perf_counter() + PROGRESS_SECONDS
+            _logger().info(
+                "Staging %s: %d rows staged so far (%.0fs)",
+                what,
+                sum(staged_now),
+                time.perf_counter() - started,
+            )
+
+    def new_writer(i: int) -> PartWriter | CsvPassthroughWriter:
+        # Each range's parts are named apart under the key's one prefix: r000-part-00000…, r001-part-00000…
+        part_prefix = prefix + (f"r{i:03d}-" if ranges else "")
+        if route.passthrough:
+            return CsvPassthroughWriter(
+                store, part_prefix, dataset.staging.compression, dataset.staging.level, dataset.staging.part_rows
+            )
+        return PartWriter(
             store,
-            prefix,
+            part_prefix,
             target_schema,
             dataset.staging.compression,
             dataset.staging.level,
             dataset.staging.part_rows,
             fmt,
         )
-    streamed = filtered = 0
-    report_at = time.perf_counter() + PROGRESS_SECONDS
 
-    def progress(staged_so_far: int) -> None:
-        nonlocal report_at
-        if time.perf_counter() >= report_at:  # a long key says how far it got, in the log and on the TTY
-            report_at = time.perf_counter() + PROGRESS_SECONDS
-            _logger().info(
-                "Staging %s: %d rows staged so far (%.0fs)",
-                what,
-                staged_so_far,
-                time.perf_counter() - started,
-            )
+    stop = threading.Event()
 
-    try:
+    def extract(i: int, job: _Extraction, writer: PartWriter | CsvPassthroughWriter) -> tuple[int, int]:
+        """One extraction (the key, or one of its ranges) into ``writer``: rows streamed, rows the rules dropped."""
+        session = CopySession(
+            salts={n: salts[n] for n in route.push.salts} if route.push is not None else {},
+            count_sql=job.count_sql,
+        )
+        job.session = session
+        streamed = filtered = 0
         with (
             _limit(f"source:{profile.source_url}", profile.source_max_connections),
             source_slot(profile.source_concurrency_limit),
         ):
             if isinstance(writer, CsvPassthroughWriter):
-                for chunk in source.stream_csv(sql, params, session):
+                for chunk in source.stream_csv(job.sql, job.params, session):
+                    if stop.is_set():
+                        raise _RangeStopped
                     writer.write(chunk)
-                    progress(writer.rows)
+                    progress(i, writer.rows)
             else:
-                for batch in source.stream(sql, params, schema_in, dataset.source.batch_rows, session):
+                engine = RuleEngine(client_rules, salts, data_keys, positions)  # its state (dedupe) is per stream
+                for batch in source.stream(job.sql, job.params, schema_in, dataset.source.batch_rows, session):
+                    if stop.is_set():
+                        raise _RangeStopped
                     streamed += batch.num_rows
                     out = conform(engine.apply(batch), target_schema)
                     filtered += batch.num_rows - out.num_rows
@@ -281,19 +392,46 @@ def stage_rows(
                         add_counts(read_by_key, count_by_key(batch.column(dataset.source.key_column)))
                         add_counts(staged_by_key, count_by_key(out.column(spec.key_column)))
                     writer.write(out)
-                    progress(streamed - filtered)
-        parts = writer.close()
+                    progress(i, streamed - filtered)
+        return streamed, filtered
+
+    writers = [new_writer(i) for i in range(len(jobs))]
+    parts: list[StagedPart] = []
+    extracted = filtered = 0
+    try:
+        if len(jobs) == 1:
+            outcomes = [_run_one(extract, 0, jobs[0], writers[0], stop)]
+        else:
+            with ThreadPoolExecutor(
+                max_workers=min(len(jobs), profile.source_max_connections), thread_name_prefix="keyflow-range"
+            ) as pool:
+                # Each range runs in a copy of the task's context: its Prefect run logger and settings.
+                futures = [
+                    pool.submit(contextvars.copy_context().run, _run_one, extract, i, jobs[i], writers[i], stop)
+                    for i in range(len(jobs))
+                ]
+                outcomes = [f.result() for f in futures]
+        failures = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, _RangeStopped)]
+        if failures:
+            raise failures[0]
+        for job, writer, outcome in zip(jobs, writers, outcomes, strict=True):
+            assert isinstance(outcome, tuple)
+            written = writer.close()
+            parts.extend(written)
+            streamed, dropped = outcome
+            if isinstance(writer, CsvPassthroughWriter):
+                streamed = sum(p.rows for p in written)
+            # Rows the pushed filters dropped were counted by the source, in the extraction's snapshot (PostgreSQL).
+            assert job.session is not None
+            source_count = job.session.extracted if job.session.extracted is not None else streamed
+            extracted += source_count
+            filtered += dropped + source_count - streamed
     except RuleError as exc:
-        writer.abort()
+        _abort(writers, store, prefix if ranges else None)
         raise KeyFailedError(f"{what}: {dataset.file}: {exc.path}: {exc.message}") from None
     except BaseException:
-        writer.abort()
+        _abort(writers, store, prefix if ranges else None)
         raise
-    if isinstance(writer, CsvPassthroughWriter):
-        streamed = sum(p.rows for p in parts)
-    # Rows the pushed filters dropped were counted by the source, in the extraction's snapshot (PostgreSQL).
-    extracted = session.extracted if session.extracted is not None else streamed
-    filtered += extracted - streamed
     members = tuple(
         KeyCounts(
             k,

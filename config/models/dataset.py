@@ -31,6 +31,18 @@ class SourceConfig(_Model):
         description="compute the rules the source computes exactly in the extraction query (table sources); "
         "false runs every rule on the client",
     )
+    split_rows: int | None = Field(
+        None,
+        ge=1,
+        description="a key with more rows than this is extracted as ranges of split_column in parallel (within the "
+        "profile's source_max_connections), staged as parts of the key and loaded in its one transaction; "
+        "unset: keys are never split (table sources)",
+    )
+    split_column: Ident | None = Field(
+        None,
+        description="the orderable column (integer, date, text…) a split key is cut on, at its quantiles within the "
+        "key; default: the table's single-column primary key",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -40,6 +52,8 @@ class SourceConfig(_Model):
             raise ValueError("give exactly one of 'table' or 'query'")
         if self.query is not None and ":key" not in self.query:
             raise ValueError("'query' must filter on the bound parameter :key")
+        if self.query is not None and (self.split_rows is not None or self.split_column is not None):
+            raise ValueError("split_rows and split_column apply to a 'table' source only")
         return self
 
 

@@ -22,6 +22,7 @@ from tasks.io.databases import describe_url, dialect_of, engine_for, is_disconne
 from tasks.transforms.arrow import csv_read_options, rows_to_table
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.pushdown import SALT_TABLE, SourceCapabilities
+from tasks.transforms.split import boundary_offsets, boundary_query, count_query, ranges_wanted
 from tasks.transforms.sql import render_count_keys_query
 from tasks.transforms.types import arrow_type
 from tasks.transforms.units import key_windows, window_params
@@ -71,6 +72,11 @@ class SourceDatabase(Protocol):
 
     def count_keys(self, source: SourceConfig, keys: Sequence[CampaignKey]) -> dict[str, int]:
         """Rows per key on the source, each key within its own dates (a key without rows is absent)."""
+
+    def split_boundaries(
+        self, source: SourceConfig, key_sql: str, params: Mapping[str, Any], split_rows: int
+    ) -> tuple[str, int, list[Any]]:
+        """A big key's split column, its rows, and the column's quantile values within the key (none: not split)."""
 
     def check(self, source: SourceConfig) -> list[str]:
         """Problems with the source before a run, one line each (the table and the columns the dataset names)."""
@@ -237,6 +243,42 @@ class SqlSource:
             if column and column not in by_name:
                 problems.append(f"source.{field}: {column!r} is not a column of {source.table!r}")
         return by_name, problems
+
+    def split_column(self, source: SourceConfig) -> str:
+        """``source.split_column``, or the table's single-column primary key."""
+        if source.split_column:
+            return source.split_column
+        assert source.table is not None
+        try:
+            pk = sa.inspect(self.engine).get_pk_constraint(source.table, schema=source.db_schema)
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_db_error(exc, "read the source table's primary key", self.where) from exc
+        cols = list(pk.get("constrained_columns") or [])
+        if len(cols) != 1:
+            raise ConfigError(
+                f"source.split_rows: table {source.table!r} has no single-column primary key to split keys on "
+                "(set source.split_column)"
+            )
+        return str(cols[0])
+
+    def split_boundaries(
+        self, source: SourceConfig, key_sql: str, params: Mapping[str, Any], split_rows: int
+    ) -> tuple[str, int, list[Any]]:
+        """A big key's split column, its rows, and the column's quantile values within the key (none: not split).
+
+        One count, then one ``ORDER BY … LIMIT 1 OFFSET n`` per boundary on the key's non-NULL values (an index on
+        (key, column) — the primary key's, often — makes each a short index walk).
+        """
+        column = self.split_column(source)
+        try:
+            with self.engine.connect() as conn:
+                total, non_null = conn.execute(sa.text(count_query(key_sql, column, self.dialect)), dict(params)).one()
+                offsets = boundary_offsets(int(non_null), ranges_wanted(int(total), split_rows))
+                sql = sa.text(boundary_query(key_sql, column, self.dialect))
+                values = [conn.execute(sql, {**params, "split_offset": off}).scalar() for off in offsets]
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_db_error(exc, "plan the key's split ranges on the source", self.where) from exc
+        return column, int(total), values
 
     def count_keys(self, source: SourceConfig, keys: Sequence[CampaignKey]) -> dict[str, int]:
         """Rows per key on the source, each key within its own dates: one ``GROUP BY`` per 1,000 keys.

@@ -108,6 +108,14 @@ def test_bad_rule_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule
             f"{F}: source: 'query' must filter on the bound parameter :key",
         ),
         (
+            GOOD_DATASET.replace("table: facts,", "query: 'select * from t where k = :key', split_rows: 10,"),
+            f"{F}: source: split_rows and split_column apply to a 'table' source only",
+        ),
+        (
+            GOOD_DATASET.replace("table: facts,", "table: facts, split_rows: 0,"),
+            f"{F}: source.split_rows: Input should be greater than or equal to 1",
+        ),
+        (
             GOOD_DATASET.replace("target: {table: facts}", "target: {table: facts, load_mode: upsert}"),
             f"{F}: target.load_mode: Input should be 'replace_key', 'replace_table' or 'merge'",
         ),

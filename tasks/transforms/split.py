@@ -1,0 +1,113 @@
+"""Big keys split (issue 15): a key's rows as ranges of one orderable column, extracted in parallel.
+
+Pure planning, no I/O: how many ranges a key gets, the ranges from the column's sampled boundary values, and each
+range's predicate. Ranges are half-open ``[lo, hi)``; the first has no lower bound and also takes the column's NULLs,
+the last has no upper bound, so every row — NULL, duplicate or boundary value — falls in exactly one range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.transforms.sql import quote_ident
+from tasks.transforms.types import Dialect
+
+MAX_RANGES = 64  # a key is never cut finer than this, however small split_rows is
+
+
+@dataclass(frozen=True)
+class SplitRange:
+    """Rows with ``lo <= column < hi`` (an absent bound is open); ``nulls``: the column's NULLs too."""
+
+    index: int
+    lo: Any = None
+    hi: Any = None
+    has_lo: bool = False
+    has_hi: bool = False
+    nulls: bool = False
+
+    def holds(self, value: Any) -> bool:
+        """Whether a row whose split column is ``value`` belongs to this range (what the predicate selects)."""
+        if value is None:
+            return self.nulls
+        return (not self.has_lo or value >= self.lo) and (not self.has_hi or value < self.hi)
+
+    def predicate(self, column: str, dialect: Dialect) -> tuple[str, dict[str, Any]]:
+        """The SQL condition of the range on ``column``, with its bound values (``:split_lo``, ``:split_hi``)."""
+        col = quote_ident(column, dialect)
+        parts, params = [], {}
+        if self.has_lo:
+            parts.append(f"{col} >= :split_lo")
+            params["split_lo"] = self.lo
+        if self.has_hi:
+            parts.append(f"{col} < :split_hi")
+            params["split_hi"] = self.hi
+        cond = " AND ".join(parts) or "1 = 1"
+        if self.nulls:
+            cond = f"({cond} OR {col} IS NULL)" if parts else "1 = 1"
+        return cond, params
+
+    @property
+    def label(self) -> str:
+        """The range for a log line."""
+        lo = repr(self.lo) if self.has_lo else "-∞"
+        hi = repr(self.hi) if self.has_hi else "+∞"
+        return f"[{lo}, {hi}){' and NULLs' if self.nulls else ''}"
+
+
+def ranges_wanted(rows: int, split_rows: int | None) -> int:
+    """How many ranges a key of ``rows`` rows is cut into: 1 (not split) unless it has more than ``split_rows``."""
+    if not split_rows or rows <= split_rows:
+        return 1
+    return min(MAX_RANGES, -(-rows // split_rows))
+
+
+def boundary_offsets(non_null_rows: int, ranges: int) -> list[int]:
+    """The positions, in the column's sorted non-NULL values, of the ``ranges - 1`` boundary values (quantiles)."""
+    if ranges <= 1 or non_null_rows <= 0:
+        return []
+    return sorted({non_null_rows * i // ranges for i in range(1, ranges)} - {0})
+
+
+def plan_ranges(boundaries: Sequence[Any]) -> list[SplitRange]:
+    """Ranges cut at ``boundaries`` (sampled values of the column, in any order, duplicates allowed).
+
+    Duplicate boundaries collapse (a value repeated across a quantile cannot be cut): the ranges may then be fewer
+    than asked for, never empty by construction and never overlapping. No boundary: one range, the whole key.
+    """
+    cuts = sorted({b for b in boundaries if b is not None})
+    if not cuts:
+        return [SplitRange(0, nulls=True)]
+    out = [SplitRange(0, hi=cuts[0], has_hi=True, nulls=True)]
+    for i, (lo, hi) in enumerate(zip(cuts, cuts[1:], strict=False), start=1):
+        out.append(SplitRange(i, lo=lo, hi=hi, has_lo=True, has_hi=True))
+    out.append(SplitRange(len(cuts), lo=cuts[-1], has_lo=True))
+    return out
+
+
+def range_query(key_sql: str, rng: SplitRange, column: str, dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    """The key's query narrowed to one range: its predicate ANDed onto the key query's WHERE (table sources)."""
+    cond, params = rng.predicate(column, dialect)
+    return f"{key_sql} AND ({cond})", params
+
+
+def _from_where(key_sql: str) -> str:
+    """``FROM … WHERE …`` of a table source's key query (its select list is quoted identifiers only)."""
+    return key_sql.partition(" FROM ")[2]
+
+
+def boundary_query(key_sql: str, column: str, dialect: Dialect) -> str:
+    """The split column's value at position ``:split_offset`` of the key's sorted non-NULL values."""
+    col = quote_ident(column, dialect)
+    return (
+        f"SELECT {col} FROM {_from_where(key_sql)} AND {col} IS NOT NULL "  # noqa: S608 - quoted idents, bound values
+        f"ORDER BY {col} LIMIT 1 OFFSET :split_offset"
+    )
+
+
+def count_query(key_sql: str, column: str, dialect: Dialect) -> str:
+    """The key's rows, and those whose split column is not NULL: one statement."""
+    col = quote_ident(column, dialect)
+    return f"SELECT count(*), count({col}) FROM {_from_where(key_sql)}"  # noqa: S608 - quoted idents, bound values
