@@ -467,21 +467,12 @@ def stage_rows(
     return replace(staged, seconds=time.perf_counter() - started)
 
 
-@task(name="stage_key", task_run_name="stage-{key.key}", **KEY_IO)
-def stage_key(
-    key: CampaignKey, dataset: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, run_date: date
-) -> StagedKey:
-    """Extract, transform and stage one key; at most ``max_parallel_keys`` keys at once."""
-    logger = get_run_logger()
-    with _limit(f"keys:{dataset.name}", resources.profile.max_parallel_keys):
-        if is_paused("etl"):  # checked once the key has a slot: a paused family starts no new key
-            raise PausedError(f"key {key.key!r} not started: the etl flows are paused (`keyflow resume etl`)")
-        staged = stage_rows(key, dataset, resources, spec, run_id, run_date)
-    logger.info(
-        "Staged key %r of %s (run %s): %d rows extracted, %d filtered by rules, %d staged in %d part(s), "
-        "%d bytes, %.2fs",
-        key.key,
-        dataset.name,
+def _log_staged(what: str, dataset: str, run_id: str, staged: StagedKey) -> None:
+    """One line of what a key or a unit staged."""
+    get_run_logger().info(
+        "Staged %s of %s (run %s): %d rows extracted, %d filtered by rules, %d staged in %d part(s), %d bytes, %.2fs",
+        what,
+        dataset,
         run_id,
         staged.rows_extracted,
         staged.rows_filtered,
@@ -490,6 +481,18 @@ def stage_key(
         staged.bytes_staged,
         staged.seconds,
     )
+
+
+@task(name="stage_key", task_run_name="stage-{key.key}", **KEY_IO)
+def stage_key(
+    key: CampaignKey, dataset: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, run_date: date
+) -> StagedKey:
+    """Extract, transform and stage one key; at most ``max_parallel_keys`` keys at once."""
+    with _limit(f"keys:{dataset.name}", resources.profile.max_parallel_keys):
+        if is_paused("etl"):  # checked once the key has a slot: a paused family starts no new key
+            raise PausedError(f"key {key.key!r} not started: the etl flows are paused (`keyflow resume etl`)")
+        staged = stage_rows(key, dataset, resources, spec, run_id, run_date)
+    _log_staged(f"key {key.key!r}", dataset.name, run_id, staged)
     return staged
 
 
@@ -610,19 +613,7 @@ def stage_unit(
         if is_paused("etl"):
             raise PausedError(f"unit {unit.label} not started: the etl flows are paused (`keyflow resume etl`)")
         staged = stage_rows(unit, dataset, resources, spec, run_id, run_date)
-    get_run_logger().info(
-        "Staged unit %s of %s (run %s): %d rows extracted, %d filtered by rules, %d staged in %d part(s), "
-        "%d bytes, %.2fs",
-        unit.label,
-        dataset.name,
-        run_id,
-        staged.rows_extracted,
-        staged.rows_filtered,
-        staged.rows_staged,
-        len(staged.parts),
-        staged.bytes_staged,
-        staged.seconds,
-    )
+    _log_staged(f"unit {unit.label}", dataset.name, run_id, staged)
     return staged
 
 

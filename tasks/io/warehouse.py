@@ -237,73 +237,65 @@ class _PsycopgWarehouse:
     def _lock_keys(self, cur: Any, spec: TableSpec, keys: Sequence[str]) -> None:
         """Hold every key of a shared unit alone until the transaction ends (nothing here: a subclass's lock)."""
 
-    def load_unit(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> dict[str, int]:
-        """Replace every key of a shared unit in a single transaction; the rows loaded per key."""
-        keys = [m.key for m in staged.members]
+    @contextmanager
+    def _load_transaction(self, what: str) -> Iterator[Any]:
+        """One load's connection: committed by the caller, rolled back on any error, a database error mapped."""
         with self.connect() as conn:
             try:
-                with conn.cursor() as cur:
-                    self._lock_keys(cur, spec, keys)
-                    if spec.load_mode == "merge":
-                        cur.execute(render_create_merge_stage(spec, self.dialect))
-                        copied = self._copy(cur, merge_stage(spec), staged, store)
-                        cur.execute(render_merge(spec, self.dialect))
-                        cur.execute(render_count_merged_keys(spec, self.dialect))
-                    else:
-                        cur.execute(render_delete_keys(spec, len(keys), self.dialect), keys)
-                        copied = self._copy(cur, spec, staged, store)
-                        cur.execute(render_count_keys(spec, len(keys), self.dialect), keys)
-                    loaded = {str(k): int(n) for k, n in cur.fetchall()}
-                reconcile_unit(staged, copied, loaded)
-                with conn.cursor() as cur:
-                    _record_unit(cur, spec, staged, self.dialect, "%s")
-                conn.commit()
-                return {k: loaded.get(k, 0) for k in keys}
+                yield conn
             except ReconciliationError:
                 rollback_quietly(conn)
                 raise
             except psycopg2.Error as exc:
                 rollback_quietly(conn)
-                raise pg_error(
-                    exc, f"unit {staged.key}: load", failed=f"unit {staged.key}: load failed, previous rows kept"
-                ) from None
+                raise pg_error(exc, f"{what}: load", failed=f"{what}: load failed, previous rows kept") from None
             except BaseException:
                 rollback_quietly(conn)
                 raise
 
+    def load_unit(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> dict[str, int]:
+        """Replace every key of a shared unit in a single transaction; the rows loaded per key."""
+        keys = [m.key for m in staged.members]
+        with self._load_transaction(f"unit {staged.key}") as conn:
+            with conn.cursor() as cur:
+                self._lock_keys(cur, spec, keys)
+                if spec.load_mode == "merge":
+                    cur.execute(render_create_merge_stage(spec, self.dialect))
+                    copied = self._copy(cur, merge_stage(spec), staged, store)
+                    cur.execute(render_merge(spec, self.dialect))
+                    cur.execute(render_count_merged_keys(spec, self.dialect))
+                else:
+                    cur.execute(render_delete_keys(spec, len(keys), self.dialect), keys)
+                    copied = self._copy(cur, spec, staged, store)
+                    cur.execute(render_count_keys(spec, len(keys), self.dialect), keys)
+                loaded = {str(k): int(n) for k, n in cur.fetchall()}
+            reconcile_unit(staged, copied, loaded)
+            with conn.cursor() as cur:
+                _record_unit(cur, spec, staged, self.dialect, "%s")
+            conn.commit()
+            return {k: loaded.get(k, 0) for k in keys}
+
     def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
         """Replace one key's rows in a single transaction; return the rows loaded."""
-        with self.connect() as conn:
-            try:
-                with conn.cursor() as cur:
-                    self._lock_key(cur, spec, staged.key)
-                    if spec.load_mode == "merge":
-                        # Upsert by primary key: copy into a session table, merge, and count what now matches.
-                        cur.execute(render_create_merge_stage(spec, self.dialect))
-                        copied = self._copy(cur, merge_stage(spec), staged, store)
-                        cur.execute(render_merge(spec, self.dialect))
-                        cur.execute(render_count_merged(spec, self.dialect))
-                    else:
-                        cur.execute(render_delete_key(spec, self.dialect), (staged.key,))
-                        copied = self._copy(cur, spec, staged, store)
-                        cur.execute(render_count_key(spec, self.dialect), (staged.key,))
-                    loaded = int(cur.fetchone()[0])
-                reconcile(staged, copied, loaded)
-                with conn.cursor() as cur:
-                    _record_load(cur, spec, staged, loaded, self.dialect, "%s")
-                conn.commit()
-                return loaded
-            except ReconciliationError:
-                rollback_quietly(conn)
-                raise
-            except psycopg2.Error as exc:
-                rollback_quietly(conn)
-                raise pg_error(
-                    exc, f"key {staged.key!r}: load", failed=f"key {staged.key!r}: load failed, previous rows kept"
-                ) from None
-            except BaseException:
-                rollback_quietly(conn)
-                raise
+        with self._load_transaction(f"key {staged.key!r}") as conn:
+            with conn.cursor() as cur:
+                self._lock_key(cur, spec, staged.key)
+                if spec.load_mode == "merge":
+                    # Upsert by primary key: copy into a session table, merge, and count what now matches.
+                    cur.execute(render_create_merge_stage(spec, self.dialect))
+                    copied = self._copy(cur, merge_stage(spec), staged, store)
+                    cur.execute(render_merge(spec, self.dialect))
+                    cur.execute(render_count_merged(spec, self.dialect))
+                else:
+                    cur.execute(render_delete_key(spec, self.dialect), (staged.key,))
+                    copied = self._copy(cur, spec, staged, store)
+                    cur.execute(render_count_key(spec, self.dialect), (staged.key,))
+                loaded = int(cur.fetchone()[0])
+            reconcile(staged, copied, loaded)
+            with conn.cursor() as cur:
+                _record_load(cur, spec, staged, loaded, self.dialect, "%s")
+            conn.commit()
+            return loaded
 
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
         with self.connect() as conn, conn.cursor() as cur:
