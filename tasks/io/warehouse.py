@@ -547,39 +547,13 @@ class DuckDBWarehouse:
                 )
                 yield from reader
 
-    def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
-        """Replace one key's rows with its staged files in one transaction; returns the rows loaded."""
-        target = qualified(spec.schema, spec.table, self.dialect)
-        cols = ", ".join(quote_ident(c, self.dialect) for c in spec.column_names)
-        key_col = quote_ident(spec.key_column, self.dialect)
+    @contextmanager
+    def _load_transaction(self, what: str) -> Iterator[Any]:
+        """One load's transaction: committed by the caller, rolled back on any error, which fails the key or unit."""
         with self.connect() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
-                merge = spec.load_mode == "merge"
-                into = quote_ident(MERGE_STAGE, self.dialect) if merge else target
-                if merge:
-                    conn.execute(render_create_merge_stage(spec, self.dialect))
-                else:
-                    conn.execute(f"DELETE FROM {target} WHERE {key_col} = ?", [staged.key])  # noqa: S608
-                copied = 0
-                for batch in self._batches(spec, staged, store):
-                    conn.register("keyflow_batch", batch)
-                    conn.execute(f"INSERT INTO {into} ({cols}) SELECT {cols} FROM keyflow_batch")  # noqa: S608
-                    conn.unregister("keyflow_batch")
-                    copied += batch.num_rows
-                if merge:
-                    conn.execute(render_merge(spec, self.dialect))
-                    row = conn.execute(render_count_merged(spec, self.dialect)).fetchone()
-                else:
-                    row = conn.execute(
-                        f"SELECT count(*) FROM {target} WHERE {key_col} = ?",  # noqa: S608 - quoted idents
-                        [staged.key],
-                    ).fetchone()
-                loaded = int(row[0]) if row else 0
-                reconcile(staged, copied, loaded)
-                _record_load(conn, spec, staged, loaded, self.dialect, "?")
-                conn.execute("COMMIT")
-                return loaded
+                yield conn
             except ReconciliationError:
                 conn.execute("ROLLBACK")
                 raise
@@ -587,49 +561,58 @@ class DuckDBWarehouse:
                 conn.execute("ROLLBACK")
                 if isinstance(exc, KeyFailedError | RetryableError):
                     raise
-                raise KeyFailedError(
-                    f"key {staged.key!r}: load failed, previous rows kept: {first_line(exc)}"
-                ) from None
+                raise KeyFailedError(f"{what}: load failed, previous rows kept: {first_line(exc)}") from None
+
+    def _insert_staged(self, conn: Any, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        """Insert the staged files into the target (the merge stage in merge mode); the rows inserted."""
+        merge = spec.load_mode == "merge"
+        into = quote_ident(MERGE_STAGE, self.dialect) if merge else qualified(spec.schema, spec.table, self.dialect)
+        cols = ", ".join(quote_ident(c, self.dialect) for c in spec.column_names)
+        if merge:
+            conn.execute(render_create_merge_stage(spec, self.dialect))
+        copied = 0
+        for batch in self._batches(spec, staged, store):
+            conn.register("keyflow_batch", batch)
+            conn.execute(f"INSERT INTO {into} ({cols}) SELECT {cols} FROM keyflow_batch")  # noqa: S608
+            conn.unregister("keyflow_batch")
+            copied += batch.num_rows
+        if merge:
+            conn.execute(render_merge(spec, self.dialect))
+        return copied
+
+    def load_key(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> int:
+        """Replace one key's rows with its staged files in one transaction; returns the rows loaded."""
+        with self._load_transaction(f"key {staged.key!r}") as conn:
+            if spec.load_mode != "merge":
+                conn.execute(render_delete_key(spec, self.dialect).replace("%s", "?"), [staged.key])
+            copied = self._insert_staged(conn, spec, staged, store)
+            if spec.load_mode == "merge":
+                row = conn.execute(render_count_merged(spec, self.dialect)).fetchone()
+            else:
+                row = conn.execute(render_count_key(spec, self.dialect).replace("%s", "?"), [staged.key]).fetchone()
+            loaded = int(row[0]) if row else 0
+            reconcile(staged, copied, loaded)
+            _record_load(conn, spec, staged, loaded, self.dialect, "?")
+            conn.execute("COMMIT")
+            return loaded
 
     def load_unit(self, spec: TableSpec, staged: StagedKey, store: ObjectStore) -> dict[str, int]:
         """Replace every key of a shared unit in one transaction; the rows loaded per key."""
-        target = qualified(spec.schema, spec.table, self.dialect)
-        cols = ", ".join(quote_ident(c, self.dialect) for c in spec.column_names)
         keys = [m.key for m in staged.members]
-        with self.connect() as conn:
-            conn.execute("BEGIN TRANSACTION")
-            try:
-                merge = spec.load_mode == "merge"
-                into = quote_ident(MERGE_STAGE, self.dialect) if merge else target
-                if merge:
-                    conn.execute(render_create_merge_stage(spec, self.dialect))
-                else:
-                    conn.execute(render_delete_keys(spec, len(keys), self.dialect).replace("%s", "?"), keys)
-                copied = 0
-                for batch in self._batches(spec, staged, store):
-                    conn.register("keyflow_batch", batch)
-                    conn.execute(f"INSERT INTO {into} ({cols}) SELECT {cols} FROM keyflow_batch")  # noqa: S608
-                    conn.unregister("keyflow_batch")
-                    copied += batch.num_rows
-                if merge:
-                    conn.execute(render_merge(spec, self.dialect))
-                    rows = conn.execute(render_count_merged_keys(spec, self.dialect)).fetchall()
-                else:
-                    sql = render_count_keys(spec, len(keys), self.dialect).replace("%s", "?")
-                    rows = conn.execute(sql, keys).fetchall()
-                loaded = {str(k): int(n) for k, n in rows}
-                reconcile_unit(staged, copied, loaded)
-                _record_unit(conn, spec, staged, self.dialect, "?")
-                conn.execute("COMMIT")
-                return {k: loaded.get(k, 0) for k in keys}
-            except ReconciliationError:
-                conn.execute("ROLLBACK")
-                raise
-            except Exception as exc:
-                conn.execute("ROLLBACK")
-                if isinstance(exc, KeyFailedError | RetryableError):
-                    raise
-                raise KeyFailedError(f"unit {staged.key}: load failed, previous rows kept: {first_line(exc)}") from None
+        with self._load_transaction(f"unit {staged.key}") as conn:
+            if spec.load_mode != "merge":
+                conn.execute(render_delete_keys(spec, len(keys), self.dialect).replace("%s", "?"), keys)
+            copied = self._insert_staged(conn, spec, staged, store)
+            if spec.load_mode == "merge":
+                rows = conn.execute(render_count_merged_keys(spec, self.dialect)).fetchall()
+            else:
+                count = render_count_keys(spec, len(keys), self.dialect).replace("%s", "?")
+                rows = conn.execute(count, keys).fetchall()
+            loaded = {str(k): int(n) for k, n in rows}
+            reconcile_unit(staged, copied, loaded)
+            _record_unit(conn, spec, staged, self.dialect, "?")
+            conn.execute("COMMIT")
+            return {k: loaded.get(k, 0) for k in keys}
 
     def delete_other_keys(self, spec: TableSpec, keep: Sequence[str]) -> int:
         """Delete the rows of every key not in ``keep``; returns how many."""
