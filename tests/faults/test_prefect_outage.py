@@ -73,7 +73,8 @@ def test_a_prefect_api_outage_mid_run_fails_no_key(
     slow_pg_view(pg, helpers, base, names["src_table"], 0.06)  # 2.4 s a key, one key at a time
     profile = make_profile(max_parallel_keys=1, source_concurrency_limit=unique("src-limit"), **RIDE_OUT)
     put_keys(profile)
-    dataset = write_dataset(tmp_path, names)
+    # Each key a branch of its own (three small keys would share one unit): each takes a source slot.
+    dataset = write_dataset(tmp_path, names, units={"max_keys_per_unit": 1})
     # The server goes down while the first key extracts and comes back (same port, same database) seconds later:
     # the next keys check the kill switch and take a source slot while it is down.
     fault = WhenRunning(

@@ -103,17 +103,20 @@ def write_dataset(
     names: dict[str, str],
     staging: dict[str, Any] | None = None,
     path: str = "passthrough",
+    units: dict[str, Any] | None = None,
     **target: Any,
 ) -> Path:
     """The dataset YAML for this test's source table and warehouse schema (``staging`` and ``target`` override).
 
-    ``path`` is one of :data:`PATHS`: where the rules run (the warehouse rows are the same on each).
+    ``path`` is one of :data:`PATHS`: where the rules run (the warehouse rows are the same on each); ``units``
+    the work-unit settings (``{"max_keys_per_unit": 1}``: every key a branch of its own).
     """
     source, more_rules = PATHS[path]
     return write_yaml(
         tmp_path / "datasets" / "facts.yaml",
         {
             "name": "facts",
+            **({"units": units} if units else {}),
             "source": {"table": names["src_table"], "key_column": "campaign_key", "batch_rows": 100, **source},
             "rules": [
                 {"rename": {"label": "title"}},
