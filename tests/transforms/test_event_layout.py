@@ -133,8 +133,7 @@ def _mostly(good: st.SearchStrategy[str], odd: st.SearchStrategy[str]) -> st.Sea
 @given(
     st.lists(
         st.one_of(
-            st.builds(
-                layout_line,
+            st.tuples(  # the fields of layout_line, which the test calls: nothing runs inside the strategy
                 _mostly(_GOOD_ID, _ODD_ID),
                 _mostly(_GOOD_TIME, _ODD_TIME),
                 _mostly(_GOOD_ID, _ODD_ID),
@@ -150,8 +149,9 @@ def _mostly(good: st.SearchStrategy[str], odd: st.SearchStrategy[str]) -> st.Sea
     st.booleans(),
 )
 def test_the_layout_reads_every_line_as_the_general_reader_does(
-    lines: list[bytes], first_line: int, trailing_newline: bool
+    drawn: list[bytes | tuple[str, ...]], first_line: int, trailing_newline: bool
 ) -> None:
+    lines = [layout_line(*d) if isinstance(d, tuple) else d for d in drawn]
     assert_same(b"\n".join(lines) + (b"\n" if trailing_newline and lines else b""), first_line)
 
 
