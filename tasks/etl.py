@@ -496,6 +496,24 @@ def stage_key(
     return staged
 
 
+def loaded_result(key: str, staged: StagedKey, loaded: int, load_seconds: float, unit: str = "") -> KeyResult:
+    """The result of a key that loaded: its staged counts, the rows loaded, and where its seconds went."""
+    return KeyResult(
+        key=key,
+        status="loaded",
+        rows_extracted=staged.rows_extracted,
+        rows_filtered=staged.rows_filtered,
+        rows_staged=staged.rows_staged,
+        rows_loaded=loaded,
+        bytes_staged=staged.bytes_staged,
+        seconds=round(staged.seconds + load_seconds, 3),
+        stage_seconds=round(staged.seconds, 3),
+        load_seconds=round(load_seconds, 3),
+        uri=f"s3://{staged.bucket}/{staged.prefix}",
+        unit=unit,
+    )
+
+
 @task(name="load_key", task_run_name="load-{staged.key}", **KEY_IO)
 def load_key(staged: StagedKey, dataset: DatasetConfig, resources: Resources, spec: TableSpec) -> KeyResult:
     """Replace the key's slice in the warehouse in one transaction, reconcile counts, then drop staged files."""
@@ -520,19 +538,7 @@ def load_key(staged: StagedKey, dataset: DatasetConfig, resources: Resources, sp
         spec.table,
         seconds,
     )
-    return KeyResult(
-        key=staged.key,
-        status="loaded",
-        rows_extracted=staged.rows_extracted,
-        rows_filtered=staged.rows_filtered,
-        rows_staged=staged.rows_staged,
-        rows_loaded=loaded,
-        bytes_staged=staged.bytes_staged,
-        seconds=round(seconds, 3),
-        stage_seconds=round(staged.seconds, 3),
-        load_seconds=round(time.perf_counter() - started, 3),
-        uri=f"s3://{staged.bucket}/{staged.prefix}",
-    )
+    return loaded_result(staged.key, staged, loaded, time.perf_counter() - started)
 
 
 def why_not_in_units(dataset: DatasetConfig, resources: Resources) -> str | None:
@@ -735,20 +741,7 @@ def _retry_one(
                 loaded = resources.warehouse().load_key(spec, staged, store)
             _drop_staged(resources, staged)
             load_seconds = time.perf_counter() - started
-            return KeyResult(
-                key=key.key,
-                status="loaded",
-                rows_extracted=staged.rows_extracted,
-                rows_filtered=staged.rows_filtered,
-                rows_staged=staged.rows_staged,
-                rows_loaded=loaded,
-                bytes_staged=staged.bytes_staged,
-                seconds=round(staged.seconds + load_seconds, 3),
-                stage_seconds=round(staged.seconds, 3),
-                load_seconds=round(load_seconds, 3),
-                uri=f"s3://{staged.bucket}/{staged.prefix}",
-                unit=f"{unit}, retried alone",
-            )
+            return loaded_result(key.key, staged, loaded, load_seconds, unit=f"{unit}, retried alone")
         except RetryableError as exc:
             if attempt == len(delays):
                 return _key_failed(key.key, "failed", exc, staged, unit)
