@@ -437,7 +437,7 @@ class SqlSource:
         try:
             with self.engine.connect() as conn:
                 result = conn.execute(sa.text(render_metadata_query(sql, schema)), dict(params))
-                described = list(result.cursor.description or ())
+                described: list[Any] = list(result.cursor.description or ())
                 result.close()
                 charsets: dict[str, str] = {}
                 if text:
