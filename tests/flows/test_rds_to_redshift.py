@@ -235,7 +235,7 @@ def staged_csv(profile: Path, seen: set[str]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for k in sorted(k for k in store.list_keys("staging/facts/") if ".csv" in k and k not in seen):
         seen.add(k)
-        folder, part = k.rsplit("/", 1)
+        folder = k.rsplit("/", 1)[0]
         text = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(store.get_bytes(k))).read()
         out[folder.rsplit("/", 1)[1]] = out.get(folder.rsplit("/", 1)[1], b"") + text
     return out
