@@ -83,7 +83,7 @@ class SourceDatabase(Protocol):
         """The query's rows as staged CSV bytes (a header line first), never parsed on the way."""
 
     def why_not_passthrough(self, sql: str, params: Mapping[str, Any], schema: pa.Schema) -> str | None:
-        """Why the source cannot write this query's rows as staged CSV itself (``None``: it can)."""
+        """Why this query's rows should not pass through as the source's own CSV (``None``: they should)."""
 
     def capabilities(self) -> SourceCapabilities:
         """What the source computes exactly (for the rules pushed into the extraction query)."""
@@ -338,11 +338,15 @@ class SqlSource:
             raise KeyFailedError("extract from source: a pushed hash needs a PostgreSQL source")  # a planning bug
         if session is not None and session.count_sql:
             session.extracted = self._count(session.count_sql, params)
-        if self.dialect == "mysql" and arrow_native_mysql(schema) and set(self.engine.url.query) <= {"charset"}:
+        if self.dialect == "mysql" and self._mysql_arrow_stream(schema):
             assert schema is not None
             yield from self._stream_mysql_arrow(sql, params, schema, batch_rows)
             return
         yield from self._stream_cursor(sql, params, schema, batch_rows)
+
+    def _mysql_arrow_stream(self, schema: pa.Schema | None) -> bool:
+        """Does :meth:`stream` read this MySQL/MariaDB schema through connectorx (no URL option it would drop)?"""
+        return arrow_native_mysql(schema) and set(self.engine.url.query) <= {"charset"}
 
     def _stream_cursor(
         self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
@@ -423,11 +427,14 @@ class SqlSource:
         return producer, failure, read_fd, raw
 
     def why_not_passthrough(self, sql: str, params: Mapping[str, Any], schema: pa.Schema) -> str | None:
-        """Why the source cannot write this query's rows as staged CSV itself (``None``: it can).
+        """Why this query's rows should not pass through as the source's own CSV (``None``: they should).
 
         PostgreSQL's COPY always can. MySQL/MariaDB can when every column of the query is of a type it renders as
         Arrow's CSV writer does (:mod:`tasks.transforms.csvrecord`): asked of the query's result metadata (no rows
-        read) and, for text, of the columns' character sets.
+        read) and, for text, of the columns' character sets. Even then, columns connectorx reads (integers,
+        doubles, text, dates) are cheaper parsed: it takes MariaDB's binary protocol, where the server writes no text
+        at all, while rendering a 600-column row costs the server more than the client saves (BENCHMARKS.md,
+        issue 15). Passthrough pays where the parsed path is the Python cursor (DECIMAL, DATETIME…).
         """
         if self.dialect == "postgres":
             return None
@@ -447,7 +454,10 @@ class SqlSource:
             raise translate_db_error(exc, "read the extraction query's column types", self.where) from exc
         codes = [int(d[1]) for d in described]
         scales = [None if d[5] is None else int(d[5]) for d in described]
-        return why_not_rendered(schema, codes, scales, charsets)
+        why = why_not_rendered(schema, codes, scales, charsets)
+        if why is None and self._mysql_arrow_stream(schema):
+            return "connectorx reads every column in the binary protocol, cheaper than the server writing text"
+        return why
 
     def stream_csv(
         self,
