@@ -479,6 +479,7 @@ def main() -> None:
                 "mariadb_limit": [],
                 "mariadb_keyflow": [],
                 "mariadb_pass": [],
+                "mariadb_dec": [],
             }
             cpus: dict[str, list[float]] = {k: [] for k in runs}
             server_cpus: dict[str, list[float]] = {k: [] for k in runs}
