@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.helpers.etl import D1, EVIL, create_pg_source, source_rows, write_dataset
+from tests.helpers.etl import D1, EVIL, PATHS, create_pg_source, put_keys, source_rows, write_dataset
 
 runner = CliRunner()
 
@@ -210,6 +211,37 @@ def test_the_command_exits_at_once_yet_every_log_and_task_state_reaches_the_serv
             check=False,
         )
         assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("path", list(PATHS))
+def test_the_etl_command_runs_every_path_without_numpy(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any, path: str
+) -> None:
+    """`keyflow etl` refuses numpy (20 MB that Arrow imports with itself, BENCHMARKS.md): a run with text rules on the
+    source (Arrow's whitespace and case maps are probed for them), one rule left for the client, or every rule on the
+    client still loads each key, from the real command's process."""
+    from prefect.settings import PREFECT_API_URL
+
+    create_pg_source(pg, names["src_table"], source_rows(["K1", "K2", EVIL], per_key=10))
+    try:
+        profile = make_profile()
+        put_keys(profile)
+        dataset = write_dataset(tmp_path, names, path=path, rules=[{"trim": ["title"]}, {"lower": ["title"]}])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        keyflow = str(Path(sys.executable).parent / "keyflow")
+        args = ["etl", "run", "-d", str(dataset), "-p", str(profile), "--date", D1.isoformat(), "--json"]
+        proc = subprocess.run([keyflow, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rows = json.loads(proc.stdout.splitlines()[-1])
+        assert sorted((r["key"], r["status"], r["rows_loaded"]) for r in rows) == sorted(
+            (key, "loaded", 10) for key in ("K1", "K2", EVIL)
+        )
     finally:
         with pg.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
