@@ -22,6 +22,7 @@ from flows.common import (
     ends_failed_on_errors,
     final_state,
     gather,
+    plain_parameters,
     refuse_if_misconfigured,
     refuse_if_paused,
     ride_out,
@@ -50,6 +51,7 @@ T = TypeVar("T")
 PAUSED = "The etl flows are paused: nothing started (`keyflow resume etl` switches them back on)"
 
 
+@plain_parameters
 @flow(
     name="rds-to-redshift",
     task_runner=ThreadPoolTaskRunner(max_workers=16),  # type: ignore[arg-type]
@@ -217,4 +219,4 @@ def for_profile(profile: str) -> Any:
         runner = DaskTaskRunner(
             cluster_kwargs={"n_workers": prof.dask_workers, "threads_per_worker": 1, "processes": True}
         )
-    return rds_to_redshift.with_options(task_runner=runner)  # type: ignore[arg-type]
+    return plain_parameters(rds_to_redshift.with_options(task_runner=runner))  # type: ignore[arg-type]

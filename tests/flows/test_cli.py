@@ -217,14 +217,28 @@ def test_the_command_exits_at_once_yet_every_log_and_task_state_reaches_the_serv
             cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
 
 
+# `keyflow` itself, saying as it exits which of the libraries its ETL never uses were loaded after all.
+KEYFLOW_SAYING_WHAT_IT_LOADED = """
+import atexit, sys
+atexit.register(lambda: print("loaded:", sorted({"numpy", "pandas", "fastapi"} & set(sys.modules))))
+sys.argv[0] = "keyflow"
+from flows.cli import main
+main()
+"""
+
+
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize("path", list(PATHS))
-def test_the_etl_command_runs_every_path_without_numpy(
+def test_the_etl_command_runs_every_path_without_numpy_or_fastapi(
     pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any, path: str
 ) -> None:
-    """`keyflow etl` refuses numpy (20 MB that Arrow imports with itself, BENCHMARKS.md): a run with text rules on the
-    source (Arrow's whitespace and case maps are probed for them), one rule left for the client, or every rule on the
-    client still loads each key, from the real command's process."""
+    """`keyflow etl` refuses numpy (20 MB that Arrow imports with itself) and records its run's parameters without
+    FastAPI (BENCHMARKS.md): a run with text rules on the source (Arrow's whitespace and case maps are probed for
+    them), one rule left for the client, or every rule on the client loads each key, and the Prefect API shows the
+    run's parameters as before (the date as its ISO text)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
     create_pg_source(pg, names["src_table"], source_rows(["K1", "K2", EVIL], per_key=10))
@@ -234,14 +248,33 @@ def test_the_etl_command_runs_every_path_without_numpy(
         dataset = write_dataset(tmp_path, names, path=path, rules=[{"trim": ["title"]}, {"lower": ["title"]}])
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env |= {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        keyflow = str(Path(sys.executable).parent / "keyflow")
         args = ["etl", "run", "-d", str(dataset), "-p", str(profile), "--date", D1.isoformat(), "--json"]
-        proc = subprocess.run([keyflow, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", KEYFLOW_SAYING_WHAT_IT_LOADED, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        rows = json.loads(proc.stdout.splitlines()[-1])
+        *_, summary, loaded = proc.stdout.splitlines()
+        assert loaded == "loaded: []"
+        rows = json.loads(summary)
         assert sorted((r["key"], r["status"], r["rows_loaded"]) for r in rows) == sorted(
             (key, "loaded", 10) for key in ("K1", "K2", EVIL)
         )
+
+        async def last_run_parameters() -> dict[str, Any]:
+            async with get_client() as client:
+                run = (await client.read_flow_runs(limit=1, sort="START_TIME_DESC"))[0]  # type: ignore[arg-type]
+                return run.parameters
+
+        assert asyncio.run(last_run_parameters()) == {
+            "dataset": str(dataset),
+            "run_date": "2017-03-20",
+            "profile": str(profile),
+        }
     finally:
         with pg.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
