@@ -208,8 +208,12 @@ def _split_setting(dataset: DatasetConfig, source: SourceDatabase, expected_rows
         split_rows = config.split_rows
         column = source.split_column(config)
     else:
-        derived = default_split_rows(config.split_bytes, source.table_size(config))
-        column = config.split_column or source.primary_key(config) if derived is not None else None
+        try:
+            derived = default_split_rows(config.split_bytes, source.table_size(config))
+            column = config.split_column or source.primary_key(config) if derived is not None else None
+        except (ConfigError, KeyFailedError) as exc:  # the default must not fail a key the source can extract
+            _logger().warning("Not splitting big keys by default: %s", first_line(exc))
+            return None
         if derived is None or column is None:
             return None
         split_rows = derived

@@ -19,7 +19,14 @@ from sqlalchemy import exc as sa_exc
 from config.errors import ConfigError, KeyFailedError, RetryableError, first_line
 from config.models import SourceConfig
 from config.types import ColumnType
-from tasks.io.databases import describe_url, dialect_of, engine_for, is_disconnect, translate_db_error
+from tasks.io.databases import (
+    describe_url,
+    dialect_of,
+    engine_for,
+    is_disconnect,
+    translate_db_error,
+    unpooled_engine,
+)
 from tasks.transforms.arrow import csv_read_options, rows_to_table
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.pushdown import SALT_TABLE, SourceCapabilities
@@ -414,7 +421,7 @@ class SqlSource:
             return self.engine
         with self._facts_lock:
             if self._planning is None:
-                self._planning = sa.create_engine(self.engine.url, poolclass=sa.pool.NullPool)
+                self._planning = unpooled_engine(self.engine)
             return self._planning
 
     def _export_snapshot(self, conn: sa.Connection) -> tuple[str | None, str]:
