@@ -26,7 +26,7 @@ from tests.helpers.etl import (
     warehouse,
     write_dataset,
 )
-from tests.helpers.services import MYSQL_URL
+from tests.helpers.services import MYSQL_URL, PG_DSN, PG_URL
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -184,6 +184,53 @@ def test_a_writer_during_the_ranges_changes_nothing_the_split_key_loads(
             (f"%{src}%",),
         )
         assert cur.fetchone() == (0,)
+
+
+def test_without_an_exported_snapshot_the_ranges_read_their_own_and_the_log_says_why(
+    pg: Any,
+    names: dict[str, str],
+    tmp_path: Path,
+    make_profile: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A source where pg_export_snapshot() is refused (EXECUTE revoked, as a hardened server may; a hot standby
+    before PostgreSQL 10 refuses it too): the key is still split and loads whole, each range in its own snapshot."""
+    import psycopg2
+
+    caplog.set_level(logging.INFO)
+    db, role = f"{names['src_table']}_db", f"{names['src_table']}_reader"
+    with pg.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+        cur.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        conn = psycopg2.connect(PG_DSN.replace("dbname=test", f"dbname={db}"))
+        conn.autocommit = True
+        try:
+            rows = source_rows(["K1", "K2", EVIL])
+            create_pg_source(conn, names["src_table"], rows)
+            with conn.cursor() as cur:
+                cur.execute("REVOKE EXECUTE ON FUNCTION pg_export_snapshot() FROM PUBLIC")
+                cur.execute(f"GRANT SELECT ON {names['src_table']} TO {role}")
+        finally:
+            conn.close()
+        url = PG_URL.replace("postgres@", f"{role}@").rsplit("/", 1)[0] + f"/{db}"
+        profile = make_profile(source_url=url)
+        put_keys(profile)
+        state, results = run(split_dataset(tmp_path, names, "passthrough", split_rows=10), profile, D1)
+        assert state.is_completed(), state.message
+        assert set(ranges_logged(caplog.text)) == ACTIVE
+        assert "each in its own snapshot (pg_export_snapshot() failed: permission denied for function" in caplog.text
+        assert_one_row_per_key(results)
+        assert warehouse(pg, names) == expected(rows, ACTIVE)
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (db,),
+            )
+            cur.execute(f"DROP DATABASE IF EXISTS {db}")
+            cur.execute(f"DROP ROLE IF EXISTS {role}")
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
 
 
 @pytest.mark.parametrize(("path", "column"), [("pushed-and-client", "id"), ("client", "ratio")])
