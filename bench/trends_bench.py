@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from statistics import median
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,18 +141,26 @@ def ensure_compacted(folder: Path) -> dict[str, Any]:
     return row
 
 
-def keyflow_worker(folder: Path, compacted: bool) -> dict[str, Any]:
+def _cpu_now() -> tuple[float, float]:
+    """CPU seconds of this process and of its ended children (the line reader processes), user + system."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time(), children.ru_utime + children.ru_stime
+
+
+def keyflow_worker(folder: Path, compacted: bool, processes: bool) -> dict[str, Any]:
     import pyarrow.csv as pacsv
     from trends_data import START
 
     from tasks.io.archive import ArchiveScan
     from tasks.transforms.trends import USER_SCHEMA, ScoreParams, WindowSpec, count_stream, score_articles, top_n
 
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu = time.perf_counter(), _cpu_now()
     users = pacsv.read_csv(
         folder / "users.csv", convert_options=pacsv.ConvertOptions(column_types=USER_SCHEMA, strings_can_be_null=True)
     )
-    scan = ArchiveScan(LocalSource(), hour_files(folder, compacted), parallel=2)
+    scan = ArchiveScan(LocalSource(), hour_files(folder, compacted), parallel=2, processes=processes)
     counts, events = count_stream(scan.reader(), users, WindowSpec(), names=scan.names)
     counted_at = time.perf_counter()
     minutes = int(os.environ.get("BENCH_MINUTES", "20"))
@@ -170,7 +179,9 @@ def keyflow_worker(folder: Path, compacted: bool) -> dict[str, Any]:
         "count_s": round(counted_at - started, 3),
         "score_s": round(done - counted_at, 3),
         "seconds": round(done - started, 3),
-        "cpu_s": round(time.process_time() - cpu, 3),
+        "cpu_s": round(sum(_cpu_now()) - sum(cpu), 3),
+        "cpu_main_s": round(_cpu_now()[0] - cpu[0], 3),
+        "cpu_workers_s": round(_cpu_now()[1] - cpu[1], 3),
     }
 
 
@@ -196,13 +207,18 @@ def pandas_worker(folder: Path, limit: int) -> dict[str, Any]:
 
 
 def run_measured(args: list[str]) -> tuple[dict[str, Any], float]:
-    from harness import run_side_by_side
+    """One contender in its own process: its result, and its process tree's peak RSS in MB.
 
-    _, rss, outputs = run_side_by_side([[sys.executable, __file__, *args]])
+    The result gains ``tree_cpu_s`` (the whole process tree, start-up and imports included) and ``load`` (the
+    1-minute load average when it ended).
+    """
+    from harness import run_measured as run_tree
+
+    _, rss, outputs, tree_cpu = run_tree([[sys.executable, __file__, *args]])
     lines = [ln for ln in outputs[0].splitlines() if ln.startswith("{")]
     if not lines:
         raise SystemExit(f"worker {args} failed:\n{outputs[0]}")
-    return json.loads(lines[-1]), rss
+    return json.loads(lines[-1]) | {"tree_cpu_s": round(tree_cpu, 3), "load": round(os.getloadavg()[0], 2)}, rss
 
 
 def main() -> None:
@@ -217,12 +233,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--baseline-files", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], choices=["jsonl", "parquet", "pandas"])
+    parser.add_argument(
+        "--threads-only",
+        action="store_true",
+        help="read gzip files in threads of one process, as before worker processes (trends' file_processes: false)",
+    )
     parser.add_argument("--worker", choices=["jsonl", "parquet", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker in ("jsonl", "parquet"):
-        print(json.dumps(keyflow_worker(args.folder, compacted=args.worker == "parquet")))
+        result = keyflow_worker(args.folder, compacted=args.worker == "parquet", processes=not args.threads_only)
+        print(json.dumps(result))
         return
     if args.worker == "pandas":
         print(json.dumps(pandas_worker(args.folder, args.baseline_files)))
@@ -250,7 +272,8 @@ def main() -> None:
     runs: dict[str, list[tuple[float, float, dict[str, Any]]]] = {v: [] for v in variants}
     for i in range(args.runs):  # interleaved, so a drifting machine weighs on both alike
         for variant in variants:
-            result, rss = run_measured(["--worker", variant, "--folder", str(folder)])
+            extra = ["--threads-only"] if args.threads_only else []
+            result, rss = run_measured(["--worker", variant, "--folder", str(folder), *extra])
             runs[variant].append((result["seconds"], rss, result))
             print(f"{variant} run {i + 1}: {result['seconds']:.2f} s, {rss:.0f} MB, {result}", flush=True)
     for variant, measured in runs.items():
@@ -275,15 +298,27 @@ def main() -> None:
             f"{name:16} {r['lines']:>12,} {r['events']:>12,} {seconds:>9.2f} {per_min:>14,.0f} {lines_per_min:>14,.0f} "
             f"{rss:>8.0f}"
         )
+        all_runs = runs[variant]
+        cpu_runs = [m[2]["cpu_s"] for m in all_runs]
         print(
-            f"{'':16} count {r['count_s']} s, score {r['score_s']} s, {r['cpu_s']} CPU-s; {r['duplicates']:,} "
-            f"duplicates, {r['invalid']:,} invalid; {r['groups']:,} window groups"
+            f"{'':16} count {r['count_s']} s, score {r['score_s']} s, {r['cpu_s']} CPU-s ({r['tree_cpu_s']} for the "
+            f"process tree with start-up); {r['counted']:,} counted, {r['duplicates']:,} duplicates, "
+            f"{r['invalid']:,} invalid; {r['groups']:,} window groups"
+        )
+        print(
+            f"{'':16} runs: seconds {[m[0] for m in all_runs]}, CPU-s {cpu_runs} (median {median(cpu_runs)}), "
+            f"peak MB {[round(m[1]) for m in all_runs]}, load {[m[2]['load'] for m in all_runs]}"
         )
         summary[variant] = {
             "events_per_min": round(per_min),
             "lines_per_min": round(lines_per_min),
             "peak_rss_mb": round(rss),
             "cpu_s": r["cpu_s"],
+            "cpu_s_median": median(cpu_runs),
+            "counted": r["counted"],
+            "duplicates": r["duplicates"],
+            "load": r["load"],
+            "processes": not args.threads_only,
         }
     if base_result is not None:
         per_min = base_result["events"] / base_result["seconds"] * 60

@@ -117,7 +117,7 @@ def count_range(
     store = resources.object_store()
     users = resources.users(job).table()
     files = archive_files_of(store, job.archive_prefix, start, end)
-    scan = ArchiveScan(StoreSource(store), files, job.parallel_files)
+    scan = ArchiveScan(StoreSource(store), files, job.parallel_files, processes=job.file_processes)
     counts, events = count_stream(scan.reader(), users, window_spec(job, ignore_lateness), start, end, names=scan.names)
     reports = list(scan.reports.values())
     write_rejected(store, job.rejected_prefix, reports)
