@@ -4,10 +4,12 @@ Generates (once, cached under .keyflow/bench/trends/) gzip JSON lines files with
 malformed lines beside the unique events, and a user CSV; compacts that hour once with keyflow's own compaction
 (Parquet, each event once) into a second folder. Then runs, in one sitting and each in its own process (peak RSS
 sampled over the process tree):
-  1. keyflow on gzip JSON lines: the trend flow's scan (2 files at once, every line checked, each event id once per
-     hour) → one streaming Arrow plan → scoring;
+  1. keyflow on gzip JSON lines: the trend flow's scan (2 files at once, each inflated and parsed in a worker
+     process, every line checked, each event id once per hour) → one streaming Arrow plan → scoring;
   2. keyflow on the compacted Parquet files of the same hour, the same way;
-  3. the naive baseline: pandas ``read_json(lines=True)`` per file, merge with the users, groupby (it stops at the
+  3. keyflow on the gzip files read in threads of one process instead (``file_processes: false``, as before
+     2026-11-29; ``--skip jsonl-threads`` leaves it out);
+  4. the naive baseline: pandas ``read_json(lines=True)`` per file, merge with the users, groupby (it stops at the
      first malformed line, so it reads the clean files of the same shape; no dedup).
 The baseline reads the first ``--baseline-files`` files only (it is slow and memory-hungry); its rate is per event.
 Prints a table and ends with one JSON line. Figures, never assertions.
@@ -30,6 +32,11 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+
+KEYFLOW_VARIANTS = {"jsonl": "keyflow gzip", "parquet": "keyflow parquet", "jsonl-threads": "gzip, threads"}
+"""The keyflow contenders: gzip JSON lines read in worker processes (the flow's default), the compacted Parquet
+copy, and gzip JSON lines read in threads of one process (``file_processes: false``, as before 2026-11-29)."""
 
 
 class LocalSource:
@@ -142,7 +149,7 @@ def ensure_compacted(folder: Path) -> dict[str, Any]:
 
 
 def _cpu_now() -> tuple[float, float]:
-    """CPU seconds of this process and of its ended children (the line reader processes), user + system."""
+    """CPU seconds (user + system) of this process, and of its ended children (the line reader processes)."""
     import resource
 
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -150,6 +157,7 @@ def _cpu_now() -> tuple[float, float]:
 
 
 def keyflow_worker(folder: Path, compacted: bool, processes: bool) -> dict[str, Any]:
+    import pyarrow.acero  # noqa: F401  # imported by counting on first use; outside the clock, as in earlier sittings
     import pyarrow.csv as pacsv
     from trends_data import START
 
@@ -157,11 +165,12 @@ def keyflow_worker(folder: Path, compacted: bool, processes: bool) -> dict[str, 
     from tasks.transforms.trends import USER_SCHEMA, ScoreParams, WindowSpec, count_stream, score_articles, top_n
 
     started, cpu = time.perf_counter(), _cpu_now()
+    scan = ArchiveScan(LocalSource(), hour_files(folder, compacted), parallel=2, processes=processes)
+    stream = scan.reader()  # as the flow does: its worker processes start while the user file is read
     users = pacsv.read_csv(
         folder / "users.csv", convert_options=pacsv.ConvertOptions(column_types=USER_SCHEMA, strings_can_be_null=True)
     )
-    scan = ArchiveScan(LocalSource(), hour_files(folder, compacted), parallel=2, processes=processes)
-    counts, events = count_stream(scan.reader(), users, WindowSpec(), names=scan.names)
+    counts, events = count_stream(stream, users, WindowSpec(), names=scan.names)
     counted_at = time.perf_counter()
     minutes = int(os.environ.get("BENCH_MINUTES", "20"))
     scored = score_articles(counts.counts, START + timedelta(minutes=minutes), ScoreParams(), per_audience=20)
@@ -232,18 +241,13 @@ def main() -> None:
     parser.add_argument("--malformed", type=float, default=0.005, help="malformed lines, a share of the events")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--baseline-files", type=int, default=2)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["jsonl", "parquet", "pandas"])
-    parser.add_argument(
-        "--threads-only",
-        action="store_true",
-        help="read gzip files in threads of one process, as before worker processes (trends' file_processes: false)",
-    )
-    parser.add_argument("--worker", choices=["jsonl", "parquet", "pandas"], help=argparse.SUPPRESS)
+    parser.add_argument("--skip", nargs="*", default=[], choices=[*KEYFLOW_VARIANTS, "pandas"])
+    parser.add_argument("--worker", choices=[*KEYFLOW_VARIANTS, "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.worker in ("jsonl", "parquet"):
-        result = keyflow_worker(args.folder, compacted=args.worker == "parquet", processes=not args.threads_only)
+    if args.worker in KEYFLOW_VARIANTS:
+        result = keyflow_worker(args.folder, compacted=args.worker == "parquet", processes=args.worker == "jsonl")
         print(json.dumps(result))
         return
     if args.worker == "pandas":
@@ -268,12 +272,11 @@ def main() -> None:
     os.environ["BENCH_MINUTES"] = str(args.minutes)
 
     results: dict[str, tuple[float, float, dict[str, Any]]] = {}
-    variants = [v for v in ("jsonl", "parquet") if v not in args.skip]
+    variants = [v for v in KEYFLOW_VARIANTS if v not in args.skip]
     runs: dict[str, list[tuple[float, float, dict[str, Any]]]] = {v: [] for v in variants}
     for i in range(args.runs):  # interleaved, so a drifting machine weighs on both alike
         for variant in variants:
-            extra = ["--threads-only"] if args.threads_only else []
-            result, rss = run_measured(["--worker", variant, "--folder", str(folder), *extra])
+            result, rss = run_measured(["--worker", variant, "--folder", str(folder)])
             runs[variant].append((result["seconds"], rss, result))
             print(f"{variant} run {i + 1}: {result['seconds']:.2f} s, {rss:.0f} MB, {result}", flush=True)
     for variant, measured in runs.items():
@@ -293,7 +296,7 @@ def main() -> None:
     summary: dict[str, Any] = {}
     for variant, (seconds, rss, r) in results.items():
         per_min, lines_per_min = r["events"] / seconds * 60, r["lines"] / seconds * 60
-        name = {"jsonl": "keyflow gzip", "parquet": "keyflow parquet"}[variant]
+        name = KEYFLOW_VARIANTS[variant]
         print(
             f"{name:16} {r['lines']:>12,} {r['events']:>12,} {seconds:>9.2f} {per_min:>14,.0f} {lines_per_min:>14,.0f} "
             f"{rss:>8.0f}"
@@ -318,7 +321,6 @@ def main() -> None:
             "counted": r["counted"],
             "duplicates": r["duplicates"],
             "load": r["load"],
-            "processes": not args.threads_only,
         }
     if base_result is not None:
         per_min = base_result["events"] / base_result["seconds"] * 60

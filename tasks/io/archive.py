@@ -610,6 +610,11 @@ class ArchiveScan:
             finish=workers.close if workers is not None else None,
         )
 
+    def close(self) -> None:
+        """End the worker processes of a stream that will not be read (a read stream ends them itself)."""
+        if self._workers is not None:
+            self._workers.close()
+
     def _opener(self, file: ArchiveFile) -> Callable[[], Iterator[pa.Table]]:
         def read() -> Iterator[pa.Table]:
             hour = self._hours[file.hour]

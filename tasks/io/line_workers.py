@@ -14,7 +14,8 @@ Duplicates are not settled in the worker: the flow's process admits each id agai
 :class:`tasks.transforms.event_lines.HourIds` as before, so an id read in two files counts once, exactly as when the
 files are read by threads.
 
-Messages in both directions are frames: 8 bytes of length (little-endian), then a pickle.
+Messages in both directions are a pickle (protocol 5) whose arrays follow it as raw bytes, each copied once by the
+pipe and never by pickling; lengths go first, as 8 bytes little-endian.
 """
 
 from __future__ import annotations
@@ -73,22 +74,34 @@ def jsonl_chunks(raw: IO[bytes] | pa.NativeFile, chunk_bytes: int = CHUNK_BYTES)
 
 
 def _send(out: IO[bytes], message: tuple[Any, ...]) -> None:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    out.write(_FRAME.pack(len(body)))
+    """Write one message: its pickle, then the raw bytes of its arrays (pickle protocol 5's buffers, not copied)."""
+    buffers: list[pickle.PickleBuffer] = []
+    body = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    out.write(_FRAME.pack(len(body)) + _FRAME.pack(len(raws)) + b"".join(_FRAME.pack(r.nbytes) for r in raws))
     out.write(body)
+    for r in raws:
+        out.write(r)
     out.flush()
 
 
 def _receive(stream: IO[bytes]) -> tuple[Any, ...] | None:
     """The next message, or None when the other side closed the pipe."""
-    head = stream.read(_FRAME.size)
-    if len(head) < _FRAME.size:
+    head = stream.read(2 * _FRAME.size)
+    if len(head) < 2 * _FRAME.size:
         return None
-    size = _FRAME.unpack(head)[0]
+    size, n_buffers = _FRAME.unpack(head[: _FRAME.size])[0], _FRAME.unpack(head[_FRAME.size :])[0]
+    sizes = stream.read(n_buffers * _FRAME.size)
     body = stream.read(size)
-    if len(body) < size:
+    if len(sizes) < n_buffers * _FRAME.size or len(body) < size:
         return None
-    message: tuple[Any, ...] = pickle.loads(body)
+    buffers = []
+    for (n,) in struct.iter_unpack("<Q", sizes):
+        buf = bytearray(n)
+        if stream.readinto(buf) < n:  # type: ignore[attr-defined]
+            return None
+        buffers.append(buf)
+    message: tuple[Any, ...] = pickle.loads(body, buffers=buffers)
     return message
 
 
