@@ -295,6 +295,10 @@ class LineWorkers:
         """An idle worker for one file; a worker left broken is ended and replaced next time."""
         with self._lock:
             w = self._idle.pop() if self._idle else None
+            if w is not None and w.proc.poll() is not None:  # ended while idle (killed): start another
+                self._all.remove(w)
+                w.close()
+                w = None
             if w is None:
                 w = LineWorker()
                 self._all.append(w)

@@ -6,15 +6,19 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import gzip
+import io
 import json
 import threading
+import uuid
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tasks.io.archive import ArchiveScan, StoreSource, archive_files_of, hour_prefix
-from tasks.io.line_workers import LineWorkerError
+from tasks.io.line_workers import LineWorkerError, LineWorkers
 from tasks.io.objectstore import S3ObjectStore
 from tasks.transforms.events import jsonl
 from tasks.transforms.trends import count_stream
@@ -43,17 +47,17 @@ def event(i: int, hour: dt.datetime = H10) -> dict[str, Any]:
     }
 
 
-def put(store: S3ObjectStore, hour: dt.datetime, name: str, body: bytes) -> None:
-    store.put_bytes(body, hour_prefix("events", hour) + name)
+def put(store: S3ObjectStore, hour: dt.datetime, name: str, body: bytes, prefix: str = "events") -> None:
+    store.put_bytes(body, hour_prefix(prefix, hour) + name)
 
 
-def scan_of(store: S3ObjectStore, processes: bool, chunk_bytes: int = 4096) -> ArchiveScan:
-    files = archive_files_of(store, "events", H10, H10 + dt.timedelta(hours=2))
+def scan_of(store: S3ObjectStore, processes: bool, chunk_bytes: int = 4096, prefix: str = "events") -> ArchiveScan:
+    files = archive_files_of(store, prefix, H10, H10 + dt.timedelta(hours=2))
     return ArchiveScan(StoreSource(store), files, parallel=2, chunk_bytes=chunk_bytes, processes=processes)
 
 
-def read_all(store: S3ObjectStore, processes: bool) -> dict[str, Any]:
-    scan = scan_of(store, processes)
+def read_all(store: S3ObjectStore, processes: bool, prefix: str = "events") -> dict[str, Any]:
+    scan = scan_of(store, processes, prefix=prefix)
     counts, events = count_stream(scan.reader(), USERS, ordered=True, names=scan.names)
     return {
         "counts": counts.counts,
@@ -108,6 +112,50 @@ def test_ids_read_again_in_other_files_count_once(store: S3ObjectStore) -> None:
     scan = scan_of(store, processes=True, chunk_bytes=2048)
     counts, events = count_stream(scan.reader(), USERS, names=scan.names)
     assert (events, counts.counted_events, scan.duplicates) == (2100, 2100, 6000 - 2100)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    files=st.lists(
+        st.lists(st.tuples(st.integers(0, 60), st.sampled_from(["layout", "json", "bad"])), max_size=40),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_processes_and_threads_agree_on_any_split_of_ids_into_files(
+    store: S3ObjectStore, files: list[list[tuple[int, str]]]
+) -> None:
+    # Ids drawn from a small range repeat within and across files; lines in the layout, in other JSON, or broken.
+    prefix = f"events-{uuid.uuid4().hex[:8]}"
+    for n, lines in enumerate(files):
+        body = b"".join(
+            (jsonl([event(i)]) if kind == "layout" else json.dumps(event(i)).encode() + b"\n")
+            if kind != "bad"
+            else b'{"event_id":"e%d",\n' % i
+            for i, kind in lines
+        )
+        put(store, H10, f"f{n}.jsonl.gz", gzip.compress(body), prefix)
+    threads, processes = read_all(store, False, prefix), read_all(store, True, prefix)
+    assert processes["counts"].equals(threads["counts"])
+    assert {k: v for k, v in processes.items() if k != "counts"} == {k: v for k, v in threads.items() if k != "counts"}
+    good = {i for lines in files for i, kind in lines if kind != "bad"}
+    copies = sum(1 for lines in files for _, kind in lines if kind != "bad")
+    assert processes["events"] == len(good) and processes["duplicates"] == {H10: copies - len(good)}
+
+
+def test_a_worker_that_ended_while_idle_is_replaced() -> None:
+    workers = LineWorkers(1)
+    workers.start()
+    first = workers._all[0]
+    first.proc.kill()
+    first.proc.wait()
+    body = gzip.compress(jsonl([event(i) for i in range(100)]))
+    with workers.worker() as w:
+        assert w is not first
+        kinds = [kind for kind, _ in w.read(lambda: io.BytesIO(body), None)]
+    assert kinds[-1] == "done" and len(kinds) > 1
+    workers.close()
+    assert w.proc.poll() is not None
 
 
 def test_a_worker_that_dies_fails_the_read_naming_the_file(store: S3ObjectStore) -> None:
