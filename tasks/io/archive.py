@@ -31,7 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from config.errors import ConfigError, KeyFailedError, RetryableError, first_line
-from tasks.io.line_workers import CHUNK_BYTES, LineWorkerError, LineWorkers, jsonl_chunks
+from tasks.io.line_workers import CHUNK_BYTES, LineWorkers, jsonl_chunks
 from tasks.io.line_workers import DAMAGE_ERRORS as GZIP_DAMAGE_ERRORS
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.event_layout import keyed_lines
@@ -646,8 +646,11 @@ class ArchiveScan:
     ) -> Iterator[tuple[pa.Table, np.ndarray]]:
         """:func:`read_keyed_jsonl` in a worker process: the same events, hashes, rejected lines and quarantine."""
         with workers.worker() as worker:
+            name = f"s3://{file.key}"
             try:
-                for kind, body in worker.read(lambda: self.source.stream(file.key), file.uploaded, self.chunk_bytes):
+                for kind, body in worker.read(
+                    lambda: self.source.stream(file.key), file.uploaded, self.chunk_bytes, name
+                ):
                     if kind == "events":
                         table, hashes, lines, rejected = body
                         report.lines += lines
@@ -660,10 +663,10 @@ class ArchiveScan:
                         self._names.add(keys, names)
                         if damage is not None:
                             _damaged(file, report, damage)
-            except (ConnectionError, TimeoutError) as exc:
-                raise RetryableError(f"read s3://{file.key}: {first_line(exc)}") from None
-            except LineWorkerError as exc:
-                raise LineWorkerError(f"read s3://{file.key}: {exc}") from None
+            except (ConnectionError, TimeoutError) as exc:  # fetching, as read_keyed_jsonl says it
+                raise RetryableError(f"read {name}: {first_line(exc)}") from None
+            except DAMAGE_ERRORS as exc:
+                _damaged(file, report, exc)
 
     def _keyed(self, table: pa.Table, held: np.ndarray | None) -> pa.Table:
         flags = pa.array(held) if held is not None else pa.nulls(table.num_rows, pa.bool_())

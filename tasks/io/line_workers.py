@@ -35,7 +35,7 @@ from typing import IO, Any
 import pyarrow as pa
 from isal import igzip, isal_zlib
 
-from config.errors import RetryableError, first_line
+from config.errors import KeyFailedError, RetryableError, first_line
 from tasks.transforms.event_layout import keyed_lines
 from tasks.transforms.trends import ArticleNames
 
@@ -148,15 +148,20 @@ def _read_file(stream: IO[bytes], out: IO[bytes], uploaded: datetime | None, chu
     names = ArticleNames()
     lines = 0
     damage = None
-    try:
-        layout = True
-        for chunk in jsonl_chunks(raw, chunk_bytes):
+    chunks = jsonl_chunks(raw, chunk_bytes)
+    layout = True
+    while True:
+        try:  # only inflating and reading tell a damaged file; a pipe that breaks ends the worker
+            chunk = next(chunks, None)
+            if chunk is None:
+                break
             read = keyed_lines(chunk, lines + 1, names, uploaded, layout)
-            layout = read.in_layout > 0
-            lines += read.lines
-            _send(out, ("events", read.events, read.hashes, read.lines, read.rejected))
-    except DAMAGE_ERRORS as exc:
-        damage = first_line(exc)
+        except DAMAGE_ERRORS as exc:
+            damage = first_line(exc)
+            break
+        layout = read.in_layout > 0
+        lines += read.lines
+        _send(out, ("events", read.events, read.hashes, read.lines, read.rejected))
     raw.drain()
     table = names.table()
     keys, ids = table["article_key"].to_numpy(), table["article_id"].combine_chunks()
@@ -177,8 +182,10 @@ def serve(stream: IO[bytes] | None = None, out: IO[bytes] | None = None) -> None
             _read_file(stream, out, uploaded, chunk_bytes)
         except SystemExit:
             return
-        except BaseException:  # a bug, not a damaged file: the parent raises it with the worker's traceback
-            _send(out, ("failed", traceback.format_exc()))
+        except BaseException:  # a bug, not a damaged file: the parent fails the read with its last line
+            text = traceback.format_exc()
+            sys.stderr.write(text)
+            _send(out, ("failed", text.strip().splitlines()[-1]))
             return
 
 
@@ -186,7 +193,7 @@ def serve(stream: IO[bytes] | None = None, out: IO[bytes] | None = None) -> None
 
 
 class LineWorkerError(RetryableError):
-    """A worker process died or failed while reading a file (retried: a killed process is usually transient)."""
+    """A worker process ended while reading a file (retried: a killed process is usually transient)."""
 
 
 class LineWorker:
@@ -205,15 +212,19 @@ class LineWorker:
         self.broken = False
 
     def read(
-        self, opener: Callable[[], IO[bytes] | pa.NativeFile], uploaded: datetime | None, chunk_bytes: int = CHUNK_BYTES
+        self,
+        opener: Callable[[], IO[bytes] | pa.NativeFile],
+        uploaded: datetime | None,
+        chunk_bytes: int = CHUNK_BYTES,
+        name: str = "",
     ) -> Iterator[tuple[str, Any]]:
-        """Read one file in the worker.
+        """Read one file (``name`` in messages) in the worker.
 
         Yields ``("events", (table, hashes, lines, rejected))`` per chunk, then one ``("done", (article keys,
-        article names, damage))``.
-        ``opener`` opens the file's compressed stream (in a thread of this process that feeds the worker). Connection
-        trouble while fetching is raised as ``RetryableError``; a worker that dies or fails raises
-        :class:`LineWorkerError`. A read left unfinished (the consumer stopped) ends the worker.
+        article names, damage))``. ``opener`` opens the file's compressed stream, read by a thread of this process
+        that feeds the worker; what fetching raises is raised here, once the worker has read what came before. A
+        worker that ends raises :class:`LineWorkerError`, one that fails ``KeyFailedError`` (its traceback goes to
+        stderr). A read left unfinished (the consumer stopped) ends the worker.
         """
         assert self.proc.stdin is not None and self.proc.stdout is not None
         fetch_error: list[BaseException] = []
@@ -222,15 +233,13 @@ class LineWorker:
         def feed() -> None:
             try:
                 _send(stdin, ("file", uploaded, chunk_bytes))
-                try:
-                    with contextlib.closing(opener()) as raw:
-                        while block := raw.read(SEND_BYTES):
-                            _send(stdin, ("data", block))
-                except (ConnectionError, TimeoutError) as exc:
-                    fetch_error.append(exc)
+                with contextlib.closing(opener()) as raw:
+                    while block := raw.read(SEND_BYTES):
+                        _send(stdin, ("data", block))
+            except BaseException as exc:  # raised by the reader (a broken pipe: the worker ended, it says so)
+                fetch_error.append(exc)
+            with contextlib.suppress(OSError, ValueError):  # the file ends here, whatever was sent of it
                 _send(stdin, ("end",))
-            except (BrokenPipeError, OSError, ValueError):  # the worker ended; the reader says why
-                pass
 
         feeder = threading.Thread(target=feed, name="keyflow-line-feeder", daemon=True)
         feeder.start()
@@ -240,9 +249,9 @@ class LineWorker:
                 message = _receive(self.proc.stdout)
                 if message is None:
                     code = self.proc.wait()
-                    raise LineWorkerError(f"the line reader process ended (exit code {code})")
+                    raise LineWorkerError(f"read {name}: the line reader process ended (exit code {code})")
                 if message[0] == "failed":
-                    raise LineWorkerError(f"the line reader process failed: {message[1].strip()}")
+                    raise KeyFailedError(f"read {name}: the line reader process failed: {message[1]}")
                 if message[0] == "done":
                     feeder.join()
                     if fetch_error:

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from config.errors import KeyFailedError, RetryableError
 from tasks.io.archive import ArchiveScan, StoreSource, archive_files_of, hour_prefix
 from tasks.io.line_workers import LineWorkerError, LineWorkers
 from tasks.io.objectstore import S3ObjectStore
@@ -156,6 +157,55 @@ def test_a_worker_that_ended_while_idle_is_replaced() -> None:
     assert kinds[-1] == "done" and len(kinds) > 1
     workers.close()
     assert w.proc.poll() is not None
+
+
+class CutSource(StoreSource):
+    """The store's files, whose streams break after their first megabyte with ``error``."""
+
+    def __init__(self, store: S3ObjectStore, error: BaseException) -> None:
+        super().__init__(store)
+        self.error = error
+
+    def stream(self, key: str) -> Any:
+        body, error = super().stream(key), self.error
+
+        class Cut(io.RawIOBase):
+            sent = 0
+
+            def readable(self) -> bool:
+                return True
+
+            def read(self, n: int = -1) -> bytes:
+                if self.sent >= 1 << 20:
+                    raise error
+                data = body.read(n)
+                self.sent += len(data)
+                return data
+
+        return Cut()
+
+
+@pytest.mark.parametrize(
+    ("error", "raised", "message"),
+    [
+        (
+            ConnectionResetError("peer reset"),
+            RetryableError,
+            "read s3://events/dt=2026-11-27/hour=10/big.jsonl.gz: peer reset",
+        ),
+        (KeyFailedError("s3://b/k: access denied"), KeyFailedError, "s3://b/k: access denied"),
+    ],
+)
+def test_a_fetch_that_breaks_fails_the_read_with_its_error(
+    store: S3ObjectStore, error: BaseException, raised: type[BaseException], message: str
+) -> None:
+    put(store, H10, "big.jsonl.gz", gzip.compress(jsonl([event(i) for i in range(30_000)]), compresslevel=0))
+    files = archive_files_of(store, "events", H10, H10 + dt.timedelta(hours=1))
+    scan = ArchiveScan(CutSource(store, error), files, parallel=2, processes=True)
+    with pytest.raises(raised) as caught:
+        count_stream(scan.reader(), USERS, names=scan.names)
+    assert str(caught.value) == message
+    assert not [t for t in threading.enumerate() if t.name.startswith(("keyflow-events", "keyflow-line"))]
 
 
 def test_a_worker_that_dies_fails_the_read_naming_the_file(store: S3ObjectStore) -> None:
