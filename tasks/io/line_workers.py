@@ -21,6 +21,7 @@ pipe and never by pickling; lengths go first, as 8 bytes little-endian.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pickle
 import struct
@@ -41,6 +42,7 @@ from tasks.transforms.trends import ArticleNames
 
 CHUNK_BYTES = 2 << 20  # of inflated JSON lines parsed at once
 SEND_BYTES = 1 << 20  # of compressed bytes sent to a worker at once
+PIPE_BYTES = 1 << 20  # each pipe's capacity
 _ISAL_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]  # its stubs call the class an instance
 DAMAGE_ERRORS: tuple[type[Exception], ...] = (pa.ArrowInvalid, OSError, EOFError, _ISAL_ERROR)
 """What reading a damaged gzip file raises (``OSError`` covers ``gzip.BadGzipFile``)."""
@@ -210,6 +212,12 @@ class LineWorker:
             bufsize=1 << 20,
         )
         self.broken = False
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            # A pipe holds 64 KiB, a chunk's events ~300 KB: with 1 MiB (Linux's limit without privileges) a worker
+            # runs a few chunks ahead of the flow's process instead of waiting for it to read each one (measured:
+            # 2.0-2.2 s of 9-11 s blocked on its pipes, 0.7-1.2 s with 1 MiB).
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
 
     def read(
         self,
