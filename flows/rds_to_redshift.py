@@ -116,10 +116,11 @@ def _load_keys(
     # key for each task that receives them).
     units = plan_work_units.with_options(**retries)(quote(keys), ds, resources, quote(dates))  # type: ignore[call-overload]  # quote() is unwrapped by Prefect
     alone = [u.keys[0] for u in units if not u.counted]
+    alone_rows = [u.expected_rows for u in units if not u.counted]  # the planner's counts (None: not counted)
     shared = [u for u in units if u.counted]
     # Everything is submitted before anything is awaited: single keys and shared units run side by side.
     staged = stage_key.with_options(**retries).map(
-        alone, unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day)
+        alone, unmapped(ds), unmapped(resources), unmapped(spec), unmapped(run_id), unmapped(day), alone_rows
     )
     # A load's retry loads the files its key staged: a fault on the warehouse side never extracts the key again.
     loaded = load_key.with_options(**retries).map(staged, unmapped(ds), unmapped(resources), unmapped(spec))
