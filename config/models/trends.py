@@ -42,6 +42,11 @@ class TrendConfig(_FileModel):
     counts_table: Ident = Field("trend_counts", description="warehouse table of the window counts")
     serving_table: str = Field("keyflow_trending", min_length=3, max_length=255, description="DynamoDB top-N table")
     parallel_files: int = Field(2, ge=1, le=32, description="event files read at once")
+    file_processes: bool = Field(
+        True,
+        description="inflate and read gzip JSON lines files in worker processes, one per file read at once, so that "
+        "reading uses every core (false: in threads of the flow's process)",
+    )
     rejected_prefix: str = Field(
         "events/trends-rejected",
         min_length=1,
