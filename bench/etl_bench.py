@@ -211,7 +211,8 @@ def write_config(folder: Path, endpoint: str, parallel_keys: int = 2) -> dict[st
             )
         )
     datasets = [(name, "bench_src", target, rules, extra) for name, (target, rules, extra) in VARIANTS.items()]
-    datasets += [("bench_big", "bench_big", "big_facts", BENCH_RULES, {})]
+    # The big key whole: split_rows 0, or the default (over split_bytes, 512 MiB) would split it.
+    datasets += [("bench_big", "bench_big", "big_facts", BENCH_RULES, {"split_rows": 0})]
     # The same big key cut into as many primary-key ranges as the profile's source_max_connections (3).
     datasets += [("bench_big_split", "bench_big", "big_facts", BENCH_RULES, {"split_rows": -(-BIG_ROWS // 3)})]
     datasets += [("bench_my", "bench_src", "my_facts", BENCH_RULES, {})]

@@ -4,10 +4,12 @@ Generates (once, cached under .keyflow/bench/trends/) gzip JSON lines files with
 malformed lines beside the unique events, and a user CSV; compacts that hour once with keyflow's own compaction
 (Parquet, each event once) into a second folder. Then runs, in one sitting and each in its own process (peak RSS
 sampled over the process tree):
-  1. keyflow on gzip JSON lines: the trend flow's scan (2 files at once, every line checked, each event id once per
-     hour) → one streaming Arrow plan → scoring;
+  1. keyflow on gzip JSON lines: the trend flow's scan (2 files at once, each inflated and parsed in a worker
+     process, every line checked, each event id once per hour) → one streaming Arrow plan → scoring;
   2. keyflow on the compacted Parquet files of the same hour, the same way;
-  3. the naive baseline: pandas ``read_json(lines=True)`` per file, merge with the users, groupby (it stops at the
+  3. keyflow on the gzip files read in threads of one process instead (``file_processes: false``, as before
+     2026-11-29; ``--skip jsonl-threads`` leaves it out);
+  4. the naive baseline: pandas ``read_json(lines=True)`` per file, merge with the users, groupby (it stops at the
      first malformed line, so it reads the clean files of the same shape; no dedup).
 The baseline reads the first ``--baseline-files`` files only (it is slow and memory-hungry); its rate is per event.
 Prints a table and ends with one JSON line. Figures, never assertions.
@@ -25,10 +27,16 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from statistics import median
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+
+KEYFLOW_VARIANTS = {"jsonl": "keyflow gzip", "parquet": "keyflow parquet", "jsonl-threads": "gzip, threads"}
+"""The keyflow contenders: gzip JSON lines read in worker processes (the flow's default), the compacted Parquet
+copy, and gzip JSON lines read in threads of one process (``file_processes: false``, as before 2026-11-29)."""
 
 
 class LocalSource:
@@ -140,19 +148,29 @@ def ensure_compacted(folder: Path) -> dict[str, Any]:
     return row
 
 
-def keyflow_worker(folder: Path, compacted: bool) -> dict[str, Any]:
+def _cpu_now() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process, and of its ended children (the line reader processes)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time(), children.ru_utime + children.ru_stime
+
+
+def keyflow_worker(folder: Path, compacted: bool, processes: bool) -> dict[str, Any]:
+    import pyarrow.acero  # noqa: F401  # imported by counting on first use; outside the clock, as in earlier sittings
     import pyarrow.csv as pacsv
     from trends_data import START
 
     from tasks.io.archive import ArchiveScan
     from tasks.transforms.trends import USER_SCHEMA, ScoreParams, WindowSpec, count_stream, score_articles, top_n
 
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu = time.perf_counter(), _cpu_now()
+    scan = ArchiveScan(LocalSource(), hour_files(folder, compacted), parallel=2, processes=processes)
+    stream = scan.reader()  # as the flow does: its worker processes start while the user file is read
     users = pacsv.read_csv(
         folder / "users.csv", convert_options=pacsv.ConvertOptions(column_types=USER_SCHEMA, strings_can_be_null=True)
     )
-    scan = ArchiveScan(LocalSource(), hour_files(folder, compacted), parallel=2)
-    counts, events = count_stream(scan.reader(), users, WindowSpec(), names=scan.names)
+    counts, events = count_stream(stream, users, WindowSpec(), names=scan.names)
     counted_at = time.perf_counter()
     minutes = int(os.environ.get("BENCH_MINUTES", "20"))
     scored = score_articles(counts.counts, START + timedelta(minutes=minutes), ScoreParams(), per_audience=20)
@@ -170,7 +188,9 @@ def keyflow_worker(folder: Path, compacted: bool) -> dict[str, Any]:
         "count_s": round(counted_at - started, 3),
         "score_s": round(done - counted_at, 3),
         "seconds": round(done - started, 3),
-        "cpu_s": round(time.process_time() - cpu, 3),
+        "cpu_s": round(sum(_cpu_now()) - sum(cpu), 3),
+        "cpu_main_s": round(_cpu_now()[0] - cpu[0], 3),
+        "cpu_workers_s": round(_cpu_now()[1] - cpu[1], 3),
     }
 
 
@@ -196,13 +216,18 @@ def pandas_worker(folder: Path, limit: int) -> dict[str, Any]:
 
 
 def run_measured(args: list[str]) -> tuple[dict[str, Any], float]:
-    from harness import run_side_by_side
+    """One contender in its own process: its result, and its process tree's peak RSS in MB.
 
-    _, rss, outputs = run_side_by_side([[sys.executable, __file__, *args]])
+    The result gains ``tree_cpu_s`` (the whole process tree, start-up and imports included) and ``load`` (the
+    1-minute load average when it ended).
+    """
+    from harness import run_measured as run_tree
+
+    _, rss, outputs, tree_cpu = run_tree([[sys.executable, __file__, *args]])
     lines = [ln for ln in outputs[0].splitlines() if ln.startswith("{")]
     if not lines:
         raise SystemExit(f"worker {args} failed:\n{outputs[0]}")
-    return json.loads(lines[-1]), rss
+    return json.loads(lines[-1]) | {"tree_cpu_s": round(tree_cpu, 3), "load": round(os.getloadavg()[0], 2)}, rss
 
 
 def main() -> None:
@@ -216,13 +241,14 @@ def main() -> None:
     parser.add_argument("--malformed", type=float, default=0.005, help="malformed lines, a share of the events")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--baseline-files", type=int, default=2)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["jsonl", "parquet", "pandas"])
-    parser.add_argument("--worker", choices=["jsonl", "parquet", "pandas"], help=argparse.SUPPRESS)
+    parser.add_argument("--skip", nargs="*", default=[], choices=[*KEYFLOW_VARIANTS, "pandas"])
+    parser.add_argument("--worker", choices=[*KEYFLOW_VARIANTS, "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.worker in ("jsonl", "parquet"):
-        print(json.dumps(keyflow_worker(args.folder, compacted=args.worker == "parquet")))
+    if args.worker in KEYFLOW_VARIANTS:
+        result = keyflow_worker(args.folder, compacted=args.worker == "parquet", processes=args.worker == "jsonl")
+        print(json.dumps(result))
         return
     if args.worker == "pandas":
         print(json.dumps(pandas_worker(args.folder, args.baseline_files)))
@@ -246,7 +272,7 @@ def main() -> None:
     os.environ["BENCH_MINUTES"] = str(args.minutes)
 
     results: dict[str, tuple[float, float, dict[str, Any]]] = {}
-    variants = [v for v in ("jsonl", "parquet") if v not in args.skip]
+    variants = [v for v in KEYFLOW_VARIANTS if v not in args.skip]
     runs: dict[str, list[tuple[float, float, dict[str, Any]]]] = {v: [] for v in variants}
     for i in range(args.runs):  # interleaved, so a drifting machine weighs on both alike
         for variant in variants:
@@ -270,20 +296,31 @@ def main() -> None:
     summary: dict[str, Any] = {}
     for variant, (seconds, rss, r) in results.items():
         per_min, lines_per_min = r["events"] / seconds * 60, r["lines"] / seconds * 60
-        name = {"jsonl": "keyflow gzip", "parquet": "keyflow parquet"}[variant]
+        name = KEYFLOW_VARIANTS[variant]
         print(
             f"{name:16} {r['lines']:>12,} {r['events']:>12,} {seconds:>9.2f} {per_min:>14,.0f} {lines_per_min:>14,.0f} "
             f"{rss:>8.0f}"
         )
+        all_runs = runs[variant]
+        cpu_runs = [m[2]["cpu_s"] for m in all_runs]
         print(
-            f"{'':16} count {r['count_s']} s, score {r['score_s']} s, {r['cpu_s']} CPU-s; {r['duplicates']:,} "
-            f"duplicates, {r['invalid']:,} invalid; {r['groups']:,} window groups"
+            f"{'':16} count {r['count_s']} s, score {r['score_s']} s, {r['cpu_s']} CPU-s ({r['tree_cpu_s']} for the "
+            f"process tree with start-up); {r['counted']:,} counted, {r['duplicates']:,} duplicates, "
+            f"{r['invalid']:,} invalid; {r['groups']:,} window groups"
+        )
+        print(
+            f"{'':16} runs: seconds {[m[0] for m in all_runs]}, CPU-s {cpu_runs} (median {median(cpu_runs)}), "
+            f"peak MB {[round(m[1]) for m in all_runs]}, load {[m[2]['load'] for m in all_runs]}"
         )
         summary[variant] = {
             "events_per_min": round(per_min),
             "lines_per_min": round(lines_per_min),
             "peak_rss_mb": round(rss),
             "cpu_s": r["cpu_s"],
+            "cpu_s_median": median(cpu_runs),
+            "counted": r["counted"],
+            "duplicates": r["duplicates"],
+            "load": r["load"],
         }
     if base_result is not None:
         per_min = base_result["events"] / base_result["seconds"] * 60

@@ -21,7 +21,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from config.errors import ConfigError, RunFailedError
 from config.loader import load_dataset, load_profile
 from config.models import DatasetConfig
-from flows.common import ends_failed_on_errors, final_state, refuse_if_misconfigured, refuse_if_paused, ride_out
+from flows.common import (
+    ends_failed_on_errors,
+    final_state,
+    plain_parameters,
+    refuse_if_misconfigured,
+    refuse_if_paused,
+    ride_out,
+)
 from flows.local_server import watch
 from flows.rds_to_redshift import PAUSED, _load_keys, _publish_summary, _run_id, for_profile
 from tasks.cleanup import staged_run, sweep_dead_runs
@@ -114,7 +121,7 @@ def _backfill_in_one_run(
     run = rds_to_redshift_backfill
     prof = load_profile(profile)
     if prof.task_runner == "dask":
-        run = run.with_options(task_runner=for_profile(profile).task_runner)
+        run = plain_parameters(run.with_options(task_runner=for_profile(profile).task_runner))
     state = run(dataset=dataset, start=days[0], end=days[-1], profile=profile, force=force, return_state=True)
     watch(state.state_details.flow_run_id)
     data = state.result(raise_on_failure=False)
@@ -129,6 +136,7 @@ def _backfill_in_one_run(
     return results
 
 
+@plain_parameters
 @flow(
     name="rds-to-redshift-backfill",
     task_runner=ThreadPoolTaskRunner(max_workers=16),  # type: ignore[arg-type]

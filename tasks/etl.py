@@ -19,7 +19,7 @@ from config.errors import ConfigError, KeyFailedError, KeyflowError, PausedError
 from config.models import DatasetConfig
 from tasks.control import ensure_limit, is_paused, source_slot
 from tasks.io.passthrough import CsvPassthroughWriter
-from tasks.io.source import CopySession, SourceDatabase
+from tasks.io.source import CopySession, SourceDatabase, SplitPlan
 from tasks.io.stager import GATE, PartWriter, stop_if_interrupted
 from tasks.resources import Resources
 from tasks.retries import KEY_IO, LISTING_IO, SETUP_IO, backoff_delays
@@ -28,7 +28,7 @@ from tasks.transforms.keys import CampaignKey
 from tasks.transforms.plan import arrow_schema, plan_table
 from tasks.transforms.pushdown import Pushdown, plan_pushdown, render_count_query, render_pushed_query
 from tasks.transforms.rules import RuleEngine, RuleError, as_text, conform, passthrough_columns
-from tasks.transforms.split import SplitRange, plan_ranges, range_query
+from tasks.transforms.split import SplitRange, default_split_rows, plan_ranges, range_query
 from tasks.transforms.sql import TableSpec, render_key_query, render_unit_query
 from tasks.transforms.staging import (
     KeyCounts,
@@ -206,6 +206,36 @@ def _with_push(base_sql: str, route: Route, dialect: str) -> tuple[str, str | No
     )
 
 
+def _split_setting(dataset: DatasetConfig, source: SourceDatabase, expected_rows: int | None) -> tuple[int, str] | None:
+    """Rows of one range and the column a key is cut on, or None when the key is not split.
+
+    ``source.split_rows`` when set (0: never; a table without a single-column primary key and no ``split_column``
+    is a config error); else ``split_bytes`` over the table's average row, for a table with a single-column primary
+    key (or a ``split_column``), and only when the table is larger than ``split_bytes``. A key the work-unit
+    planner counted at no more than a range's rows is not split, and not counted again.
+    """
+    config = dataset.source
+    if config.table is None or config.split_rows == 0:
+        return None
+    column: str | None
+    if config.split_rows is not None:
+        split_rows = config.split_rows
+        column = source.split_column(config)
+    else:
+        try:
+            derived = default_split_rows(config.split_bytes, source.table_size(config))
+            column = config.split_column or source.primary_key(config) if derived is not None else None
+        except (ConfigError, KeyFailedError) as exc:  # the default must not fail a key the source can extract
+            _logger().warning("Not splitting big keys by default: %s", first_line(exc))
+            return None
+        if derived is None or column is None:
+            return None
+        split_rows = derived
+    if expected_rows is not None and expected_rows <= split_rows:
+        return None
+    return split_rows, column
+
+
 def _split_ranges(
     dataset: DatasetConfig,
     source: SourceDatabase,
@@ -213,30 +243,39 @@ def _split_ranges(
     key_sql: str,
     params: dict[str, Any],
     what: str,
-) -> tuple[str, list[SplitRange]]:
-    """The ranges a big key is extracted as, or none when it is not split (not big, or not splittable)."""
-    split_rows = dataset.source.split_rows
-    if not split_rows or dataset.source.table is None:
-        return "", []
-    column, rows, boundaries = source.split_boundaries(dataset.source, key_sql, params, split_rows)
+    expected_rows: int | None = None,
+) -> tuple[str, list[SplitRange], SplitPlan | None]:
+    """The ranges a big key is extracted as, or none when it is not split (not big, or not splittable).
+
+    A split key's plan is returned open (on PostgreSQL its snapshot stays exported): the caller closes it once the
+    ranges ran.
+    """
+    setting = _split_setting(dataset, source, expected_rows)
+    if setting is None:
+        return "", [], None
+    split_rows, column = setting
     for rule in client_rules:
         if rule.dedupe is not None and column not in rule.dedupe.on:
             # Duplicates could fall in two ranges: a dedupe on the client sees the key whole.
             why = f"a dedupe on {rule.dedupe.on} is not on the split column {column!r}"
             _logger().info("Not splitting %s: %s", what, why)
-            return "", []
-    ranges = plan_ranges(boundaries)
+            return "", [], None
+    plan = source.plan_split(key_sql, params, split_rows, column)
+    ranges = plan_ranges(plan.boundaries)
     if len(ranges) < 2:
-        return "", []
+        plan.close()
+        return "", [], None
     _logger().info(
-        "Splitting %s (%d rows on the source, over split_rows %d) into %d ranges of %r",
+        "Splitting %s (%d rows on the source, over split_rows %d%s) into %d ranges of %r, %s",
         what,
-        rows,
+        plan.rows,
         split_rows,
+        "" if dataset.source.split_rows else f" from split_bytes {dataset.source.split_bytes}",
         len(ranges),
         column,
+        "all in one snapshot" if plan.snapshot else f"each in its own snapshot ({plan.why_no_snapshot})",
     )
-    return column, ranges
+    return column, ranges, plan
 
 
 def _run_one(
@@ -272,11 +311,13 @@ def stage_rows(
     spec: TableSpec,
     run_id: str,
     run_date: date,
+    expected_rows: int | None = None,
 ) -> StagedKey:
     """Stream one key's rows (or a shared unit's) from the source through the rules into compressed, encrypted S3 parts.
 
     A shared unit is one extraction of all its keys, each within its own dates, staged as one object set; its rows
-    are counted per key on the way (read, and staged after the rules), so each key is reconciled on its own.
+    are counted per key on the way (read, and staged after the rules), so each key is reconciled on its own. A key's
+    ``expected_rows`` (the work-unit planner's count, if it counted) spare a small key the split's count.
     """
     unit = key if isinstance(key, WorkUnit) else WorkUnit((key,))
     key = unit.keys[0]
@@ -331,8 +372,10 @@ def stage_rows(
             "CSV bytes passed through unparsed" if route.passthrough else "rows parsed for the client",
         )
     # A big key (issue 15): ranges of its split column, each extracted as the whole key would be.
-    split_column, ranges = (
-        ("", []) if unit.counted else _split_ranges(dataset, source, client_rules, key_sql, params, what)
+    split_column, ranges, split = (
+        ("", [], None)
+        if unit.counted
+        else _split_ranges(dataset, source, client_rules, key_sql, params, what, expected_rows)
     )
     if ranges:
         jobs = []
@@ -382,6 +425,7 @@ def stage_rows(
         session = CopySession(
             salts={n: salts[n] for n in route.push.salts} if route.push is not None else {},
             count_sql=job.count_sql,
+            snapshot=split.snapshot if split is not None else None,
         )
         job.session = session
         streamed = filtered = 0
@@ -452,6 +496,9 @@ def stage_rows(
     except BaseException:
         _abort(writers, store, prefix if ranges else None)
         raise
+    finally:
+        if split is not None:  # every range read the snapshot: the planning transaction ends
+            split.close()
     members = tuple(
         KeyCounts(
             k,
@@ -505,13 +552,19 @@ def _log_staged(what: str, dataset: str, run_id: str, staged: StagedKey) -> None
 
 @task(name="stage_key", task_run_name="stage-{key.key}", **KEY_IO)
 def stage_key(
-    key: CampaignKey, dataset: DatasetConfig, resources: Resources, spec: TableSpec, run_id: str, run_date: date
+    key: CampaignKey,
+    dataset: DatasetConfig,
+    resources: Resources,
+    spec: TableSpec,
+    run_id: str,
+    run_date: date,
+    rows: int | None = None,
 ) -> StagedKey:
-    """Extract, transform and stage one key; at most ``max_parallel_keys`` keys at once."""
+    """Extract, transform and stage one key (``rows``: the planner's count); at most ``max_parallel_keys`` at once."""
     with _limit(f"keys:{dataset.name}", resources.profile.max_parallel_keys):
         if is_paused("etl"):  # checked once the key has a slot: a paused family starts no new key
             raise PausedError(f"key {key.key!r} not started: the etl flows are paused (`keyflow resume etl`)")
-        staged = stage_rows(key, dataset, resources, spec, run_id, run_date)
+        staged = stage_rows(key, dataset, resources, spec, run_id, run_date, rows)
     _log_staged(f"key {key.key!r}", dataset.name, run_id, staged)
     return staged
 

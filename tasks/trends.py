@@ -115,10 +115,14 @@ def count_range(
     """
     started = time.perf_counter()
     store = resources.object_store()
-    users = resources.users(job).table()
     files = archive_files_of(store, job.archive_prefix, start, end)
-    scan = ArchiveScan(StoreSource(store), files, job.parallel_files)
-    counts, events = count_stream(scan.reader(), users, window_spec(job, ignore_lateness), start, end, names=scan.names)
+    scan = ArchiveScan(StoreSource(store), files, job.parallel_files, processes=job.file_processes)
+    stream = scan.reader()  # its worker processes start while the user file is read
+    try:
+        users = resources.users(job).table()
+        counts, events = count_stream(stream, users, window_spec(job, ignore_lateness), start, end, names=scan.names)
+    finally:
+        scan.close()  # a stream read to its end has ended them already
     reports = list(scan.reports.values())
     write_rejected(store, job.rejected_prefix, reports)
     for r in reports:

@@ -148,37 +148,80 @@ def test_the_command_line_loads_no_engine_before_a_command_needs_it() -> None:
     assert not heavy
 
 
-def test_a_command_process_runs_arrow_without_pandas() -> None:
-    """PyArrow would import pandas (33 MB) on its first pa.array(list); the command's process tells it there is none.
+def test_a_command_process_runs_arrow_without_pandas_and_the_etls_without_numpy() -> None:
+    """PyArrow would import pandas (33 MB) on its first pa.array(list), and numpy (20 MB) with itself; they are refused.
 
-    Arrow, DuckDB and Prefect's run machinery go on without it; an explicit `import pandas` fails with one line.
+    Everything an ETL run does with Arrow (compute, CSV, Parquet), DuckDB and Prefect's cache policies goes on
+    without either; an explicit import fails with one line saying why.
     """
     code = """
-import sys
+import io, sys
 from flows.cli import keep_pandas_out
+from flows.cli.keep_out import keep_out_what_the_command_does_not_use
 keep_pandas_out()
-keep_pandas_out()  # twice: one finder
-import duckdb, pyarrow as pa, pyarrow.compute as pc
+print("refused:", keep_out_what_the_command_does_not_use(["--quiet", "etl", "run", "-d", "x"]))  # twice: one each
+import duckdb, pyarrow as pa, pyarrow.compute as pc, pyarrow.csv as csv, pyarrow.parquet as pq
 assert pa.array(["a", None]).null_count == 1
-table = pa.table({"k": ["x", "x", "y"], "n": [1, 2, 3]})
+table = pa.table({"k": ["x", "x", "y"], "n": [1, 2, 3], "f": [0.5, None, 2.0]})
 assert pc.value_counts(table["k"]).to_pylist()[0] == {"values": "x", "counts": 2}
+assert pc.sum(pc.divide(table["n"], pc.cast(table["n"], pa.float64()))).as_py() == 3.0
 assert pa.schema([("a", pa.int64())]).empty_table().num_rows == 0
+text = io.BytesIO()
+csv.write_csv(table, text)
+assert csv.read_csv(io.BytesIO(text.getvalue())).equals(table)
+parquet = io.BytesIO()
+pq.write_table(table, parquet, compression="zstd")
+assert pq.read_table(io.BytesIO(parquet.getvalue())).equals(table)
 con = duckdb.connect()
 con.register("t", table)
 assert con.execute("SELECT sum(n) FROM t WHERE k = 'x'").fetchall() == [(3,)]
+assert con.execute("SELECT k, f FROM t ORDER BY n").fetchall()[1] == ("x", None)
 import prefect.cache_policies  # checks for pandas itself
-try:
-    import pandas
-except ModuleNotFoundError as exc:
-    print("refused:", exc)
-print("finders:", sum(type(f).__name__ == "_WithoutPandas" for f in sys.meta_path))
-print("loaded:", "pandas" in sys.modules)
+for name in ("pandas", "numpy"):
+    try:
+        __import__(name)
+    except ModuleNotFoundError as exc:
+        print("refused:", exc)
+print("finders:", sum(type(f).__name__ == "_Without" for f in sys.meta_path))
+print("loaded:", "pandas" in sys.modules, "numpy" in sys.modules)
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | {"PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
+        "refused: ['pandas', 'numpy']",
         "refused: keyflow's commands run without pandas",
-        "finders: 1",
-        "loaded: False",
+        "refused: keyflow's ETL runs without numpy",
+        "finders: 2",
+        "loaded: False False",
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "refused"),
+    [
+        (["etl", "run", "-d", "no-such-dataset"], ["numpy", "pandas"]),
+        (
+            ["--quiet", "etl", "backfill", "-d", "no-such-dataset", "--from", "2017-03-01", "--to", "2017-03-02"],
+            ["numpy", "pandas"],
+        ),
+        (["trends", "run", "-j", "no-such-job"], ["pandas"]),  # the events and trends commands compute with numpy
+        (["events", "drain", "-j", "no-such-job"], ["pandas"]),
+    ],
+)
+def test_the_keyflow_command_refuses_what_its_command_never_uses(argv: list[str], refused: list[str]) -> None:
+    """`keyflow`'s entry point refuses pandas for every command and numpy for the ETL's only (checked as it exits)."""
+    code = f"""
+import atexit, sys
+sys.argv = ["keyflow", *{argv!r}]
+atexit.register(lambda: print("refused:", sorted(f.name for f in sys.meta_path if type(f).__name__ == "_Without")))
+from flows.cli import main
+main()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "KEYFLOW_"))} | {
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",  # never reached: the config check fails first
+    }
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 2, done.stderr  # a config error: no such dataset or job
+    assert done.stdout.splitlines()[-1] == f"refused: {refused}"

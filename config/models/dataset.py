@@ -9,6 +9,8 @@ from pydantic import ConfigDict, Field, model_validator
 from config.models.common import Ident, TypeName, _FileModel, _Model
 from config.models.rules import Rule, secret_names
 
+DEFAULT_SPLIT_BYTES = 512 * 1024 * 1024  # a key of more than 512 MiB on the source is cut into ranges of about that
+
 
 class SourceConfig(_Model):
     """Where a key's rows come from: a table filtered on the key column, or a query with bound parameters."""
@@ -33,10 +35,19 @@ class SourceConfig(_Model):
     )
     split_rows: int | None = Field(
         None,
-        ge=1,
-        description="a key with more rows than this is extracted as ranges of split_column in parallel (within the "
-        "profile's source_max_connections), staged as parts of the key and loaded in its one transaction; "
-        "unset: keys are never split (table sources)",
+        ge=0,
+        le=1_000_000_000,
+        description="rows of one range: a key with more rows than this is extracted as ranges of split_column in "
+        "parallel (within the profile's source_max_connections), staged as parts of the key and loaded in its one "
+        "transaction (table sources); 0: keys are never split; unset: derived from split_bytes",
+    )
+    split_bytes: int = Field(
+        DEFAULT_SPLIT_BYTES,
+        ge=0,
+        le=1 << 40,
+        description="when split_rows is unset, a range's size on the source: split_rows is this divided by the "
+        "table's average row size from its statistics (PostgreSQL pg_class, MySQL/MariaDB information_schema), "
+        "and only a table with a single-column primary key (or a split_column) is split; 0: never split by default",
     )
     split_column: Ident | None = Field(
         None,
@@ -52,8 +63,10 @@ class SourceConfig(_Model):
             raise ValueError("give exactly one of 'table' or 'query'")
         if self.query is not None and ":key" not in self.query:
             raise ValueError("'query' must filter on the bound parameter :key")
-        if self.query is not None and (self.split_rows is not None or self.split_column is not None):
-            raise ValueError("split_rows and split_column apply to a 'table' source only")
+        if self.query is not None and (
+            self.split_rows is not None or self.split_column is not None or "split_bytes" in self.model_fields_set
+        ):
+            raise ValueError("split_rows, split_bytes and split_column apply to a 'table' source only")
         return self
 
 

@@ -42,6 +42,12 @@ class TrendConfig(_FileModel):
     counts_table: Ident = Field("trend_counts", description="warehouse table of the window counts")
     serving_table: str = Field("keyflow_trending", min_length=3, max_length=255, description="DynamoDB top-N table")
     parallel_files: int = Field(2, ge=1, le=32, description="event files read at once")
+    file_processes: bool = Field(
+        False,
+        description="inflate and read gzip JSON lines files in worker processes, one per file read at once, so that "
+        "reading can use more cores than one process's threads get (default: threads of the flow's process, which "
+        "on 2 cores are as fast and use less CPU; BENCHMARKS.md)",
+    )
     rejected_prefix: str = Field(
         "events/trends-rejected",
         min_length=1,

@@ -22,12 +22,13 @@ from flows.cli.common import Interrupted
 from flows.cli.etl import etl_app
 from flows.cli.events import events_app
 from flows.cli.files import files_app
+from flows.cli.keep_out import keep_out_what_the_command_does_not_use, keep_pandas_out
 from flows.cli.keys import keys_app
 from flows.cli.output import err, fail_with, interrupted, set_debug
 from flows.cli.trends import trends_app
 from flows.local_server import enable as enable_local_server
 
-__all__ = ["app", "main"]
+__all__ = ["app", "keep_pandas_out", "main"]
 
 app = typer.Typer(
     help="keyflow: key-driven ETL from RDS to Redshift through S3, as Prefect flows.", no_args_is_help=True
@@ -85,26 +86,6 @@ def _bound_malloc_arenas() -> None:
             ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX = 2
 
 
-class _WithoutPandas:
-    """An import finder that answers "not installed" for pandas, which no keyflow command uses.
-
-    PyArrow imports pandas, when it is installed, on its first ``pa.array(list)`` or ``pa.table(dict)``, only to ask
-    whether the value is a pandas object: 33 MB resident and 0.3 CPU-seconds in every ETL run (BENCHMARKS.md), for
-    a library keyflow never calls (it is only a development dependency). Arrow, DuckDB and Prefect take the answer
-    as "no pandas" and go on; ``to_pandas()`` would raise ModuleNotFoundError, and nothing in keyflow calls it.
-    """
-
-    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError("keyflow's commands run without pandas", name=name)
-
-
-def keep_pandas_out() -> None:
-    """Install :class:`_WithoutPandas` in this process (a command's), unless pandas is already imported."""
-    if "pandas" not in sys.modules and not any(isinstance(f, _WithoutPandas) for f in sys.meta_path):
-        sys.meta_path.insert(0, _WithoutPandas())
-
-
 def _leave(code: int | str | None, join_threads: bool = True) -> NoReturn:
     """Exit without tearing the interpreter down module by module (0.4 s of every command after a flow run).
 
@@ -128,7 +109,7 @@ def _leave(code: int | str | None, join_threads: bool = True) -> NoReturn:
 def main() -> None:
     """Console-script entry point."""
     _bound_malloc_arenas()
-    keep_pandas_out()
+    keep_out_what_the_command_does_not_use(sys.argv[1:])  # pandas for every command, numpy for the ETL's
     enable_local_server()  # flows run against one temporary Prefect server, stopped below, when no API is set
     code: int | str | None = 0
     stopped = False

@@ -29,9 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from isal import igzip, isal_zlib
 
 from config.errors import ConfigError, KeyFailedError, RetryableError, first_line
+from tasks.io.line_workers import CHUNK_BYTES, LineWorkers, jsonl_chunks
+from tasks.io.line_workers import DAMAGE_ERRORS as GZIP_DAMAGE_ERRORS
 from tasks.io.objectstore import ObjectStore
 from tasks.transforms.event_layout import keyed_lines
 from tasks.transforms.event_lines import FIELDS, TEXT_SCHEMA, HourIds, RejectedLine, check_lines, parse_jsonl
@@ -52,10 +53,8 @@ EVENT_FILE_SUFFIXES = (".jsonl.gz", ".parquet")
 COMPACTED = "compacted-"  # compacted files' names start with it; a small file's name never does
 MANIFEST = "_compaction.json"
 USER_KEY_META = "keyflow.user_key"  # a compacted file's metadata: the version of the hash its user_key column holds
-CHUNK_BYTES = 2 << 20  # of inflated JSON lines parsed at once
 PARQUET_BATCH_ROWS = 1 << 17
-_ISAL_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]  # its stubs call the class an instance
-DAMAGE_ERRORS: tuple[type[Exception], ...] = (pa.ArrowInvalid, OSError, EOFError, zlib.error, _ISAL_ERROR)
+DAMAGE_ERRORS: tuple[type[Exception], ...] = (*GZIP_DAMAGE_ERRORS, zlib.error)
 """What reading a damaged file raises: Parquet's errors and gzip's (``OSError`` covers ``gzip.BadGzipFile``)."""
 
 
@@ -321,32 +320,6 @@ class FileReport:
         return len(self.rejected)
 
 
-def jsonl_chunks(raw: IO[bytes] | pa.NativeFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """A gzip JSON lines stream inflated as chunks of whole lines.
-
-    Inflated by ISA-L (``isal``): a third of zlib's CPU time, which was a fifth of reading a file. A stream that is
-    not gzip raises ``OSError``, a cut one ``EOFError``, a damaged one one of :data:`DAMAGE_ERRORS`.
-    """
-    stream = igzip.IGzipFile(fileobj=raw, mode="rb")
-    tail = b""
-    while True:
-        data = stream.read(chunk_bytes)
-        if not data:
-            break
-        cut = data.rfind(b"\n") + 1  # found in the new bytes: the chunk is copied once, not twice
-        if cut == 0 and len(tail) + len(data) < 64 * chunk_bytes:
-            tail += data  # one long line: keep reading until it ends (a runaway line is cut and rejected as such)
-            continue
-        cut = cut or len(data)
-        if cut == len(data):
-            chunk, tail = (tail + data if tail else data), b""
-        else:
-            chunk, tail = tail + data[:cut], data[cut:]
-        yield chunk
-    if tail:
-        yield tail
-
-
 def read_archive_file(
     source: FileSource,
     file: ArchiveFile,
@@ -381,10 +354,10 @@ def read_archive_file(
         _damaged(file, report, exc)
 
 
-def _damaged(file: ArchiveFile, report: FileReport, exc: BaseException) -> None:
+def _damaged(file: ArchiveFile, report: FileReport, exc: BaseException | str) -> None:
     damage = "not a Parquet file" if file.key.endswith(".parquet") else "not gzip JSON lines"
     where = f" (after line {report.lines})" if report.lines else ""
-    report.quarantined = f"{damage}{where}: {first_line(exc)}"
+    report.quarantined = f"{damage}{where}: {exc if isinstance(exc, str) else first_line(exc)}"
 
 
 def read_keyed_jsonl(
@@ -494,10 +467,12 @@ def event_reader(
     parallel: int = 2,
     queue_batches: int = 8,
     schema: pa.Schema = COUNT_INPUT_SCHEMA,
+    finish: Callable[[], None] | None = None,
 ) -> pa.RecordBatchReader:
     """One stream of event batches from many files, ``parallel`` files read at once by background threads.
 
     At most ``queue_batches`` batches wait in memory; a failing file fails the stream with its own error.
+    ``finish`` runs once the stream is read (or stopped) and its threads have ended.
     """
     batches: queue.Queue[Any] = queue.Queue(maxsize=queue_batches)
     todo: queue.Queue[Callable[[], Iterator[pa.Table]]] = queue.Queue()
@@ -551,6 +526,8 @@ def event_reader(
             while any(w.is_alive() for w in workers):
                 with contextlib.suppress(queue.Empty):
                     batches.get(timeout=0.05)
+            if finish is not None:
+                finish()
 
     return pa.RecordBatchReader.from_batches(schema, gen())
 
@@ -578,7 +555,9 @@ class ArchiveScan:
     """The live files of some hours read as one stream, ``parallel`` files at once.
 
     It yields valid events, each event id once within its hour (the first copy read), and keeps per-file reports of
-    bad lines and quarantined files.
+    bad lines and quarantined files. With ``processes``, gzip JSON lines files are inflated and read in worker
+    processes, one per reading thread (:mod:`tasks.io.line_workers`), so reading uses every core; the events, the
+    duplicates and the reports are the same.
     """
 
     def __init__(
@@ -587,11 +566,14 @@ class ArchiveScan:
         files: Sequence[ArchiveFile],
         parallel: int = 2,
         chunk_bytes: int = CHUNK_BYTES,
+        processes: bool = False,
     ) -> None:
         self.source = source
         self.files = list(files)
         self.parallel = parallel
         self.chunk_bytes = chunk_bytes
+        gzipped = sum(1 for f in self.files if f.key.endswith(".jsonl.gz"))
+        self._workers = LineWorkers(max(1, min(parallel, gzipped))) if processes and gzipped else None
         self.reports = {f.key: FileReport(f) for f in self.files}
         by_hour: dict[datetime, list[ArchiveFile]] = {}
         for f in self.files:
@@ -618,7 +600,20 @@ class ArchiveScan:
 
         Count them with ``names=`` :attr:`names`.
         """
-        return event_reader([self._opener(f) for f in self.files], self.parallel, schema=KEYED_SCHEMA)
+        workers = self._workers
+        if workers is not None:
+            workers.start()
+        return event_reader(
+            [self._opener(f) for f in self.files],
+            self.parallel,
+            schema=KEYED_SCHEMA,
+            finish=workers.close if workers is not None else None,
+        )
+
+    def close(self) -> None:
+        """End the worker processes of a stream that will not be read (a read stream ends them itself)."""
+        if self._workers is not None:
+            self._workers.close()
 
     def _opener(self, file: ArchiveFile) -> Callable[[], Iterator[pa.Table]]:
         def read() -> Iterator[pa.Table]:
@@ -637,11 +632,41 @@ class ArchiveScan:
     def _read(self, file: ArchiveFile, report: FileReport, ids: bool) -> Iterator[tuple[pa.Table, np.ndarray | None]]:
         """The file's events keyed (the duplicate filter holds keyed rows back), with their ids' hashes if ``ids``."""
         if file.key.endswith(".jsonl.gz"):
-            yield from read_keyed_jsonl(self.source, file, report, self._names, self.chunk_bytes)
+            if self._workers is not None:
+                yield from self._read_in_worker(self._workers, file, report)
+            else:
+                yield from read_keyed_jsonl(self.source, file, report, self._names, self.chunk_bytes)
             return
         for table in read_archive_file(self.source, file, report, self.chunk_bytes, ids=ids):
             hashes = hash_ids(table["event_id"]) if ids else None
             yield keyed_events(table, self._names).drop_columns(["held"]), hashes
+
+    def _read_in_worker(
+        self, workers: LineWorkers, file: ArchiveFile, report: FileReport
+    ) -> Iterator[tuple[pa.Table, np.ndarray]]:
+        """:func:`read_keyed_jsonl` in a worker process: the same events, hashes, rejected lines and quarantine."""
+        with workers.worker() as worker:
+            name = f"s3://{file.key}"
+            try:
+                for kind, body in worker.read(
+                    lambda: self.source.stream(file.key), file.uploaded, self.chunk_bytes, name
+                ):
+                    if kind == "events":
+                        table, hashes, lines, rejected = body
+                        report.lines += lines
+                        report.events += table.num_rows
+                        report.rejected += rejected  # numbered by their lines in the file already
+                        if table.num_rows:
+                            yield table, hashes
+                    else:
+                        keys, names, damage = body
+                        self._names.add(keys, names)
+                        if damage is not None:
+                            _damaged(file, report, damage)
+            except (ConnectionError, TimeoutError) as exc:  # fetching, as read_keyed_jsonl says it
+                raise RetryableError(f"read {name}: {first_line(exc)}") from None
+            except DAMAGE_ERRORS as exc:
+                _damaged(file, report, exc)
 
     def _keyed(self, table: pa.Table, held: np.ndarray | None) -> pa.Table:
         flags = pa.array(held) if held is not None else pa.nulls(table.num_rows, pa.bool_())

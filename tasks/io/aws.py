@@ -25,6 +25,10 @@ from tasks.io.net import dns_is_down
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, str, str | None, bool], Any] = {}
+# One session for every client: its loader keeps each service's model and the endpoint rules once parsed, where a
+# session per client parsed them again for each (a run makes five or six clients; S3's model alone is ~14 MB).
+# Sessions are not thread-safe, so it is only used under ``_lock``; the clients it makes are.
+_session: boto3.session.Session | None = None
 
 TRANSIENT_CODES = {
     "ProvisionedThroughputExceededException",
@@ -62,20 +66,22 @@ PERMANENT_CODES = {
 
 
 def client(service: str, region: str, endpoint_url: str | None = None, quick: bool = False) -> Any:
-    """A thread-safe boto3 client (sessions are not thread-safe, so clients are made under a lock).
+    """A thread-safe boto3 client, made from the process's one session under a lock (sessions are not thread-safe).
 
     ``quick`` clients (checks before a run) try twice with short timeouts: a down or mistyped endpoint is reported in
     seconds, where a run's clients keep retrying.
     """
+    global _session
     cache_key = (service, region, endpoint_url, quick)
     with _lock:
         if cache_key not in _clients:
+            if _session is None:
+                _session = boto3.session.Session()
             kwargs: dict[str, Any] = {}
             if endpoint_url and not os.environ.get("AWS_ACCESS_KEY_ID"):
                 # An emulated endpoint (moto) accepts any credentials; real AWS uses the standard chain.
                 kwargs.update(aws_access_key_id="keyflow", aws_secret_access_key="keyflow")
-            session = boto3.session.Session()
-            _clients[cache_key] = session.client(
+            _clients[cache_key] = _session.client(
                 service,
                 region_name=region,
                 endpoint_url=endpoint_url,
@@ -96,9 +102,11 @@ def client(service: str, region: str, endpoint_url: str | None = None, quick: bo
 
 
 def reset_clients() -> None:
-    """Forget cached clients (after an endpoint changes, e.g. between test sessions)."""
+    """Forget cached clients and the session (its credentials), after an endpoint or the environment changes."""
+    global _session
     with _lock:
         _clients.clear()
+        _session = None
 
 
 def unknown_host(exc: BaseException) -> bool:

@@ -74,6 +74,11 @@ def engine_for(url: str, password: str | None = None, pool_size: int = 4) -> sa.
         return _engines[cache_key]
 
 
+def unpooled_engine(engine: sa.Engine) -> sa.Engine:
+    """An engine on ``engine``'s URL whose connections are opened and closed one by one, outside its pool."""
+    return sa.create_engine(engine.url, poolclass=sa.pool.NullPool, pool_pre_ping=True)
+
+
 def dialect_of(engine: sa.Engine) -> str:
     """The keyflow dialect name of an engine (``postgres``, ``mysql``, ``sqlite``…)."""
     name = engine.dialect.name

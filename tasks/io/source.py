@@ -6,6 +6,7 @@ import dataclasses
 import io
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,7 +19,14 @@ from sqlalchemy import exc as sa_exc
 from config.errors import ConfigError, KeyFailedError, RetryableError, first_line
 from config.models import SourceConfig
 from config.types import ColumnType
-from tasks.io.databases import describe_url, dialect_of, engine_for, is_disconnect, translate_db_error
+from tasks.io.databases import (
+    describe_url,
+    dialect_of,
+    engine_for,
+    is_disconnect,
+    translate_db_error,
+    unpooled_engine,
+)
 from tasks.transforms.arrow import csv_read_options, rows_to_table
 from tasks.transforms.csvrecord import (
     csv_header,
@@ -29,13 +37,24 @@ from tasks.transforms.csvrecord import (
 )
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.pushdown import SALT_TABLE, SourceCapabilities
-from tasks.transforms.split import boundary_offsets, boundary_query, count_query, ranges_wanted
-from tasks.transforms.sql import render_count_keys_query
+from tasks.transforms.split import (
+    MYSQL_TABLE_SIZE,
+    PG_SAMPLE_ROW_BYTES,
+    PG_TABLE_SIZE,
+    TableSize,
+    boundary_offsets,
+    boundary_query,
+    count_query,
+    pg_table_size,
+    ranges_wanted,
+)
+from tasks.transforms.sql import qualified, render_count_keys_query
 from tasks.transforms.types import arrow_type
 from tasks.transforms.units import key_windows, window_params
 
 MAX_BATCH_CELLS = 500_000
 COUNT_CHUNK = 1_000  # keys counted per GROUP BY query
+TABLE_FACTS_SECONDS = 60.0  # how long a table's size and primary key are reused (a run's keys ask for them each)
 
 
 @dataclass
@@ -43,14 +62,40 @@ class CopySession:
     """What one extraction does on the source besides its query, and what the source counted.
 
     ``salts`` fill the session's salt table a pushed hash reads (as data, never in SQL text); ``count_sql`` counts
-    the key's rows before the pushed filters, in the same snapshot as the extraction on PostgreSQL (a separate
-    statement just before it on MySQL/MariaDB); the count lands in ``extracted``.
+    the key's rows before the pushed filters, in the same snapshot as the extraction on PostgreSQL and on a
+    MySQL/MariaDB passthrough (a separate statement just before it on MySQL/MariaDB's parsed path); the count lands
+    in ``extracted``.
     """
 
     salts: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
     count_sql: str | None = None
     extracted: int | None = None
     streamed: int | None = None  # rows the source sent as CSV records (MySQL/MariaDB passthrough), checked on staging
+    snapshot: str | None = None  # PostgreSQL: an exported snapshot the extraction reads (a split key's ranges share it)
+
+
+class SplitPlan:
+    """A big key's split, planned on the source: its rows, its split column's quantiles, the snapshot to share.
+
+    On PostgreSQL the planning transaction (REPEATABLE READ) counts the key, samples the boundaries and exports its
+    snapshot (``pg_export_snapshot``); it stays open until :meth:`close`, so every range can import it. ``snapshot``
+    is None when the ranges read their own snapshots (MySQL/MariaDB, or the export failed: ``why_no_snapshot``).
+    """
+
+    def __init__(
+        self, rows: int, boundaries: list[Any], snapshot: str | None, why_no_snapshot: str, conn: Any = None
+    ) -> None:
+        self.rows = rows
+        self.boundaries = boundaries
+        self.snapshot = snapshot
+        self.why_no_snapshot = why_no_snapshot
+        self._conn = conn
+
+    def close(self) -> None:
+        """End the planning transaction (after the last range has read the snapshot); idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 class SourceDatabase(Protocol):
@@ -91,10 +136,19 @@ class SourceDatabase(Protocol):
     def count_keys(self, source: SourceConfig, keys: Sequence[CampaignKey]) -> dict[str, int]:
         """Rows per key on the source, each key within its own dates (a key without rows is absent)."""
 
-    def split_boundaries(
-        self, source: SourceConfig, key_sql: str, params: Mapping[str, Any], split_rows: int
-    ) -> tuple[str, int, list[Any]]:
-        """A big key's split column, its rows, and the column's quantile values within the key (none: not split)."""
+    def split_column(self, source: SourceConfig) -> str:
+        """``source.split_column``, or the table's single-column primary key (a ``ConfigError`` without one)."""
+
+    def primary_key(self, source: SourceConfig) -> str | None:
+        """The table's single-column primary key, or None (none, or one of several columns)."""
+
+    def table_size(self, source: SourceConfig) -> TableSize | None:
+        """The table's bytes and average row bytes from the database's statistics (None: not known)."""
+
+    def plan_split(
+        self, key_sql: str, params: Mapping[str, Any], split_rows: int, column: str, shared_snapshot: bool = True
+    ) -> SplitPlan:
+        """A key's rows and ``column``'s quantiles within it; the caller closes the plan once its ranges ran."""
 
     def check(self, source: SourceConfig) -> list[str]:
         """Problems with the source before a run, one line each (the table and the columns the dataset names)."""
@@ -184,6 +238,9 @@ class SqlSource:
         # PostgreSQL streams CSV text (COPY), so a column can be asked for as text and passed on untouched.
         self.text_native = self.dialect == "postgres"
         self._caps: SourceCapabilities | None = None
+        self._facts: dict[tuple[str, str | None, str | None], tuple[float, Any]] = {}
+        self._facts_lock = threading.Lock()
+        self._planning: sa.Engine | None = None
 
     def capabilities(self) -> SourceCapabilities:
         """What the source computes exactly: its dialect, a UTF8 encoding, pgcrypto (on a primary, in PostgreSQL).
@@ -262,41 +319,143 @@ class SqlSource:
                 problems.append(f"source.{field}: {column!r} is not a column of {source.table!r}")
         return by_name, problems
 
+    def _table_fact(self, what: str, source: SourceConfig, read: Any) -> Any:
+        """``read()``, reused for a minute per table: every key of a run asks for the same table's facts."""
+        cache_key = (what, source.db_schema, source.table)
+        now = time.monotonic()
+        with self._facts_lock:
+            hit = self._facts.get(cache_key)
+        if hit is not None and now - hit[0] < TABLE_FACTS_SECONDS:
+            return hit[1]
+        value = read()
+        with self._facts_lock:
+            self._facts[cache_key] = (now, value)
+        return value
+
+    def primary_key(self, source: SourceConfig) -> str | None:
+        """The table's single-column primary key, or None (none, or one of several columns)."""
+        table = source.table
+        assert table is not None
+
+        def read() -> str | None:
+            try:
+                pk = sa.inspect(self.engine).get_pk_constraint(table, schema=source.db_schema)
+            except sa_exc.SQLAlchemyError as exc:
+                raise translate_db_error(exc, "read the source table's primary key", self.where) from exc
+            cols = list(pk.get("constrained_columns") or [])
+            return str(cols[0]) if len(cols) == 1 else None
+
+        column: str | None = self._table_fact("primary key", source, read)
+        return column
+
     def split_column(self, source: SourceConfig) -> str:
-        """``source.split_column``, or the table's single-column primary key."""
+        """``source.split_column``, or the table's single-column primary key (a ``ConfigError`` without one)."""
         if source.split_column:
             return source.split_column
-        assert source.table is not None
-        try:
-            pk = sa.inspect(self.engine).get_pk_constraint(source.table, schema=source.db_schema)
-        except sa_exc.SQLAlchemyError as exc:
-            raise translate_db_error(exc, "read the source table's primary key", self.where) from exc
-        cols = list(pk.get("constrained_columns") or [])
-        if len(cols) != 1:
+        column = self.primary_key(source)
+        if column is None:
             raise ConfigError(
                 f"source.split_rows: table {source.table!r} has no single-column primary key to split keys on "
                 "(set source.split_column)"
             )
-        return str(cols[0])
+        return column
 
-    def split_boundaries(
-        self, source: SourceConfig, key_sql: str, params: Mapping[str, Any], split_rows: int
-    ) -> tuple[str, int, list[Any]]:
-        """A big key's split column, its rows, and the column's quantile values within the key (none: not split).
+    def table_size(self, source: SourceConfig) -> TableSize | None:
+        """The table's bytes and average row bytes from the database's statistics (None: not known).
+
+        PostgreSQL: ``pg_table_size`` now, and the pages and rows its last ANALYZE or VACUUM counted (a table never
+        analyzed: the average of a 1,000-row sample); MySQL/MariaDB: ``information_schema.TABLES``' DATA_LENGTH and
+        AVG_ROW_LENGTH. Other databases: None.
+        """
+        assert source.table is not None
+        if self.dialect not in ("postgres", "mysql"):
+            return None
+
+        def read() -> TableSize | None:
+            try:
+                with self.engine.connect() as conn:
+                    if self.dialect == "mysql":
+                        row = conn.execute(
+                            sa.text(MYSQL_TABLE_SIZE), {"schema": source.db_schema, "table": source.table}
+                        ).first()
+                        return None if row is None else TableSize(int(row[0] or 0), int(row[1] or 0))
+                    name = qualified(source.db_schema, source.table or "", "postgres")
+                    row = conn.execute(sa.text(PG_TABLE_SIZE), {"name": name}).one()
+                    size = pg_table_size(row)
+                    if size is not None and size.row_bytes <= 0 and size.bytes > 0:
+                        sample = conn.execute(sa.text(PG_SAMPLE_ROW_BYTES.format(table=name))).scalar()
+                        size = pg_table_size(row, sample)
+                    return size
+            except sa_exc.SQLAlchemyError as exc:
+                raise translate_db_error(exc, "read the source table's size", self.where) from exc
+
+        size: TableSize | None = self._table_fact("size", source, read)
+        return size
+
+    def plan_split(
+        self, key_sql: str, params: Mapping[str, Any], split_rows: int, column: str, shared_snapshot: bool = True
+    ) -> SplitPlan:
+        """A key's rows and ``column``'s quantile values within it, for ranges of about ``split_rows`` rows each.
 
         One count, then one ``ORDER BY … LIMIT 1 OFFSET n`` per boundary on the key's non-NULL values (an index on
-        (key, column) — the primary key's, often — makes each a short index walk).
+        (key, column) — the primary key's, often — makes each a short index walk). On PostgreSQL all in one
+        REPEATABLE READ transaction whose snapshot is exported when the key is split, the transaction kept open
+        until the plan is closed (``shared_snapshot`` False: not exported). A key not split (no boundary) holds
+        nothing open.
         """
-        column = self.split_column(source)
         try:
-            with self.engine.connect() as conn:
-                total, non_null = conn.execute(sa.text(count_query(key_sql, column, self.dialect)), dict(params)).one()
-                offsets = boundary_offsets(int(non_null), ranges_wanted(int(total), split_rows))
-                sql = sa.text(boundary_query(key_sql, column, self.dialect))
-                values = [conn.execute(sql, {**params, "split_offset": off}).scalar() for off in offsets]
+            conn = self._planning_engine().connect()
         except sa_exc.SQLAlchemyError as exc:
             raise translate_db_error(exc, "plan the key's split ranges on the source", self.where) from exc
-        return column, int(total), values
+        try:
+            snapshot, why = None, "MySQL/MariaDB has no snapshot to share between connections"
+            if self.dialect == "postgres":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            total, non_null = conn.execute(sa.text(count_query(key_sql, column, self.dialect)), dict(params)).one()
+            offsets = boundary_offsets(int(non_null), ranges_wanted(int(total), split_rows))
+            if not offsets:
+                conn.close()
+                return SplitPlan(int(total), [], None, "not split")
+            if self.dialect == "postgres":
+                snapshot, why = self._export_snapshot(conn) if shared_snapshot else (None, "not asked for")
+            sql = sa.text(boundary_query(key_sql, column, self.dialect))
+            values = [conn.execute(sql, {**params, "split_offset": off}).scalar() for off in offsets]
+            if snapshot is None:
+                conn.close()
+                return SplitPlan(int(total), values, None, why)
+            return SplitPlan(int(total), values, snapshot, "", conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sa_exc.SQLAlchemyError):
+                raise translate_db_error(exc, "plan the key's split ranges on the source", self.where) from exc
+            raise
+
+    def _planning_engine(self) -> sa.Engine:
+        """PostgreSQL: connections of their own for split plans, outside the pool the extractions draw from.
+
+        A plan's transaction stays open, idle, while its ranges run: taken from the pool (``source_max_connections``
+        and two more), a few big keys planned at once could leave their ranges no connection to run on.
+        """
+        if self.dialect != "postgres":
+            return self.engine
+        with self._facts_lock:
+            if self._planning is None:
+                self._planning = unpooled_engine(self.engine)
+            return self._planning
+
+    def _export_snapshot(self, conn: sa.Connection) -> tuple[str | None, str]:
+        """The planning transaction's snapshot, exported for the ranges; or None and why.
+
+        A hot standby before PostgreSQL 10 cannot export one (10 and later can): the ranges then read their own.
+        """
+        try:
+            return str(conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar()), ""
+        except sa_exc.DBAPIError as exc:
+            if is_disconnect(exc):
+                raise
+            # The transaction is aborted: its count is kept, the boundaries are read in a fresh one.
+            conn.rollback()
+            return None, f"pg_export_snapshot() failed: {first_line(exc.orig or exc)}"
 
     def count_keys(self, source: SourceConfig, keys: Sequence[CampaignKey]) -> dict[str, int]:
         """Rows per key on the source, each key within its own dates: one ``GROUP BY`` per 1,000 keys.
@@ -379,7 +538,8 @@ class SqlSource:
         """Start ``COPY (query) TO STDOUT`` (CSV with a header) on a thread writing into a pipe.
 
         Returns the producer thread, its failure list, the pipe's read end and the raw connection. In the
-        same transaction, before the COPY: REPEATABLE READ and the key's count (``session.count_sql``), and the salt
+        same transaction, before the COPY: REPEATABLE READ, the snapshot a split key's planning exported
+        (``session.snapshot``, imported first), the key's count (``session.count_sql``), and the salt
         table a pushed hash reads (``session.salts``: data through ``COPY … FROM STDIN``, never in SQL text).
         """
         compiled = str(sa.text(sql).compile(dialect=self.engine.dialect))
@@ -388,6 +548,7 @@ class SqlSource:
             if session is not None and session.count_sql
             else None
         )
+        snapshot = session.snapshot if session is not None else None
         try:
             raw = self.engine.raw_connection()
         except Exception as exc:
@@ -399,8 +560,10 @@ class SqlSource:
             try:
                 with os.fdopen(write_fd, "wb", buffering=1 << 20) as sink:
                     cur = raw.cursor()
-                    if count_compiled is not None:  # the count and the rows from one snapshot
+                    if count_compiled is not None or snapshot:  # the count and the rows from one snapshot
                         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    if snapshot:  # a split key's ranges: the snapshot its planning transaction exported
+                        cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
                     # The text PostgreSQL writes is what is staged: ISO dates, UTC, shortest exact doubles.
                     cur.execute("SET TIME ZONE 'UTC'")
                     cur.execute("SET DateStyle = 'ISO, MDY'")

@@ -123,22 +123,32 @@ whitespace beyond them (``tests/transforms/test_pushdown.py`` probes the other p
 def code_points(start: int = 1, stop: int = PROBED_UP_TO) -> pa.Array:
     """Every Unicode scalar value in [start, stop) as a one-character string array.
 
-    Built from buffers: no Python object per code point, a few MB.
+    Built from buffers, a run of code points of one UTF-8 width at a time: no Python object per code point, a few
+    MB, and no numpy (``keyflow etl`` runs without it).
     """
-    import numpy as np
+    runs = [(0x1, 0x80, 1), (0x80, 0x800, 2), (0x800, 0xD800, 3), (0xE000, 0x10000, 3), (0x10000, 0x110000, 4)]
+    offsets, text, count, size = [], [], 0, 0
+    for first, end, width in runs:
+        first, end = max(first, start), min(end, stop)
+        if first < end:
+            offsets.append(pa.array(range(size, size + (end - first) * width, width), pa.int32()))
+            text.append("".join(map(chr, range(first, end))))
+            count, size = count + end - first, size + (end - first) * width
+    offsets.append(pa.array([size], pa.int32()))
+    data = "".join(text).encode("utf-8")
+    return pa.StringArray.from_buffers(count, pa.concat_arrays(offsets).buffers()[1], pa.py_buffer(data))
 
-    cps = np.arange(max(start, 1), stop, dtype=np.int64)
-    cps = cps[(cps < 0xD800) | (cps > 0xDFFF)]
-    data = cps.astype("<u4").tobytes().decode("utf-32-le").encode("utf-8")
-    widths = np.where(cps < 0x80, 1, np.where(cps < 0x800, 2, np.where(cps < 0x10000, 3, 4)))
-    offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int32)
-    return pa.StringArray.from_buffers(len(cps), pa.py_buffer(offsets.tobytes()), pa.py_buffer(data))
+
+@functools.cache
+def probed_code_points() -> pa.Array:
+    """:func:`code_points` up to :data:`PROBED_UP_TO`, built once for the probes below."""
+    return code_points()
 
 
 @functools.cache
 def arrow_whitespace() -> str:
     """The code points ``utf8_trim_whitespace`` removes, probed from the installed Arrow."""
-    chars = code_points()
+    chars = probed_code_points()
     return "".join(chars.filter(pc.equal(pc.utf8_trim_whitespace(chars), "")).to_pylist())
 
 
@@ -148,7 +158,7 @@ def arrow_case_map(upper: bool) -> tuple[str, str] | None:
 
     ``None`` when some code point maps to more (or fewer) than one code point: ``translate`` could not express it.
     """
-    chars = code_points()
+    chars = probed_code_points()
     mapped = (pc.utf8_upper if upper else pc.utf8_lower)(chars)
     changed = pc.not_equal(mapped, chars)
     frm, to = chars.filter(changed), mapped.filter(changed)

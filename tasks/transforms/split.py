@@ -57,6 +57,60 @@ class SplitRange:
         return f"[{lo}, {hi}){' and NULLs' if self.nulls else ''}"
 
 
+@dataclass(frozen=True)
+class TableSize:
+    """What a source table's statistics say: its bytes on the source, and the bytes of an average row (0: unknown)."""
+
+    bytes: int
+    row_bytes: int
+
+
+def default_split_rows(split_bytes: int, size: TableSize | None) -> int | None:
+    """Rows of one range when ``source.split_rows`` is unset: ``split_bytes`` over the average row.
+
+    None (no key is split) when the budget is 0, the statistics are unknown, or the whole table fits in the budget,
+    so that no key of it can pass it (and no key needs counting).
+    """
+    if not split_bytes or size is None or size.row_bytes <= 0 or size.bytes <= split_bytes:
+        return None
+    return max(1, split_bytes // size.row_bytes)
+
+
+# A table's bytes now (pg_table_size, TOAST included) and, from the statistics of its last ANALYZE or VACUUM, its
+# pages and rows; summed over the leaf partitions of a partitioned table. :name is the quoted, qualified name.
+PG_TABLE_SIZE = """\
+WITH rel AS (SELECT to_regclass(:name) AS oid),
+parts AS (
+  SELECT p.relid AS oid FROM rel, pg_partition_tree(rel.oid) AS p WHERE p.isleaf
+  UNION ALL
+  SELECT rel.oid FROM rel WHERE NOT EXISTS (SELECT 1 FROM pg_partition_tree(rel.oid))
+)
+SELECT sum(pg_table_size(c.oid))::bigint,
+       (sum(c.relpages + COALESCE(t.relpages, 0)) FILTER (WHERE c.reltuples > 0))::bigint,
+       (sum(c.reltuples) FILTER (WHERE c.reltuples > 0))::float8,
+       current_setting('block_size')::int
+FROM parts JOIN pg_class AS c ON c.oid = parts.oid LEFT JOIN pg_class AS t ON t.oid = c.reltoastrelid"""
+
+# Without statistics (never analyzed): the average size of a sample of rows, as stored.
+PG_SAMPLE_ROW_BYTES = "SELECT avg(pg_column_size(s.*))::bigint FROM (SELECT * FROM {table} LIMIT 1000) AS s"
+
+# InnoDB's estimates: the clustered index's bytes and DATA_LENGTH / TABLE_ROWS.
+MYSQL_TABLE_SIZE = (
+    "SELECT DATA_LENGTH, AVG_ROW_LENGTH FROM information_schema.TABLES "
+    "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table"
+)
+
+
+def pg_table_size(row: Any, sample: Any = None) -> TableSize | None:
+    """The size from :data:`PG_TABLE_SIZE`'s row (and a sampled average row when there are no statistics)."""
+    total, pages, tuples, block = row
+    if total is None:
+        return None
+    if pages is not None and tuples:
+        return TableSize(int(total), int(pages * block / tuples))
+    return TableSize(int(total), int(sample or 0))
+
+
 def ranges_wanted(rows: int, split_rows: int | None) -> int:
     """How many ranges a key of ``rows`` rows is cut into: 1 (not split) unless it has more than ``split_rows``."""
     if not split_rows or rows <= split_rows:

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.acero as acero
 import pyarrow.compute as pc
 
 from tasks.transforms.hashing import hash_ids
@@ -294,6 +293,10 @@ def count_stream(
         pc.multiply(pc.coalesce(_window_us(spec), pc.scalar(0)), pc.scalar(16)),
         pc.add(pc.multiply(status, pc.scalar(2)), pc.coalesce(pc.field("click"), pc.scalar(False)).cast(pa.int64())),
     )
+    # Imported here: pyarrow.acero imports pyarrow.dataset and pandas (half a second, 60 MB), which the line reader
+    # processes (tasks.io.line_workers) import this module without needing.
+    import pyarrow.acero as acero
+
     source = acero.Declaration("record_batch_reader_source", acero.RecordBatchReaderSourceNodeOptions(events))
     project = acero.Declaration(
         "project",

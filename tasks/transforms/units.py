@@ -37,7 +37,7 @@ class WorkUnit:
     """Keys extracted, staged and loaded together (one key, or many small ones), with their expected rows."""
 
     keys: tuple[CampaignKey, ...]
-    expected_rows: int = 0
+    expected_rows: int | None = None  # the keys' rows on the source, as counted when planning (None: not counted)
     dates: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a backfill's: the run dates each key is loaded for
 
     def __post_init__(self) -> None:
@@ -125,8 +125,10 @@ def plan_units(
     (``expected`` None) every key is its own unit: nothing says which keys are small. A key the counts do not know
     has no rows on the source (0).
     """
-    if expected is None or max_keys_per_unit <= 1:
-        return [WorkUnit((k,), (expected or {}).get(k.key, 0)) for k in keys]
+    if expected is None:
+        return [WorkUnit((k,)) for k in keys]
+    if max_keys_per_unit <= 1:
+        return [WorkUnit((k,), expected.get(k.key, 0)) for k in keys]
     units: list[WorkUnit] = []
     current: list[CampaignKey] = []
     rows = 0

@@ -109,11 +109,19 @@ def test_bad_rule_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule
         ),
         (
             GOOD_DATASET.replace("table: facts,", "query: 'select * from t where k = :key', split_rows: 10,"),
-            f"{F}: source: split_rows and split_column apply to a 'table' source only",
+            f"{F}: source: split_rows, split_bytes and split_column apply to a 'table' source only",
         ),
         (
-            GOOD_DATASET.replace("table: facts,", "table: facts, split_rows: 0,"),
-            f"{F}: source.split_rows: Input should be greater than or equal to 1",
+            GOOD_DATASET.replace("table: facts,", "query: 'select * from t where k = :key', split_bytes: 0,"),
+            f"{F}: source: split_rows, split_bytes and split_column apply to a 'table' source only",
+        ),
+        (
+            GOOD_DATASET.replace("table: facts,", "table: facts, split_rows: -1,"),
+            f"{F}: source.split_rows: Input should be greater than or equal to 0",
+        ),
+        (
+            GOOD_DATASET.replace("table: facts,", "table: facts, split_bytes: -1,"),
+            f"{F}: source.split_bytes: Input should be greater than or equal to 0",
         ),
         (
             GOOD_DATASET.replace("target: {table: facts}", "target: {table: facts, load_mode: upsert}"),

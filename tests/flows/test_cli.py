@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.helpers.etl import D1, EVIL, create_pg_source, source_rows, write_dataset
+from tests.helpers.etl import D1, EVIL, PATHS, create_pg_source, put_keys, source_rows, write_dataset
 
 runner = CliRunner()
 
@@ -210,6 +211,70 @@ def test_the_command_exits_at_once_yet_every_log_and_task_state_reaches_the_serv
             check=False,
         )
         assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+# `keyflow` itself, saying as it exits which of the libraries its ETL never uses were loaded after all.
+KEYFLOW_SAYING_WHAT_IT_LOADED = """
+import atexit, sys
+atexit.register(lambda: print("loaded:", sorted({"numpy", "pandas", "fastapi"} & set(sys.modules))))
+sys.argv[0] = "keyflow"
+from flows.cli import main
+main()
+"""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("path", list(PATHS))
+def test_the_etl_command_runs_every_path_without_numpy_or_fastapi(
+    pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any, path: str
+) -> None:
+    """`keyflow etl` refuses numpy (20 MB that Arrow imports with itself) and records its run's parameters without
+    FastAPI (BENCHMARKS.md): a run with text rules on the source (Arrow's whitespace and case maps are probed for
+    them), one rule left for the client, or every rule on the client loads each key, and the Prefect API shows the
+    run's parameters as before (the date as its ISO text)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    create_pg_source(pg, names["src_table"], source_rows(["K1", "K2", EVIL], per_key=10))
+    try:
+        profile = make_profile()
+        put_keys(profile)
+        dataset = write_dataset(tmp_path, names, path=path, rules=[{"trim": ["title"]}, {"lower": ["title"]}])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        args = ["etl", "run", "-d", str(dataset), "-p", str(profile), "--date", D1.isoformat(), "--json"]
+        proc = subprocess.run(
+            [sys.executable, "-c", KEYFLOW_SAYING_WHAT_IT_LOADED, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        *_, summary, loaded = proc.stdout.splitlines()
+        assert loaded == "loaded: []"
+        rows = json.loads(summary)
+        assert sorted((r["key"], r["status"], r["rows_loaded"]) for r in rows) == sorted(
+            (key, "loaded", 10) for key in ("K1", "K2", EVIL)
+        )
+
+        async def last_run_parameters() -> dict[str, Any]:
+            async with get_client() as client:
+                run = (await client.read_flow_runs(limit=1, sort="START_TIME_DESC"))[0]  # type: ignore[arg-type]
+                return run.parameters
+
+        assert asyncio.run(last_run_parameters()) == {
+            "dataset": str(dataset),
+            "run_date": "2017-03-20",
+            "profile": str(profile),
+        }
     finally:
         with pg.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {names['src_table']}")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tasks.io.source import SqlSource
 from tests.helpers.config_files import write_yaml
 from tests.helpers.etl import (
     D1,
@@ -24,7 +26,7 @@ from tests.helpers.etl import (
     warehouse,
     write_dataset,
 )
-from tests.helpers.services import MYSQL_URL
+from tests.helpers.services import MYSQL_URL, PG_DSN, PG_URL
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -132,6 +134,103 @@ def test_a_split_key_with_a_filter_reconciles_with_the_sum_of_its_ranges(
     with pg.cursor() as cur:
         cur.execute(f"SELECT id FROM {names['wh_schema']}.facts")
         assert {r[0] for r in cur.fetchall()} == kept
+
+
+@pytest.mark.parametrize("path", ["passthrough", "client"])
+def test_a_writer_during_the_ranges_changes_nothing_the_split_key_loads(
+    pg: Any,
+    pg_rows: Any,
+    names: dict[str, str],
+    tmp_path: Path,
+    make_profile: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+) -> None:
+    """K1's split is planned; then, before its first range reads, a writer deletes a row of its first range and
+    inserts five in its last. Every range reads the snapshot the planning exported (PostgreSQL): the key loads the
+    40 rows it was planned with, and reconciles."""
+    caplog.set_level(logging.INFO)
+    src = names["src_table"]
+    first_id = min(r[0] for r in pg_rows if r[1] == "K1")
+    copy_out = SqlSource._copy_out
+    wrote = threading.Event()
+    lock = threading.Lock()
+
+    def write_then_copy(self: SqlSource, sql: str, params: Any, session: Any) -> Any:
+        with lock:
+            if params.get("key") == "K1" and not wrote.is_set():
+                with pg.cursor() as cur:  # autocommit: committed before the range's query starts
+                    cur.execute(f"DELETE FROM {src} WHERE id = %s", (first_id,))
+                    cur.execute(
+                        f"INSERT INTO {src} (id, campaign_key, event_date) "
+                        "SELECT 10000 + i, 'K1', date '2017-03-05' FROM generate_series(1, 5) AS i"
+                    )
+                wrote.set()
+        return copy_out(self, sql, params, session)
+
+    monkeypatch.setattr(SqlSource, "_copy_out", write_then_copy)
+    profile = make_profile()
+    put_keys(profile)
+    state, results = run(split_dataset(tmp_path, names, path, split_rows=10), profile, D1)
+    assert state.is_completed(), state.message
+    assert wrote.is_set()
+    assert_one_row_per_key(results)  # 40 extracted = staged = loaded for K1 too
+    assert warehouse(pg, names) == expected(pg_rows, ACTIVE)  # the rows as planned: none deleted, none added
+    assert re.search(r"Splitting key 'K1' \(40 rows .* ranges of 'id', all in one snapshot", caplog.text)
+    with pg.cursor() as cur:  # the planning transactions ended with their keys
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%%' AND query LIKE %s",
+            (f"%{src}%",),
+        )
+        assert cur.fetchone() == (0,)
+
+
+def test_without_an_exported_snapshot_the_ranges_read_their_own_and_the_log_says_why(
+    pg: Any,
+    names: dict[str, str],
+    tmp_path: Path,
+    make_profile: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A source where pg_export_snapshot() is refused (EXECUTE revoked, as a hardened server may; a hot standby
+    before PostgreSQL 10 refuses it too): the key is still split and loads whole, each range in its own snapshot."""
+    import psycopg2
+
+    caplog.set_level(logging.INFO)
+    db, role = f"{names['src_table']}_db", f"{names['src_table']}_reader"
+    with pg.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+        cur.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        conn = psycopg2.connect(PG_DSN.replace("dbname=test", f"dbname={db}"))
+        conn.autocommit = True
+        try:
+            rows = source_rows(["K1", "K2", EVIL])
+            create_pg_source(conn, names["src_table"], rows)
+            with conn.cursor() as cur:
+                cur.execute("REVOKE EXECUTE ON FUNCTION pg_export_snapshot() FROM PUBLIC")
+                cur.execute(f"GRANT SELECT ON {names['src_table']} TO {role}")
+        finally:
+            conn.close()
+        url = PG_URL.replace("postgres@", f"{role}@").rsplit("/", 1)[0] + f"/{db}"
+        profile = make_profile(source_url=url)
+        put_keys(profile)
+        state, results = run(split_dataset(tmp_path, names, "passthrough", split_rows=10), profile, D1)
+        assert state.is_completed(), state.message
+        assert set(ranges_logged(caplog.text)) == ACTIVE
+        assert "each in its own snapshot (pg_export_snapshot() failed: permission denied for function" in caplog.text
+        assert_one_row_per_key(results)
+        assert warehouse(pg, names) == expected(rows, ACTIVE)
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (db,),
+            )
+            cur.execute(f"DROP DATABASE IF EXISTS {db}")
+            cur.execute(f"DROP ROLE IF EXISTS {role}")
+            cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
 
 
 @pytest.mark.parametrize(("path", "column"), [("pushed-and-client", "id"), ("client", "ratio")])

@@ -212,8 +212,13 @@ def read_rejected(store: Any, key: str) -> list[dict[str, Any]]:
     return [json.loads(x) for x in gzip.decompress(store.get_bytes(key)).splitlines()]
 
 
-def test_duplicates_bad_lines_numeric_ids_and_an_unreadable_file_give_exact_counts(setup: Any) -> None:
+@pytest.mark.parametrize("file_processes", [False, True], ids=["threads", "processes"])
+def test_duplicates_bad_lines_numeric_ids_and_an_unreadable_file_give_exact_counts(
+    setup: Any, file_processes: bool
+) -> None:
+    """The same exact counts whether gzip files are read in threads (the default) or in worker processes."""
     job_path, profile_path, job, profile, store = setup
+    Path(job_path).write_text(Path(job_path).read_text() + f"file_processes: {str(file_processes).lower()}\n")
     rows = [
         ev(i, i % 9 + 0.5, "a1" if i % 3 else "a2", f"u{i % 4}", "click" if i % 5 == 0 else "impression")
         for i in range(60)

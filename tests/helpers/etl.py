@@ -104,12 +104,14 @@ def write_dataset(
     staging: dict[str, Any] | None = None,
     path: str = "passthrough",
     units: dict[str, Any] | None = None,
+    rules: list[dict[str, Any]] | None = None,
     **target: Any,
 ) -> Path:
     """The dataset YAML for this test's source table and warehouse schema (``staging`` and ``target`` override).
 
     ``path`` is one of :data:`PATHS`: where the rules run (the warehouse rows are the same on each); ``units``
-    the work-unit settings (``{"max_keys_per_unit": 1}``: every key a branch of its own).
+    the work-unit settings (``{"max_keys_per_unit": 1}``: every key a branch of its own); ``rules`` more rules,
+    after the rename and the mask.
     """
     source, more_rules = PATHS[path]
     return write_yaml(
@@ -121,6 +123,7 @@ def write_dataset(
             "rules": [
                 {"rename": {"label": "title"}},
                 {"privacy": {"column": "phone", "action": "mask", "keep_last": 2}},
+                *(rules or []),
                 *more_rules,
             ],
             "staging": {"compression": "zstd", "part_rows": 1000} | (staging or {}),

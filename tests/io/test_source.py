@@ -178,3 +178,47 @@ def test_mariadb_arrow_path_errors_fail_or_retry_without_the_password(mysql: Any
         with pytest.raises(RetryableError) as retry:
             list(down.stream("SELECT 1 AS id, 'A' AS k WHERE :key = 'A'", {"key": "A"}, schema, 100))
         assert "s3cret-Sentinel" not in str(retry.value)
+
+
+# -- a table's size from its statistics (issue 15: the default split) -------------------------------------------------
+
+
+def test_postgres_table_size_from_statistics_or_a_sample(pg: Any, names: dict[str, str]) -> None:
+    """Analyzed, never analyzed (autovacuum off: no statistics, a sample), partitioned (its leaves summed), absent."""
+    t = names["src_table"]
+    fill = "SELECT g, 'K', repeat('x', 100) FROM generate_series(1, 2000) g"
+    with pg.cursor() as cur:
+        cur.execute(f"CREATE TABLE {t}_a (id bigint PRIMARY KEY, k text, payload text)")
+        cur.execute(f"INSERT INTO {t}_a {fill}")
+        cur.execute(f"ANALYZE {t}_a")
+        cur.execute(f"CREATE TABLE {t}_n (id bigint, k text, payload text) WITH (autovacuum_enabled = false)")
+        cur.execute(f"INSERT INTO {t}_n {fill}")
+        cur.execute(f"CREATE TABLE {t}_p (id bigint, k text, payload text) PARTITION BY RANGE (id)")
+        cur.execute(f"CREATE TABLE {t}_p1 PARTITION OF {t}_p FOR VALUES FROM (0) TO (1000)")
+        cur.execute(f"CREATE TABLE {t}_p2 PARTITION OF {t}_p FOR VALUES FROM (1000) TO (3000)")
+        cur.execute(f"INSERT INTO {t}_p {fill}")
+        cur.execute(f"ANALYZE {t}_p")
+    try:
+        src = SqlSource(PG_URL)
+        sizes = {s: src.table_size(SourceConfig(table=f"{t}_{s}", key_column="k")) for s in "anp"}
+        for s, size in sizes.items():
+            assert size is not None, s
+            assert 2000 * 100 < size.bytes < 2000 * 400, (s, size)  # 2,000 rows of about 140 bytes as stored
+            assert 100 < size.row_bytes < 400, (s, size)
+        assert src.table_size(SourceConfig(table=f"{t}_gone", key_column="k")) is None
+        assert src.primary_key(SourceConfig(table=f"{t}_a", key_column="k")) == "id"
+        assert src.primary_key(SourceConfig(table=f"{t}_n", key_column="k")) is None
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {t}_a, {t}_n, {t}_p")
+
+
+def test_mariadb_table_size_from_information_schema(mysql: Any, names: dict[str, str]) -> None:
+    rows = [(i, "K", "x" * 100) for i in range(1, 2001)]
+    with mysql_table(mysql, names["src_table"], "id BIGINT PRIMARY KEY, k VARCHAR(8), payload TEXT", rows) as t:
+        with mysql.cursor() as cur:
+            cur.execute(f"ANALYZE TABLE {t}")
+        src = SqlSource(MYSQL_URL)
+        size = src.table_size(SourceConfig(table=t, key_column="k"))
+        assert size is not None and 2000 * 100 < size.bytes < 2000 * 400 and 100 < size.row_bytes < 400, size
+        assert src.table_size(SourceConfig(table=f"{t}_gone", key_column="k")) is None

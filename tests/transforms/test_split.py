@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 
 from tasks.transforms.split import (
     MAX_RANGES,
+    TableSize,
     boundary_offsets,
+    default_split_rows,
+    pg_table_size,
     plan_ranges,
     range_query,
     ranges_wanted,
@@ -81,3 +84,19 @@ def test_range_predicates_bind_their_bounds(dialect: Any, quote: str) -> None:
     assert sql.endswith(f"AND ({q} >= :split_lo AND {q} < :split_hi)") and params == {"split_lo": 10, "split_hi": 20}
     sql, params = range_query("SELECT * FROM t WHERE k = :key", last, "id", dialect)
     assert sql.endswith(f"AND ({q} >= :split_lo)") and params == {"split_lo": 20}
+
+
+def test_default_split_rows_from_the_byte_budget() -> None:
+    """split_bytes over the average row; none when off, unknown, or when the whole table fits in the budget."""
+    assert default_split_rows(1_000_000, TableSize(bytes=10_000_000, row_bytes=200)) == 5_000
+    assert default_split_rows(1_000_000, TableSize(bytes=10_000_000, row_bytes=3_000_000)) == 1  # a row per range
+    assert default_split_rows(1_000_000, TableSize(bytes=1_000_000, row_bytes=200)) is None  # no key can be over
+    assert default_split_rows(0, TableSize(bytes=10_000_000, row_bytes=200)) is None  # split_bytes: 0 turns it off
+    assert default_split_rows(1_000_000, TableSize(bytes=10_000_000, row_bytes=0)) is None  # no statistics
+    assert default_split_rows(1_000_000, None) is None  # a database without them (SQLite)
+
+
+def test_pg_table_size_reads_statistics_or_the_sample() -> None:
+    assert pg_table_size((81_920, 10, 40.0, 8192)) == TableSize(81_920, 2048)
+    assert pg_table_size((81_920, None, None, 8192), 150) == TableSize(81_920, 150)  # never analyzed
+    assert pg_table_size((None, None, None, 8192)) is None  # no such table
