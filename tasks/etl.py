@@ -165,19 +165,24 @@ def choose_route(dataset: DatasetConfig, source: SourceDatabase, schema_in: Any,
 
 
 _said_lock = threading.Lock()
-_said: set[tuple[str, str]] = set()
+_said: set[tuple[str, str, str]] = set()
 
 
-def _passthrough_off(dataset: DatasetConfig, source: SourceDatabase, route: Route, sql: str, params: Any) -> Route:
-    """The route, with passthrough off when the source cannot write these columns as staged CSV (said once)."""
+def _passthrough_off(
+    dataset: DatasetConfig, source: SourceDatabase, route: Route, sql: str, params: Any, run_id: str
+) -> Route:
+    """The route, with passthrough off when the source should not write these columns as staged CSV.
+
+    Said once per run and dataset, not once per key.
+    """
     if not route.passthrough or route.push is None:
         return route
     why = source.why_not_passthrough(sql, params, route.push.schema)
     if why is None:
         return route
     with _said_lock:
-        first = (dataset.name, why) not in _said
-        _said.add((dataset.name, why))
+        first = (run_id, dataset.name, why) not in _said
+        _said.add((run_id, dataset.name, why))
     if first:
         _logger().info("Dataset %s: rows are parsed, not passed through as bytes: %s", dataset.name, why)
     return replace(route, passthrough=False)
@@ -353,7 +358,7 @@ def stage_rows(
         schema_in = route.push.schema
         client_rules = [r for _, r in route.push.client_rules]
         positions = [i for i, _ in route.push.client_rules]
-        route = _passthrough_off(dataset, source, route, _with_push(key_sql, route, source.dialect)[0], params)
+        route = _passthrough_off(dataset, source, route, _with_push(key_sql, route, source.dialect)[0], params, run_id)
     data_keys = resources.data_keys(dataset.encryption_key_names())
     if schema_in is not None and source.text_native and fmt == "csv":
         # Columns no rule touches travel as the database's own text: exact, and no parse/format round trip.
