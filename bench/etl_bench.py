@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg2
 import yaml
 
@@ -79,6 +80,15 @@ def my_exec(sql: str, db: str = MY_DB) -> str:
     return proc.stdout
 
 
+def mariadb_cpu() -> float:
+    """CPU seconds (user + system) the MariaDB server has used so far (0 when its process is not visible)."""
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in ("mariadbd", "mysqld"):
+            times = proc.cpu_times()
+            return float(times.user + times.system)
+    return 0.0
+
+
 def ensure_mysql_data(rebuild: bool) -> None:
     my_exec(f"CREATE DATABASE IF NOT EXISTS {MY_DB}", db="")
     have = my_exec(
@@ -110,6 +120,25 @@ def ensure_mysql_data(rebuild: bool) -> None:
     print(f"built MariaDB bench_src in {time.perf_counter() - started:.1f} s", flush=True)
 
 
+def ensure_mysql_decimal_data(rebuild: bool) -> None:
+    """``bench_src_dec``: the same rows with the 198 doubles as DECIMAL(18,6), as money columns often are.
+
+    connectorx does not read DECIMAL, so without passthrough this table takes the Python cursor path.
+    """
+    want = str(3 * ROWS_PER_KEY)
+    have = my_exec(
+        f"SELECT count(*) FROM information_schema.tables WHERE table_schema='{MY_DB}' AND table_name='bench_src_dec'"
+    )
+    if have.strip() == "1" and not rebuild and my_exec("SELECT count(*) FROM bench_src_dec").strip() == want:
+        return
+    started = time.perf_counter()
+    my_exec("DROP TABLE IF EXISTS bench_src_dec")
+    create = create_table_sql("bench_src_dec", "mysql").replace(" DOUBLE", " DECIMAL(18,6)")
+    my_exec(create + " CHARACTER SET latin1")
+    my_exec("INSERT INTO bench_src_dec SELECT * FROM bench_src")
+    print(f"built MariaDB bench_src_dec in {time.perf_counter() - started:.1f} s", flush=True)
+
+
 BENCH_RULES: list[dict[str, Any]] = [
     {"rename": {"sku": "product_sku"}},
     {"trim": ["t000", "t001"]},
@@ -121,6 +150,12 @@ BENCH_RULES: list[dict[str, Any]] = [
     {"privacy": {"column": "t005", "action": "hash", "salt_secret": "email_salt"}},
 ]
 
+
+# The benchmark's rules MariaDB computes exactly (no trim, case mapping or salted hash there): with nothing left for
+# the client, MariaDB writes each row as its staged CSV record and the bytes pass through (issue 15).
+MARIADB_PUSHED_RULES: list[dict[str, Any]] = [
+    r for r in BENCH_RULES if not ({"trim", "lower"} & r.keys() or r.get("privacy", {}).get("action") == "hash")
+]
 
 ENCRYPT_RULE: dict[str, Any] = {"privacy": {"column": "t006", "action": "encrypt", "key": "bench_key"}}
 
@@ -181,6 +216,8 @@ def write_config(folder: Path, endpoint: str, parallel_keys: int = 2) -> dict[st
     # The same big key cut into as many primary-key ranges as the profile's source_max_connections (3).
     datasets += [("bench_big_split", "bench_big", "big_facts", BENCH_RULES, {"split_rows": -(-BIG_ROWS // 3)})]
     datasets += [("bench_my", "bench_src", "my_facts", BENCH_RULES, {})]
+    datasets += [("bench_my_pass", "bench_src", "my_pass_facts", MARIADB_PUSHED_RULES, {})]
+    datasets += [("bench_my_dec", "bench_src_dec", "my_dec_facts", MARIADB_PUSHED_RULES, {})]
     for name, table, target, rules, extra in datasets:
         paths[name] = folder / f"{name}.yaml"
         paths[name].write_text(
@@ -238,6 +275,8 @@ def seed_keys(profile: Path) -> None:
     for dataset, names in [
         *((v, KEYS) for v in VARIANTS),
         ("bench_my", KEYS),
+        ("bench_my_pass", KEYS),
+        ("bench_my_dec", KEYS),
         ("bench_big", ("BIGKEY",)),
         ("bench_big_split", ("BIGKEY",)),
     ]:
@@ -283,6 +322,7 @@ def main() -> None:
     ensure_pg_data(args.rebuild)
     if "mariadb" not in args.skip:
         ensure_mysql_data(args.rebuild)
+        ensure_mysql_decimal_data(args.rebuild)
     print_split()
     results: dict[str, Any] = {}
     tmp = Path(tempfile.gettempdir(), "keyflow-bench")  # kept after the run, to rerun one contender by hand
@@ -434,7 +474,16 @@ def main() -> None:
 
         # 6. MariaDB source: keyflow vs mysql --batch --quick piped into COPY
         if "mariadb" not in args.skip:
-            mlimit, mkf = [], []
+            # CPU seconds: the client processes' (getrusage), and MariaDB's own, which renders the passed-through
+            # records (the server's CPU time over the run; other clients of the shared server count in it too).
+            runs: dict[str, list[tuple[float, float]]] = {
+                "mariadb_limit": [],
+                "mariadb_keyflow": [],
+                "mariadb_pass": [],
+                "mariadb_dec": [],
+            }
+            cpus: dict[str, list[float]] = {k: [] for k in runs}
+            server_cpus: dict[str, list[float]] = {k: [] for k in runs}
             for _ in range(args.runs):
                 reset("mlimit_target")
                 cmds = [
@@ -443,13 +492,25 @@ def main() -> None:
                     f"{PSQL} -d {WH_DB} -c \"COPY mlimit_target FROM STDIN WITH (NULL 'NULL')\""
                     for k in KEYS
                 ]
-                mlimit.append(run_side_by_side(cmds)[:2])
-                reset("keyflow.my_facts")
-                mkf.append(run_side_by_side([keyflow("bench_my", "profile_my")], env=env)[:2])
-            results["mariadb_limit"] = summarize(mlimit)
-            results["mariadb_keyflow"] = summarize(mkf)
+                reset("keyflow.my_facts", "keyflow.my_pass_facts", "keyflow.my_dec_facts")
+                for name, run_cmds, run_env in (
+                    ("mariadb_limit", cmds, None),
+                    ("mariadb_keyflow", [keyflow("bench_my", "profile_my")], env),
+                    ("mariadb_pass", [keyflow("bench_my_pass", "profile_my")], env),
+                    ("mariadb_dec", [keyflow("bench_my_dec", "profile_my")], env),
+                ):
+                    server_before = mariadb_cpu()
+                    wall, rss, _, cpu = run_measured(run_cmds, env=run_env)
+                    runs[name].append((wall, rss))
+                    cpus[name].append(cpu)
+                    server_cpus[name].append(mariadb_cpu() - server_before)
+            for name in runs:
+                results[name] = summarize(runs[name])
+                results[f"{name}_cpu_s"] = median_of(cpus[name])
+                results[f"{name}_server_cpu_s"] = median_of(server_cpus[name])
             print(
-                f"mariadb    limit {results['mariadb_limit'][0]:.2f} s, keyflow {results['mariadb_keyflow'][0]:.2f} s",
+                f"mariadb    limit {results['mariadb_limit'][0]:.2f} s, keyflow {results['mariadb_keyflow'][0]:.2f} s, "
+                f"5 pushed rules {results['mariadb_pass'][0]:.2f} s, on DECIMAL {results['mariadb_dec'][0]:.2f} s",
                 flush=True,
             )
 
@@ -500,11 +561,16 @@ def report(r: dict[str, Any]) -> None:
         )
         print(f"{'its own COPY pipe':<44}{r['big_pipe'][0]:>10.2f}{r['big_pipe_cpu_s']:>8.2f}{r['big_pipe'][1]:>13.0f}")
     if "mariadb_keyflow" in r:
-        print(
-            f"{'MariaDB limit: mysql --quick | COPY':<44}{r['mariadb_limit'][0]:>10.2f}{'':>8}"
-            f"{r['mariadb_limit'][1]:>13.0f}"
-        )
-        print(f"{'keyflow, MariaDB source':<44}{r['mariadb_keyflow'][0]:>10.2f}{'':>8}{r['mariadb_keyflow'][1]:>13.0f}")
+        for name, label in (
+            ("mariadb_limit", "MariaDB limit: mysql --quick | COPY"),
+            ("mariadb_keyflow", "keyflow, MariaDB source, 8 rules"),
+            ("mariadb_pass", "keyflow, MariaDB, 5 pushed rules"),
+            ("mariadb_dec", "the same, doubles as DECIMAL(18,6)"),
+        ):
+            print(
+                f"{label:<44}{r[name][0]:>10.2f}{r[f'{name}_cpu_s']:>8.2f}{r[name][1]:>13.0f}"
+                f"   (MariaDB server CPU s {r[f'{name}_server_cpu_s']:.2f})"
+            )
     overhead = kf_s - r["keyflow_keys_span_s"]
     print(
         f"keyflow overhead (process start {r['startup_s']:.1f} s, Prefect runs, key lookup, manifests): "
@@ -529,6 +595,21 @@ def report(r: dict[str, Any]) -> None:
         "mariadb_ratio_to_limit": round(r["mariadb_keyflow"][0] / r["mariadb_limit"][0], 2)
         if "mariadb_keyflow" in r
         else None,
+        **(
+            {
+                f"{name}_{what}": round(r[f"{name}_{what}"], 2)
+                for name in ("mariadb_limit", "mariadb_keyflow", "mariadb_pass", "mariadb_dec")
+                for what in ("cpu_s", "server_cpu_s")
+            }
+            | {
+                "mariadb_pass_s": round(r["mariadb_pass"][0], 2),
+                "mariadb_pass_ratio_to_limit": round(r["mariadb_pass"][0] / r["mariadb_limit"][0], 2),
+                "mariadb_dec_s": round(r["mariadb_dec"][0], 2),
+                "mariadb_dec_rss_mb": round(r["mariadb_dec"][1]),
+            }
+            if "mariadb_keyflow" in r
+            else {}
+        ),
         "keyflow_cpu_s": round(r["keyflow_cpu_s"], 2),
         "limit_cpu_s": round(r["limit_cpu_s"], 2),
         "floor_s": round(r["floor"][0], 2),

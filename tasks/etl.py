@@ -148,8 +148,9 @@ class Route:
 def choose_route(dataset: DatasetConfig, source: SourceDatabase, schema_in: Any, target_schema: Any, fmt: str) -> Route:
     """Push what the source computes exactly; pass the bytes through when nothing is left for the client.
 
-    Passthrough needs PostgreSQL's COPY text, CSV staging, and the pushed query's columns already the target's
-    (names, order and types), so nothing would be conformed either.
+    Passthrough needs CSV staging and the pushed query's columns already the target's (names, order and types),
+    so nothing would be conformed either. PostgreSQL writes the CSV with its COPY; MySQL/MariaDB render each row
+    as one record, when every column is of a type they render exactly (checked per key: :func:`_passthrough_off`).
     """
     if not dataset.source.pushdown or schema_in is None or dataset.source.query is not None:
         return Route(None, False)
@@ -157,16 +158,34 @@ def choose_route(dataset: DatasetConfig, source: SourceDatabase, schema_in: Any,
     if caps.dialect not in ("postgres", "mysql"):
         return Route(None, False)
     push = plan_pushdown(dataset.rules, schema_in, caps)
-    passthrough = (
-        not push.client_rules
-        and source.text_native
-        and fmt == "csv"
-        and caps.dialect == "postgres"
-        and push.schema.equals(target_schema, check_metadata=False)
-    )
+    passthrough = not push.client_rules and fmt == "csv" and push.schema.equals(target_schema, check_metadata=False)
     if not push.pushed_any and not passthrough:
         return Route(None, False)
     return Route(push, passthrough)
+
+
+_said_lock = threading.Lock()
+_said: set[tuple[str, str, str]] = set()
+
+
+def _passthrough_off(
+    dataset: DatasetConfig, source: SourceDatabase, route: Route, sql: str, params: Any, run_id: str
+) -> Route:
+    """The route, with passthrough off when the source should not write these columns as staged CSV.
+
+    Said once per run and dataset, not once per key.
+    """
+    if not route.passthrough or route.push is None:
+        return route
+    why = source.why_not_passthrough(sql, params, route.push.schema)
+    if why is None:
+        return route
+    with _said_lock:
+        first = (run_id, dataset.name, why) not in _said
+        _said.add((run_id, dataset.name, why))
+    if first:
+        _logger().info("Dataset %s: rows are parsed, not passed through as bytes: %s", dataset.name, why)
+    return replace(route, passthrough=False)
 
 
 @dataclass
@@ -339,6 +358,7 @@ def stage_rows(
         schema_in = route.push.schema
         client_rules = [r for _, r in route.push.client_rules]
         positions = [i for i, _ in route.push.client_rules]
+        route = _passthrough_off(dataset, source, route, _with_push(key_sql, route, source.dialect)[0], params, run_id)
     data_keys = resources.data_keys(dataset.encryption_key_names())
     if schema_in is not None and source.text_native and fmt == "csv":
         # Columns no rule touches travel as the database's own text: exact, and no parse/format round trip.
@@ -419,7 +439,7 @@ def stage_rows(
             source_slot(profile.source_concurrency_limit),
         ):
             if isinstance(writer, CsvPassthroughWriter):
-                for chunk in source.stream_csv(job.sql, job.params, session):
+                for chunk in source.stream_csv(job.sql, job.params, session, target_schema, dataset.source.batch_rows):
                     if stop.is_set():
                         raise _RangeStopped
                     writer.write(chunk)
@@ -465,6 +485,11 @@ def stage_rows(
             streamed, dropped = outcome
             if isinstance(writer, CsvPassthroughWriter):
                 streamed = sum(p.rows for p in written)
+                assert job.session is not None
+                if job.session.streamed is not None and job.session.streamed != streamed:
+                    raise KeyFailedError(
+                        f"{what}: the source sent {job.session.streamed} rows but {streamed} CSV records were staged"
+                    )
             # Rows the pushed filters dropped were counted by the source, in the extraction's snapshot (PostgreSQL).
             assert job.session is not None
             source_count = job.session.extracted if job.session.extracted is not None else streamed

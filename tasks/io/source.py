@@ -28,6 +28,13 @@ from tasks.io.databases import (
     unpooled_engine,
 )
 from tasks.transforms.arrow import csv_read_options, rows_to_table
+from tasks.transforms.csvrecord import (
+    csv_header,
+    render_charset_query,
+    render_metadata_query,
+    render_record_query,
+    why_not_rendered,
+)
 from tasks.transforms.keys import CampaignKey
 from tasks.transforms.pushdown import SALT_TABLE, SourceCapabilities
 from tasks.transforms.split import (
@@ -55,13 +62,15 @@ class CopySession:
     """What one extraction does on the source besides its query, and what the source counted.
 
     ``salts`` fill the session's salt table a pushed hash reads (as data, never in SQL text); ``count_sql`` counts
-    the key's rows before the pushed filters, in the same snapshot as the extraction on PostgreSQL (a separate
-    statement just before it on MySQL/MariaDB); the count lands in ``extracted``.
+    the key's rows before the pushed filters, in the same snapshot as the extraction on PostgreSQL and on a
+    MySQL/MariaDB passthrough (a separate statement just before it on MySQL/MariaDB's parsed path); the count lands
+    in ``extracted``.
     """
 
     salts: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
     count_sql: str | None = None
     extracted: int | None = None
+    streamed: int | None = None  # rows the source sent as CSV records (MySQL/MariaDB passthrough), checked on staging
     snapshot: str | None = None  # PostgreSQL: an exported snapshot the extraction reads (a split key's ranges share it)
 
 
@@ -108,8 +117,18 @@ class SourceDatabase(Protocol):
     ) -> Iterator[pa.Table]:
         """Run ``sql`` with bound ``params`` and yield the rows as Arrow tables of at most ``batch_rows``."""
 
-    def stream_csv(self, sql: str, params: Mapping[str, Any], session: CopySession | None = None) -> Iterator[bytes]:
-        """PostgreSQL: the bytes of ``COPY (sql) TO STDOUT WITH (FORMAT csv, HEADER true)``, unparsed."""
+    def stream_csv(
+        self,
+        sql: str,
+        params: Mapping[str, Any],
+        session: CopySession | None = None,
+        schema: pa.Schema | None = None,
+        batch_rows: int = 10_000,
+    ) -> Iterator[bytes]:
+        """The query's rows as staged CSV bytes (a header line first), never parsed on the way."""
+
+    def why_not_passthrough(self, sql: str, params: Mapping[str, Any], schema: pa.Schema) -> str | None:
+        """Why this query's rows should not pass through as the source's own CSV (``None``: they should)."""
 
     def capabilities(self) -> SourceCapabilities:
         """What the source computes exactly (for the rules pushed into the extraction query)."""
@@ -478,11 +497,15 @@ class SqlSource:
             raise KeyFailedError("extract from source: a pushed hash needs a PostgreSQL source")  # a planning bug
         if session is not None and session.count_sql:
             session.extracted = self._count(session.count_sql, params)
-        if self.dialect == "mysql" and arrow_native_mysql(schema) and set(self.engine.url.query) <= {"charset"}:
+        if self.dialect == "mysql" and self._mysql_arrow_stream(schema):
             assert schema is not None
             yield from self._stream_mysql_arrow(sql, params, schema, batch_rows)
             return
         yield from self._stream_cursor(sql, params, schema, batch_rows)
+
+    def _mysql_arrow_stream(self, schema: pa.Schema | None) -> bool:
+        """Does :meth:`stream` read this MySQL/MariaDB schema through connectorx (no URL option it would drop)?"""
+        return arrow_native_mysql(schema) and set(self.engine.url.query) <= {"charset"}
 
     def _stream_cursor(
         self, sql: str, params: Mapping[str, Any], schema: pa.Schema | None, batch_rows: int
@@ -566,13 +589,58 @@ class SqlSource:
         producer.start()
         return producer, failure, read_fd, raw
 
-    def stream_csv(self, sql: str, params: Mapping[str, Any], session: CopySession | None = None) -> Iterator[bytes]:
-        """PostgreSQL: the bytes of ``COPY (sql) TO STDOUT WITH (FORMAT csv, HEADER true)``, never parsed.
+    def why_not_passthrough(self, sql: str, params: Mapping[str, Any], schema: pa.Schema) -> str | None:
+        """Why this query's rows should not pass through as the source's own CSV (``None``: they should).
 
-        Chunks of up to 1 MiB, cut anywhere (a record may span chunks); errors translated as for :meth:`stream`.
+        PostgreSQL's COPY always can. MySQL/MariaDB can when every column of the query is of a type it renders as
+        Arrow's CSV writer does (:mod:`tasks.transforms.csvrecord`): asked of the query's result metadata (no rows
+        read) and, for text, of the columns' character sets. Even then, columns connectorx reads (integers,
+        doubles, text, dates) are cheaper parsed: it takes MariaDB's binary protocol, where the server writes no text
+        at all, while rendering a 600-column row costs the server more than the client saves (BENCHMARKS.md,
+        issue 15). Passthrough pays where the parsed path is the Python cursor (DECIMAL, DATETIME…).
         """
+        if self.dialect == "postgres":
+            return None
+        if self.dialect != "mysql":
+            return f"a {self.dialect} source has no CSV rendering"
+        text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execute(sa.text(render_metadata_query(sql, schema)), dict(params))
+                described: list[Any] = list(result.cursor.description or ())
+                result.close()
+                charsets: dict[str, str] = {}
+                if text:
+                    row = conn.execute(sa.text(render_charset_query(sql, text)), dict(params)).one()
+                    charsets = {n: str(c) for n, c in zip(text, row, strict=True)}
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_db_error(exc, "read the extraction query's column types", self.where) from exc
+        codes = [int(d[1]) for d in described]
+        scales = [None if d[5] is None else int(d[5]) for d in described]
+        why = why_not_rendered(schema, codes, scales, charsets)
+        if why is None and self._mysql_arrow_stream(schema):
+            return "connectorx reads every column in the binary protocol, cheaper than the server writing text"
+        return why
+
+    def stream_csv(
+        self,
+        sql: str,
+        params: Mapping[str, Any],
+        session: CopySession | None = None,
+        schema: pa.Schema | None = None,
+        batch_rows: int = 10_000,
+    ) -> Iterator[bytes]:
+        """The query's rows as staged CSV bytes, a header line first, never parsed here.
+
+        PostgreSQL: ``COPY (sql) TO STDOUT WITH (FORMAT csv, HEADER true)`` in chunks of up to 1 MiB, cut anywhere
+        (a record may span chunks). MySQL/MariaDB (``schema`` given, :meth:`why_not_passthrough` satisfied): each
+        row rendered as one record by the server. Errors translated as for :meth:`stream`.
+        """
+        if self.dialect == "mysql" and schema is not None:
+            yield from self._stream_mysql_csv(sql, params, schema, batch_rows, session)
+            return
         if self.dialect != "postgres":
-            raise KeyFailedError("extract from source: byte passthrough needs a PostgreSQL source")  # a planning bug
+            raise KeyFailedError("extract from source: byte passthrough needs a CSV schema")  # a planning bug
         producer, failure, read_fd, raw = self._copy_out(sql, params, session)
         source = os.fdopen(read_fd, "rb", buffering=0)
         try:
@@ -584,6 +652,35 @@ class SqlSource:
             _release(raw)
         if failure:
             raise self._translate(failure[0]) from failure[0]
+
+    def _stream_mysql_csv(
+        self, sql: str, params: Mapping[str, Any], schema: pa.Schema, batch_rows: int, session: CopySession | None
+    ) -> Iterator[bytes]:
+        """MySQL/MariaDB: each row arrives as one UTF-8 CSV record (bytes), through an unbuffered cursor.
+
+        The key's count before the pushed filters and the rows come from one REPEATABLE READ transaction, so one
+        snapshot: the reconciliation's ``extracted`` is exact. Records are joined with newlines a batch at a time
+        (bounded by cells, as the cursor path is); the rows sent are counted into ``session.streamed``.
+        """
+        if session is not None and session.salts:
+            raise KeyFailedError("extract from source: a pushed hash needs a PostgreSQL source")  # a planning bug
+        rows = max(100, min(batch_rows, MAX_BATCH_CELLS // max(len(schema), 1)))
+        streamed = 0
+        yield csv_header(schema.names)
+        try:
+            with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+                if session is not None and session.count_sql:
+                    session.extracted = int(conn.execute(sa.text(session.count_sql), dict(params)).scalar() or 0)
+                result = conn.execution_options(stream_results=True, yield_per=rows).execute(
+                    sa.text(render_record_query(sql, schema)), dict(params)
+                )
+                for batch in result.scalars().partitions(rows):
+                    streamed += len(batch)
+                    yield b"\n".join(batch) + b"\n"
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_db_error(exc, "extract from source", self.where) from exc
+        if session is not None:
+            session.streamed = streamed
 
     def _stream_copy(
         self, sql: str, params: Mapping[str, Any], schema: pa.Schema, session: CopySession | None = None

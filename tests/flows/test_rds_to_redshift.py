@@ -194,34 +194,139 @@ def test_staged_files_are_encrypted_and_secrets_never_logged(
         assert len(cur.fetchone()[0]) == 64  # HMAC-SHA256 hex: the text itself never reached the warehouse
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-def test_mariadb_source_value_for_value(
-    mysql: Any, pg: Any, tmp_path: Path, names: dict[str, str], make_profile: Any, path: str
-) -> None:
+MARIADB_COLUMNS = """id BIGINT PRIMARY KEY, campaign_key VARCHAR(64) NOT NULL, event_date DATE, label TEXT,
+    amount DECIMAL(38,10), ratio DOUBLE, flag BOOLEAN, created_at DATETIME(6), phone TEXT"""
+
+
+@pytest.fixture()
+def mariadb_source(mysql: Any, pg: Any, names: dict[str, str], make_profile: Any) -> Any:
+    """The awkward rows (25 a key) in a MariaDB table, its profile with the keys; both dropped afterwards."""
     rows = source_rows([k[0] for k in KEYS], per_key=25)
     table = names["src_table"]
-    with mysql.cursor() as cur:
-        cur.execute(
-            f"""CREATE TABLE {table} (id BIGINT PRIMARY KEY, campaign_key VARCHAR(64) NOT NULL, event_date DATE,
-                label TEXT, amount DECIMAL(38,10), ratio DOUBLE, flag BOOLEAN, created_at DATETIME(6), phone TEXT)
-                CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"""
-        )
-        cur.executemany(f"INSERT INTO {table} VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", rows)
+
+    def create(extra: str = "") -> None:
+        with mysql.cursor() as cur:
+            cur.execute(f"CREATE TABLE {table} ({MARIADB_COLUMNS}{extra}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            marks = ",".join(["%s"] * len(rows[0]))
+            cur.executemany(f"INSERT INTO {table} ({COLUMNS}) VALUES ({marks})", rows)
+
+    profile = make_profile(source_url=MYSQL_URL, keep_staged=True)
+    put_keys(profile)
     try:
-        profile = make_profile(source_url=MYSQL_URL)
-        put_keys(profile)
-        dataset = write_dataset(tmp_path, names, path=path)
-        state, results = run(dataset, profile, D1)
-        assert state.is_completed(), state.message
-        assert sorted(r["rows_loaded"] for r in results) == [25, 25, 25]
-        # MySQL BOOLEAN is TINYINT(1): it arrives as a small integer.
-        want = [(*r[:6], None if r[6] is None else int(r[6]), *r[7:]) for r in expected(rows, {"K1", "K2", EVIL})]
-        assert warehouse(pg, names) == want
+        yield rows, create, profile
     finally:
         with mysql.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {table}")
         with pg.cursor() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {names['wh_schema']} CASCADE")
+
+
+def mariadb_expected(rows: list[tuple[Any, ...]], keys: set[str]) -> list[tuple[Any, ...]]:
+    """The warehouse rows from MariaDB: its BOOLEAN is TINYINT(1), so a flag arrives as a small integer."""
+    return [(*r[:6], None if r[6] is None else int(r[6]), *r[7:]) for r in expected(rows, keys)]
+
+
+def staged_csv(profile: Path, seen: set[str]) -> dict[str, bytes]:
+    """The staged CSV of each key not in ``seen`` (added to it), decompressed, parts joined in order."""
+    from config.loader import load_profile
+    from tasks.resources import object_store_for
+
+    store = object_store_for(load_profile(profile, environ={}))
+    out: dict[str, bytes] = {}
+    for k in sorted(k for k in store.list_keys("staging/facts/") if ".csv" in k and k not in seen):
+        seen.add(k)
+        folder = k.rsplit("/", 1)[0]
+        text = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(store.get_bytes(k))).read()
+        out[folder.rsplit("/", 1)[1]] = out.get(folder.rsplit("/", 1)[1], b"") + text
+    return out
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_mariadb_source_value_for_value(
+    mariadb_source: Any, pg: Any, tmp_path: Path, names: dict[str, str], path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NULL vs '', quotes, commas, line breaks, unicode, extreme numbers, microseconds: the same on every path."""
+    rows, create, profile = mariadb_source
+    create()
+    caplog.set_level(logging.INFO)
+    dataset = write_dataset(tmp_path, names, path=path)
+    state, results = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    assert sorted(r["rows_loaded"] for r in results) == [25, 25, 25]
+    assert warehouse(pg, names) == mariadb_expected(rows, {"K1", "K2", EVIL})
+    if path == "passthrough":
+        assert "2 rule(s) computed by the source, 0 by keyflow; CSV bytes passed through unparsed" in caplog.text
+    else:
+        assert "CSV bytes passed through unparsed" not in caplog.text
+
+
+def test_mariadb_passthrough_stages_the_bytes_the_parsed_path_writes(
+    mariadb_source: Any, tmp_path: Path, names: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each key's staged CSV is byte for byte the same whether MariaDB wrote it or keyflow parsed and wrote it."""
+    _, create, profile = mariadb_source
+    create()
+    caplog.set_level(logging.INFO)
+    seen: set[str] = set()
+    assert run(write_dataset(tmp_path, names, path="passthrough"), profile, D1)[0].is_completed()
+    assert "CSV bytes passed through unparsed" in caplog.text
+    passed = staged_csv(profile, seen)
+    assert run(write_dataset(tmp_path, names, path="pushed-and-client"), profile, D1)[0].is_completed()
+    parsed = staged_csv(profile, seen)
+    assert len(passed) == 3 and passed == parsed
+
+
+def test_a_mariadb_key_filtered_on_the_source_reconciles_three_ways(
+    mariadb_source: Any, pg: Any, tmp_path: Path, names: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows the pushed filter drops never reach keyflow: MariaDB counts the key in the snapshot of its rows."""
+    rows, create, profile = mariadb_source
+    create()
+    caplog.set_level(logging.INFO)
+    dataset = write_yaml(
+        tmp_path / "datasets" / "filtered.yaml",
+        {
+            "name": "facts",
+            "source": {"table": names["src_table"], "key_column": "campaign_key"},
+            "rules": [
+                {"rename": {"label": "title"}},
+                {"filter": {"column": "title", "op": "not_in", "values": ["", "a,b", "NULL"]}},
+                {"privacy": {"column": "phone", "action": "mask", "keep_last": 2}},
+            ],
+            "target": {"schema": names["wh_schema"], "table": "facts"},
+        },
+    )
+    state, results = run(dataset, profile, D1)
+    assert state.is_completed(), state.message
+    assert "3 rule(s) computed by the source, 0 by keyflow; CSV bytes passed through unparsed" in caplog.text
+    kept = [r for r in rows if r[1] in ("K1", "K2", EVIL) and r[3] is not None and r[3] not in ("", "a,b", "NULL")]
+    for r in results:
+        assert r["rows_extracted"] == 25
+        assert r["rows_filtered"] == 25 - r["rows_staged"] and r["rows_staged"] == r["rows_loaded"] < 25
+    assert sum(r["rows_loaded"] for r in results) == len(kept)
+    assert warehouse(pg, names) == mariadb_expected(kept, {"K1", "K2", EVIL})
+
+
+def test_a_mariadb_column_without_an_exact_rendering_keeps_the_parsed_path(
+    mariadb_source: Any, pg: Any, tmp_path: Path, names: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FLOAT column: MariaDB's text of it is not Arrow's, so every key is parsed, and the log says why once."""
+    rows, create, profile = mariadb_source
+    create(", f FLOAT DEFAULT 0.1")
+    caplog.set_level(logging.INFO)
+    state, results = run(write_dataset(tmp_path, names), profile, D1)
+    assert state.is_completed(), state.message
+    assert sorted(r["rows_loaded"] for r in results) == [25, 25, 25]
+    why = (
+        "Dataset facts: rows are parsed, not passed through as bytes: "
+        "column 'f' is FLOAT on the source, staged as double: no exact text for it"
+    )
+    assert caplog.text.count(why) == 1
+    assert "CSV bytes passed through unparsed" not in caplog.text
+    assert warehouse(pg, names) == mariadb_expected(rows, {"K1", "K2", EVIL})
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT DISTINCT f FROM {names['wh_schema']}.facts")
+        assert cur.fetchall() == [(0.1,)]
 
 
 def test_dask_cluster_gives_the_same_warehouse(
