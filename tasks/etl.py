@@ -6,8 +6,9 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 from typing import Any
@@ -16,7 +17,7 @@ from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
 from config.errors import ConfigError, KeyFailedError, KeyflowError, PausedError, RetryableError, first_line
-from config.models import DatasetConfig
+from config.models import IDENT_RE, DatasetConfig
 from tasks.control import ensure_limit, is_paused, source_slot
 from tasks.io.passthrough import CsvPassthroughWriter
 from tasks.io.source import CopySession, SourceDatabase, SplitPlan
@@ -230,10 +231,13 @@ def _split_setting(dataset: DatasetConfig, source: SourceDatabase, expected_rows
         try:
             derived = default_split_rows(config.split_bytes, source.table_size(config))
             column = config.split_column or source.primary_key(config) if derived is not None else None
-        except (ConfigError, KeyFailedError) as exc:  # the default must not fail a key the source can extract
+        except (ConfigError, KeyflowError) as exc:  # the default must not fail a key the source can extract
             _logger().warning("Not splitting big keys by default: %s", first_line(exc))
             return None
         if derived is None or column is None:
+            return None
+        if not IDENT_RE.match(column):  # a key column named beyond keyflow's identifiers: extracted whole
+            _logger().warning("Not splitting big keys by default: primary key %r is not a plain identifier", column)
             return None
         split_rows = derived
     if expected_rows is not None and expected_rows <= split_rows:
@@ -281,6 +285,17 @@ def _split_ranges(
         "all in one snapshot" if plan.snapshot else f"each in its own snapshot ({plan.why_no_snapshot})",
     )
     return column, ranges, plan
+
+
+@contextmanager
+def _closed_on_failure(plan: SplitPlan | None) -> Iterator[None]:
+    """Close a split key's plan (its open snapshot transaction) if what follows fails before the ranges run."""
+    try:
+        yield
+    except BaseException:
+        if plan is not None:
+            plan.close()
+        raise
 
 
 def _run_one(
@@ -382,13 +397,14 @@ def stage_rows(
         if unit.counted
         else _split_ranges(dataset, source, client_rules, key_sql, params, what, expected_rows)
     )
-    if ranges:
-        jobs = []
-        for rng in ranges:
-            range_sql, range_params = range_query(key_sql, rng, split_column, source.dialect)
-            jobs.append(_Extraction(*_with_push(range_sql, route, source.dialect), {**params, **range_params}))
-    else:
-        jobs = [_Extraction(*_with_push(key_sql, route, source.dialect), params)]
+    with _closed_on_failure(split):
+        if ranges:
+            jobs = []
+            for rng in ranges:
+                range_sql, range_params = range_query(key_sql, rng, split_column, source.dialect)
+                jobs.append(_Extraction(*_with_push(range_sql, route, source.dialect), {**params, **range_params}))
+        else:
+            jobs = [_Extraction(*_with_push(key_sql, route, source.dialect), params)]
     read_by_key: dict[str, int] = {}
     staged_by_key: dict[str, int] = {}
     report_at = time.perf_counter() + PROGRESS_SECONDS
@@ -459,7 +475,8 @@ def stage_rows(
                     progress(i, streamed - filtered)
         return streamed, filtered
 
-    writers = [new_writer(i) for i in range(len(jobs))]
+    with _closed_on_failure(split):
+        writers = [new_writer(i) for i in range(len(jobs))]
     parts: list[StagedPart] = []
     extracted = filtered = 0
     try:

@@ -122,7 +122,8 @@ def count_range(
         users = resources.users(job).table()
         counts, events = count_stream(stream, users, window_spec(job, ignore_lateness), start, end, names=scan.names)
     finally:
-        scan.close()  # a stream read to its end has ended them already
+        stream.close()  # a stream left unread (the count failed) stops its reading threads first…
+        scan.close()  # …then the worker processes (a stream read to its end has ended them already)
     reports = list(scan.reports.values())
     write_rejected(store, job.rejected_prefix, reports)
     for r in reports:

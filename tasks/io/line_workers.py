@@ -323,8 +323,10 @@ class LineWorkers:
             yield w
         finally:
             with self._lock:
-                if w.broken or w.proc.poll() is not None:
-                    self._all.remove(w)
+                ended = w not in self._all  # the pool was closed while this worker read (the count failed)
+                if ended or w.broken or w.proc.poll() is not None:
+                    if not ended:
+                        self._all.remove(w)
                     w.close()
                 else:
                     self._idle.append(w)

@@ -411,6 +411,9 @@ class SqlSource:
             snapshot, why = None, "MySQL/MariaDB has no snapshot to share between connections"
             if self.dialect == "postgres":
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                # The plan's transaction waits, idle, while its ranges queue for connections: a server's
+                # idle_in_transaction_session_timeout (often set on RDS) would end it and the ranges' snapshot.
+                conn.execute(sa.text("SET LOCAL idle_in_transaction_session_timeout = 0"))
             total, non_null = conn.execute(sa.text(count_query(key_sql, column, self.dialect)), dict(params)).one()
             offsets = boundary_offsets(int(non_null), ranges_wanted(int(total), split_rows))
             if not offsets:
@@ -675,6 +678,11 @@ class SqlSource:
                     sa.text(render_record_query(sql, schema)), dict(params)
                 )
                 for batch in result.scalars().partitions(rows):
+                    if None in batch:  # see render_field: a value MariaDB could not render (over max_allowed_packet)
+                        raise KeyFailedError(
+                            f"extract from source: row {streamed + batch.index(None) + 1} of the key could not be "
+                            "rendered as CSV by the server (a value over max_allowed_packet?); nothing staged"
+                        )
                     streamed += len(batch)
                     yield b"\n".join(batch) + b"\n"
         except sa_exc.SQLAlchemyError as exc:

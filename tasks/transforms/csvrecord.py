@@ -130,10 +130,15 @@ def _decimal(x: str, scale: int) -> str:
 
 
 def render_field(name: str, t: pa.DataType) -> str:
-    """One column's CSV field as SQL text (NULL: the empty string)."""
+    """One column's CSV field as SQL text (a NULL value: the empty string).
+
+    Only a value's NULL becomes the empty field: a rendering that yields NULL for a value that is there (MySQL's
+    string functions return NULL past ``max_allowed_packet``, with a warning only; a date it cannot format) stays
+    NULL, so the record is NULL and the key fails instead of loading a value as NULL.
+    """
     x = f"{_ALIAS}.{quote_ident(name, 'mysql')}"
     if _is_text(t):
-        return f"""COALESCE(CONCAT('"', REPLACE(CONVERT({x} USING utf8mb4), '"', '""'), '"'), '')"""
+        return f"""IF({x} IS NULL, '', CONCAT('"', REPLACE(CONVERT({x} USING utf8mb4), '"', '""'), '"'))"""
     if pa.types.is_float64(t):
         sql = _double(x)
     elif pa.types.is_decimal(t):
@@ -144,13 +149,16 @@ def render_field(name: str, t: pa.DataType) -> str:
         sql = f"DATE_FORMAT({x}, '%Y-%m-%d %H:%i:%s.%f')"
     else:
         sql = f"CAST({x} AS CHAR)"
-    return f"COALESCE({sql}, '')"
+    return f"IF({x} IS NULL, '', {sql})"
 
 
 def render_record_query(sql: str, schema: pa.Schema) -> str:
-    """One UTF-8 CSV record (bytes, no newline) per row of ``sql``, fields as :func:`render_field` writes them."""
-    fields = ", ".join(render_field(f.name, f.type) for f in schema)
-    record = f"CAST(CONVERT(CONCAT_WS(',', {fields}) USING utf8mb4) AS BINARY)"
+    """One UTF-8 CSV record (bytes, no newline) per row of ``sql``, fields as :func:`render_field` writes them.
+
+    ``CONCAT`` (not ``CONCAT_WS``, which skips a NULL): a field that could not be rendered makes the record NULL.
+    """
+    fields = ", ',', ".join(render_field(f.name, f.type) for f in schema)
+    record = f"CAST(CONVERT(CONCAT({fields}) USING utf8mb4) AS BINARY)"
     return f"SELECT {record} FROM ({sql}) AS {_ALIAS}"  # noqa: S608 - quoted identifiers, bound values
 
 

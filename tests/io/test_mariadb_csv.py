@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from config.errors import KeyFailedError
 from config.models import SourceConfig
 from tasks.io.source import CopySession, SqlSource
 from tasks.transforms.arrow import csv_read_options, csv_write_options
@@ -129,4 +130,29 @@ def test_a_column_type_without_an_exact_rendering_is_named(
         assert source.why_not_passthrough(f"SELECT * FROM `{name}`", {}, schema) == why
     finally:
         with mysql.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def test_a_value_the_server_cannot_render_fails_the_key_instead_of_staging_a_null(mysql: Any) -> None:
+    """MySQL's string functions give NULL (a warning only) past ``max_allowed_packet``: a text of quotes that fits,
+    doubled, does not. Without the check it was staged as an empty field, loaded as NULL, and the counts matched."""
+    name = unique("kf_csvbig")
+    with mysql.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.max_allowed_packet")
+        before = cur.fetchone()[0]
+        cur.execute(f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, txt LONGTEXT CHARACTER SET utf8mb4)")
+        cur.execute(f"INSERT INTO {name} VALUES (1, 'fine'), (2, %s), (3, NULL)", ('"' * 700_000,))
+    try:
+        with mysql.cursor() as cur:
+            cur.execute("SET GLOBAL max_allowed_packet = 1048576")  # new sessions: the source's own connection
+        # An engine of its own (engines are cached per URL): its connections are opened after the SET.
+        source = SqlSource(MYSQL_URL + ("&" if "?" in MYSQL_URL else "?") + "connect_timeout=11")
+        schema = source.source_schema(SourceConfig(table=name, key_column="id"))
+        session = CopySession()
+        with pytest.raises(KeyFailedError, match="row 2 of the key could not be rendered as CSV by the server"):
+            b"".join(source.stream_csv(f"SELECT * FROM `{name}` ORDER BY id", {}, session, schema, 100))
+        assert session.streamed is None  # no count reported for a key that failed
+    finally:
+        with mysql.cursor() as cur:
+            cur.execute(f"SET GLOBAL max_allowed_packet = {int(before)}")
             cur.execute(f"DROP TABLE IF EXISTS {name}")

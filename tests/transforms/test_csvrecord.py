@@ -63,6 +63,6 @@ def test_an_uncovered_column_is_named_with_the_reason(
 
 def test_the_record_query_wraps_the_key_query_and_the_header_is_arrows() -> None:
     sql = render_record_query("SELECT * FROM t WHERE k = :key", SCHEMA)
-    assert sql.startswith("SELECT CAST(CONVERT(CONCAT_WS(',', COALESCE(CAST(kf_rec.`id` AS CHAR), ''), ")
+    assert sql.startswith("SELECT CAST(CONVERT(CONCAT(IF(kf_rec.`id` IS NULL, '', CAST(kf_rec.`id` AS CHAR)), ',', ")
     assert sql.endswith(" USING utf8mb4) AS BINARY) FROM (SELECT * FROM t WHERE k = :key) AS kf_rec")
     assert csv_header(SCHEMA.names) == b'"id","amount","title"\n'
